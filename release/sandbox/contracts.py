@@ -59,8 +59,9 @@ class Fleet(Protocol):
         """Raise KeyError when the group does not exist."""
         ...
 
-    def resolve_version(self, launch_template_id: str, version: str) -> tuple[str, str]:
-        """("$Latest" | "$Default" | "3") -> (numbered version, ImageId). KeyError if unknown."""
+    def resolve_version(self, launch_template: str, version: str) -> tuple[str, str, str]:
+        """Template id or name + ("$Latest" | "$Default" | "3") -> (template id, numbered
+        version, ImageId). KeyError if the template or version is unknown."""
         ...
 
     def launch(self, group: str, launch_template_id: str, version: str) -> str:
