@@ -430,3 +430,23 @@ def _refresh(p: _Reader) -> RefreshPreferences:
 
 def _or(value: int | None, default: int) -> int:
     return default if value is None else value
+
+
+def select_environment(cfg: Config, name: str | None, *, aws_credentials: bool) -> tuple[Environment, str]:
+    """Which environment a command works on, and a note saying why when it was not named.
+
+    --env wins. Without it: the default environment when AWS credentials are configured,
+    otherwise the sandbox — so a newcomer with no AWS account lands somewhere safe.
+    """
+    if name:
+        return cfg.environment(name), ""
+    if aws_credentials:
+        env = cfg.environment(cfg.default_environment)
+        return env, f"Using environment {env.name!r} (default_environment in {cfg.path.name})."
+    sandbox = cfg.sandbox_environment
+    if sandbox is None:
+        raise UsageError(
+            "no AWS credentials are configured and no environment has sandbox = true",
+            where=f"{cfg.path}:environments",
+            hint="Configure AWS credentials, pass --env, or add an environment with sandbox = true.")
+    return sandbox, f"No AWS credentials configured: using the sandbox (environment {sandbox.name!r})."

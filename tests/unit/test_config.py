@@ -82,3 +82,15 @@ def test_refresh_preferences_as_aws_parameters() -> None:
     assert aws["AlarmSpecification"] == {"Alarms": ["alarm-a"]}
     assert "InstanceWarmup" in aws
     assert "AlarmSpecification" not in config.RefreshPreferences().as_aws(("alarm-a",))
+
+
+def test_environment_selection() -> None:
+    cfg = config.load(ROOT / "versions.toml")
+    env, note = config.select_environment(cfg, None, aws_credentials=False)
+    assert env.sandbox and "No AWS credentials" in note
+    env, note = config.select_environment(cfg, None, aws_credentials=True)
+    assert env.name == cfg.default_environment and "default_environment" in note
+    env, note = config.select_environment(cfg, "prod", aws_credentials=False)
+    assert env.name == "prod" and note == ""
+    with pytest.raises(UsageError, match="no environment 'nope'"):
+        config.select_environment(cfg, "nope", aws_credentials=True)
