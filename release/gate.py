@@ -1,0 +1,148 @@
+"""The health gate: (snapshot, expectation, deadline) -> Verdict. Pure.
+
+The loop that fetches snapshots, sleeps and prints lives in machine.py; this module only
+judges one snapshot, so every rule is a table row in tests/unit/gate_cases/.
+
+Rules, in order — the first definitive failure wins (fail fast):
+1. No refresh where one must be, an unknown refresh status, or a refresh that ended other than
+   Successful (Failed, Cancelled, any Rollback*) -> fail. Unknown is never "still waiting".
+2. Any watched CloudWatch alarm in ALARM -> fail.
+3. A new instance (on the expected image) that the ASG marks Unhealthy, that its target group
+   marks unhealthy, or that serves another version on /version -> fail.
+4. Past the deadline -> fail, naming what was still pending.
+5. Refresh Successful and every in-service instance is on the expected image, Healthy, its
+   targets healthy, serving the expected version, and the load balancer serves only that
+   version -> pass.
+6. Otherwise -> wait, saying what is pending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from release.model import Check, InstanceState, Snapshot, Verdict, VerdictKind
+
+IN_PROGRESS = frozenset({"Pending", "InProgress", "Baking"})
+SUCCESSFUL = "Successful"
+ENDED_BADLY = frozenset({"Failed", "Cancelling", "Cancelled", "RollbackInProgress",
+                         "RollbackSuccessful", "RollbackFailed"})
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the fleet must look like when the release is done."""
+
+    version: str
+    image_id: str
+
+
+def judge(snapshot: Snapshot, expect: Expectation, deadline: datetime) -> Verdict:
+    checks = _checks(snapshot, expect)
+    failed = [c for c in checks if c.ok is False]
+    if failed:
+        return Verdict(VerdictKind.FAIL, failed[0].detail, checks)
+    pending = [c for c in checks if c.ok is None]
+    if snapshot.at >= deadline:
+        waiting_for = "; ".join(f"{c.name}: {c.detail}" for c in pending) or "nothing"
+        return Verdict(VerdictKind.FAIL, f"timed out at {deadline:%H:%M:%S} waiting for {waiting_for}", checks)
+    if not pending:
+        return Verdict(VerdictKind.PASS, f"all {len(_in_service(snapshot))} instances serve {expect.version}",
+                       checks)
+    return Verdict(VerdictKind.WAIT, f"{pending[0].name}: {pending[0].detail}", checks)
+
+
+def _checks(snap: Snapshot, expect: Expectation) -> tuple[Check, ...]:
+    refresh_check = _refresh(snap)
+    refresh_done = refresh_check.ok is True
+    in_service = _in_service(snap)
+    new = [i for i in in_service if i.image_id == expect.image_id]
+    return (
+        refresh_check,
+        _alarms(snap),
+        _on_new_image(in_service, new, refresh_done),
+        _asg_health(new, refresh_done, len(in_service)),
+        _target_health(new, refresh_done, len(in_service)),
+        _served_by_instances(new, expect.version, refresh_done, len(in_service)),
+        _served_by_lb(snap, expect.version),
+    )
+
+
+def _in_service(snap: Snapshot) -> list[InstanceState]:
+    return [i for i in snap.group.instances if i.lifecycle == "InService"]
+
+
+def _refresh(snap: Snapshot) -> Check:
+    name = "instance refresh"
+    r = snap.refresh
+    if r is None:
+        return Check(name, False, "no instance refresh found for the group")
+    if r.status == SUCCESSFUL:
+        return Check(name, True, f"{r.refresh_id} Successful")
+    if r.status in IN_PROGRESS:
+        return Check(name, None, f"{r.status}, {r.percentage_complete}% complete, "
+                                 f"{r.instances_to_update} to update")
+    reason = f": {r.status_reason}" if r.status_reason else ""
+    if r.status in ENDED_BADLY:
+        return Check(name, False, f"instance refresh {r.refresh_id} is {r.status}{reason}")
+    return Check(name, False, f"unknown instance refresh status {r.status!r}{reason}; "
+                              "Kiln treats what it does not understand as a failure")
+
+
+def _alarms(snap: Snapshot) -> Check:
+    firing = sorted(name for name, state in snap.alarms.items() if state == "ALARM")
+    if firing:
+        return Check("alarms", False, f"alarm {', '.join(firing)} in ALARM")
+    return Check("alarms", True, f"{len(snap.alarms)} OK" if snap.alarms else "none configured")
+
+
+def _on_new_image(in_service: list[InstanceState], new: list[InstanceState], refresh_done: bool) -> Check:
+    detail = f"{len(new)}/{len(in_service)} instances on the new image"
+    if in_service and len(new) == len(in_service):
+        return Check("new image", True, detail)
+    if refresh_done:
+        # Successful refresh yet old instances remain: the group still launches the old config.
+        old = sorted(i.instance_id for i in in_service if i not in new)
+        return Check("new image", False, f"refresh finished but {', '.join(old)} still on the old image")
+    return Check("new image", None, detail)
+
+
+def _asg_health(new: list[InstanceState], refresh_done: bool, total: int) -> Check:
+    sick = sorted(i.instance_id for i in new if i.asg_health != "Healthy")
+    if sick:
+        return Check("ASG health", False, f"new instance {', '.join(sick)} is Unhealthy")
+    return _progress("ASG health", len(new), total, refresh_done, "Healthy")
+
+
+def _target_health(new: list[InstanceState], refresh_done: bool, total: int) -> Check:
+    sick = sorted(i.instance_id for i in new if i.target_health == "unhealthy")
+    if sick:
+        return Check("target health", False, f"new instance {', '.join(sick)} is unhealthy in its target group")
+    healthy = [i for i in new if i.target_health in (None, "healthy")]
+    return _progress("target health", len(healthy), total, refresh_done, "healthy")
+
+
+def _served_by_instances(new: list[InstanceState], version: str, refresh_done: bool, total: int) -> Check:
+    wrong = sorted(f"{i.instance_id} serves {i.served_version}" for i in new
+                   if i.served_version is not None and i.served_version != version)
+    if wrong:
+        return Check("served version", False, f"{', '.join(wrong)}, expected {version}")
+    right = [i for i in new if i.served_version == version]
+    return _progress("served version", len(right), total, refresh_done, f"serving {version}")
+
+
+def _served_by_lb(snap: Snapshot, version: str) -> Check:
+    seen = snap.served_through_lb
+    if not seen:
+        return Check("load balancer", None, "not sampled yet")
+    summary = ", ".join(f"{v}×{n}" for v, n in sorted(seen.items()))
+    if set(seen) == {version}:
+        return Check("load balancer", True, f"serves only {version} ({summary})")
+    return Check("load balancer", None, f"serves {summary}")
+
+
+def _progress(name: str, good: int, total: int, refresh_done: bool, word: str) -> Check:
+    detail = f"{good}/{total} {word}"
+    if refresh_done and total and good == total:
+        return Check(name, True, detail)
+    return Check(name, None, detail)

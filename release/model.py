@@ -1,0 +1,131 @@
+"""The nouns of a release, as frozen dataclasses. Pure: no AWS, no I/O.
+
+aws.py turns AWS responses into these; plan.py and gate.py only ever see these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from packaging.version import Version
+
+# Tags Kiln writes on every AMI (and its snapshots) at bake time.
+TAG_APP = "kiln:app"
+TAG_VERSION = "kiln:version"
+TAG_FINGERPRINT = "kiln:fingerprint"
+TAG_GIT_SHA = "kiln:git-sha"
+TAG_BASE_AMI = "kiln:base-ami"
+TAG_BUILT_AT = "kiln:built-at"
+TAG_VALIDATED = "kiln:validated"  # "true" | "false" after the smoke test
+TAG_VALIDATION_REASON = "kiln:validation-reason"
+TAG_DEPRECATED_REASON = "kiln:deprecated-reason"
+
+
+@dataclass(frozen=True)
+class AmiRef:
+    image_id: str
+    name: str
+    region: str
+    state: str  # available | pending | failed | deregistered ...
+    created_at: datetime
+    version: Version | None
+    fingerprint: str | None
+    validated: bool | None  # None: not smoke-tested yet
+    deprecation_time: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def deprecated(self, now: datetime) -> bool:
+        return self.deprecation_time is not None and self.deprecation_time <= now
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    template_id: str
+    template_name: str
+    number: int
+    image_id: str
+    is_default: bool
+    created_at: datetime | None = None
+
+
+class Lifecycle(StrEnum):
+    PENDING = "Pending"
+    IN_SERVICE = "InService"
+    TERMINATING = "Terminating"
+    STANDBY = "Standby"
+    OTHER = "Other"
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    instance_id: str
+    image_id: str
+    launch_template_version: str | None
+    lifecycle: str  # AWS LifecycleState verbatim
+    asg_health: str  # "Healthy" | "Unhealthy"
+    target_health: str | None  # worst elbv2 state across target groups; None without any
+    private_ip: str | None = None
+    served_version: str | None = None  # what /version on the instance says; None: not probed
+
+
+@dataclass(frozen=True)
+class GroupState:
+    name: str
+    min_size: int
+    max_size: int
+    desired_capacity: int
+    launch_template_id: str | None
+    launch_template_name: str | None
+    launch_template_version: str | None  # as set on the group: "7", "$Latest", "$Default"
+    instances: tuple[InstanceState, ...]
+
+
+@dataclass(frozen=True)
+class RefreshState:
+    refresh_id: str
+    status: str  # AWS status verbatim; gate.py maps it, unknown values are errors
+    status_reason: str | None
+    percentage_complete: int
+    instances_to_update: int
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the gate looks at, observed at one moment."""
+
+    at: datetime
+    refresh: RefreshState | None
+    group: GroupState
+    alarms: Mapping[str, str]  # name -> OK | ALARM | INSUFFICIENT_DATA
+    # Versions seen in a burst of requests through the load balancer: version -> count.
+    # Empty when not sampled (yet).
+    served_through_lb: Mapping[str, int] = field(default_factory=dict)
+
+
+class VerdictKind(StrEnum):
+    PASS = "pass"
+    WAIT = "wait"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool | None  # None: not decided yet
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: VerdictKind
+    reason: str
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.kind is not VerdictKind.WAIT
