@@ -195,9 +195,7 @@ class PostgresServer:
         only that role (and the superuser) may connect. Idempotent. Returns the role's URL."""
         for label, value in (("database name", name), ("user", user)):
             if not value or len(value.encode()) > _MAX_IDENTIFIER_BYTES:
-                raise SandboxError(
-                    f"{label} {value!r} must be 1 to {_MAX_IDENTIFIER_BYTES} bytes", where=self._where
-                )
+                raise SandboxError(f"{label} {value!r} must be 1 to {_MAX_IDENTIFIER_BYTES} bytes", where=self._where)
         if not password:
             raise SandboxError("the password must not be empty", where=self._where)
         # psql's :'var' / :"var" quote literals and identifiers; \gexec runs CREATE DATABASE
@@ -244,13 +242,19 @@ class PostgresServer:
                     hint=_INSTALL_HINT,
                 )
         try:
-            pwd.getpwnam(self.os_user)
+            owner = pwd.getpwnam(self.os_user)
         except KeyError:
             raise SandboxError(
                 f"there is no OS user {self.os_user!r} to run the server as",
                 where=self._where,
                 hint=_INSTALL_HINT,
             ) from None
+        if os.geteuid() not in (0, owner.pw_uid):
+            raise SandboxError(
+                f"only root can run the server as the {self.os_user} user",
+                where=self._where,
+                hint="Run the sandbox as root",
+            )
 
     def _initdb(self, owner: pwd.struct_passwd) -> None:
         self.password_path.write_text(secrets.token_urlsafe(24) + "\n")
@@ -277,17 +281,18 @@ class PostgresServer:
             timeout=120,
         )
         if result.returncode != 0:
-            raise SandboxError(
-                f"initdb failed: {_last_lines(result.stderr + result.stdout)}", where=self._where
-            )
+            raise SandboxError(f"initdb failed: {_last_lines(result.stderr + result.stdout)}", where=self._where)
 
     def _run_as_owner(self, argv: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.data_dir)}
+        owner = pwd.getpwnam(self.os_user)
+        # Root drops to the owner (and its group only); the owner itself runs as is.
+        switch = os.geteuid() != owner.pw_uid
         return subprocess.run(
             argv,
-            user=self.os_user,
-            group=pwd.getpwnam(self.os_user).pw_gid,
-            extra_groups=[],
+            user=owner.pw_uid if switch else None,
+            group=owner.pw_gid if switch else None,
+            extra_groups=[] if switch else None,
             cwd=self.data_dir,
             env=env,
             capture_output=True,
@@ -357,8 +362,7 @@ def _check_reachable(directory: Path, uid: int, gid: int, where: str) -> None:
             bit = stat.S_IXOTH
         if not info.st_mode & bit:
             raise SandboxError(
-                f"the {OS_USER} user cannot reach {directory}: "
-                f"{path} is mode {stat.S_IMODE(info.st_mode):04o}",
+                f"the {OS_USER} user cannot reach {directory}: {path} is mode {stat.S_IMODE(info.st_mode):04o}",
                 where=where,
                 hint="Put the data directory under one that others may traverse (chmod o+x)",
             )

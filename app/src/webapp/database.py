@@ -57,9 +57,7 @@ class Database:
     def list_users(self) -> list[dict[str, Any]]:
         self._ensure_schema()
         with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            cursor.execute(
-                "SELECT id, name, email, created_at FROM users ORDER BY id LIMIT %s", (USERS_LIMIT,)
-            )
+            cursor.execute("SELECT id, name, email, created_at FROM users ORDER BY id LIMIT %s", (USERS_LIMIT,))
             return [_user(row) for row in cursor.fetchall()]
 
     def create_user(self, name: str, email: str) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""Fixtures for the web app's tests: the app from app/src, one real PostgreSQL for the session."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+APP_DIR = Path(__file__).resolve().parents[2] / "app"
+# Test the source tree, not whatever webapp may be installed.
+sys.path.insert(0, str(APP_DIR / "src"))
+
+from webapp import create_app  # noqa: E402
+
+from release.sandbox.postgres import PostgresServer  # noqa: E402
+
+JWT_SECRET = "test-secret-" + "x" * 32
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    # Not under pytest's tmp dir: /tmp/pytest-of-root is 0700 and the server runs as `postgres`.
+    base = Path(tempfile.mkdtemp(prefix="kiln-test-pg-"))
+    base.chmod(0o755)
+    server = PostgresServer(base / "data", port=free_loopback_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> str:
+    """A fresh, empty database with its own login role, for one test."""
+    name = "webapp_" + uuid.uuid4().hex[:12]
+    return postgres.create_database(name, name, secrets.token_urlsafe(16))
+
+
+@pytest.fixture
+def build_info_path(tmp_path: Path) -> Path:
+    return tmp_path / "build-info.json"
+
+
+@pytest.fixture
+def make_app(build_info_path: Path) -> Callable[..., Flask]:
+    """create_app() from an environment: only the variables a test passes."""
+
+    def make(**environ: str) -> Flask:
+        app = create_app({"WEBAPP_BUILD_INFO": str(build_info_path), **environ})
+        app.testing = True
+        return app
+
+    return make
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], database_url: str) -> Flask:
+    """The app, fully configured against a fresh database."""
+    return make_app(DATABASE_URL=database_url, JWT_SECRET=JWT_SECRET, WEBAPP_INSTANCE_ID="i-0abc")
