@@ -1,0 +1,267 @@
+"""(config, observed state) -> Plan. Pure: reads nothing, changes nothing.
+
+The executor (machine.py) refuses a plan with blockers; `--dry-run` prints it. Every blocker is
+one line saying what is wrong and what to do.
+
+Which AMI a version means (written down because two bakes of one version can exist):
+an AMI tagged with the app and `kiln:version` = X, in the environment's region, `available`,
+not deprecated, smoke-tested `kiln:validated = true`; among several, the newest creation date
+wins (so a rebake of the same version with new inputs supersedes the old one). `--force`
+admits unvalidated or deprecated images, never unavailable ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from packaging.version import Version
+
+from release.config import Environment
+from release.model import AmiRef, GroupState, RefreshState, TemplateVersion
+
+# What an instance refresh costs per batch beyond the warmup on AWS: launch, boot and the
+# ELB health checks (FACTS: ELB health adds ~90 s per batch).
+BATCH_OVERHEAD_SECONDS = 90
+# AWS's default warmup when neither the refresh nor the group sets one.
+DEFAULT_WARMUP_SECONDS = 300
+
+PINNED_ALIASES = ("$Latest", "$Default")
+
+
+@dataclass(frozen=True)
+class LiveRelease:
+    """What the ledger says is live in an environment."""
+
+    version: str
+    image_id: str
+    fingerprint: str | None
+    template_version: int | None
+
+
+@dataclass(frozen=True)
+class Lock:
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Observed:
+    images: Sequence[AmiRef]
+    template_versions: Sequence[TemplateVersion]  # of the environment's launch template; empty: missing
+    group: GroupState | None  # None: the group does not exist
+    active_refresh: RefreshState | None
+    live: LiveRelease | None
+    lock: Lock | None
+    # Environments where the chosen AMI's fingerprint was released successfully (ledger).
+    passed_environments: frozenset[str] = frozenset()
+    warmup_default: int | None = None  # the group's DefaultInstanceWarmup / grace period
+
+
+@dataclass(frozen=True)
+class Request:
+    version: Version
+    now: datetime
+    allow_downgrade: bool = False
+    force: bool = False  # unvalidated / deprecated AMI, missing lower-environment passes
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    environment: str
+    version: str
+    ami: AmiRef | None
+    live: LiveRelease | None
+    base_template: TemplateVersion | None  # the numbered version the new one derives from
+    new_template_number: int | None
+    changes: tuple[Change, ...]
+    batches: tuple[int, ...]
+    expected_seconds: int
+    preferences: dict[str, object]
+    gate_checks: tuple[str, ...]
+    on_failure: str
+    blockers: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+    noop: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.blockers
+
+
+def choose_ami(images: Sequence[AmiRef], version: Version, now: datetime, *, force: bool) -> tuple[AmiRef | None, str]:
+    """The AMI `version` means (see module docstring), or None and why not."""
+    of_version = [i for i in images if i.version == version]
+    if not of_version:
+        return None, f"no AMI for {version}; run `inv bake` (with [app] version = \"{version}\") or check `inv history`"
+    available = [i for i in of_version if i.state == "available"]
+    if not available:
+        states = ", ".join(sorted({i.state for i in of_version}))
+        return None, f"the AMI for {version} is not available ({states}); wait for it or rebake"
+    usable = [i for i in available if force or (i.validated is True and not i.deprecated(now))]
+    if not usable:
+        newest = max(available, key=lambda i: i.created_at)
+        if newest.deprecated(now):
+            why = f"{newest.image_id} is deprecated"
+        elif newest.validated is False:
+            why = f"{newest.image_id} failed its smoke test ({newest.tags.get('kiln:validation-reason', 'no reason')})"
+        else:
+            why = f"{newest.image_id} has not been smoke-tested"
+        return None, f"no usable AMI for {version}: {why}; rebake with `inv bake`, or pass --force"
+    return max(usable, key=lambda i: i.created_at), ""
+
+
+def batches(desired: int, min_healthy: int, max_healthy: int) -> tuple[int, ...]:
+    """How many instances each batch replaces, as AWS sizes them (an estimate).
+
+    At most floor(desired × max%) instances may run and at least ceil(desired × min%) must stay
+    healthy, so one batch replaces (max capacity − min healthy) instances, at least one.
+    """
+    if desired <= 0:
+        return ()
+    keep = math.ceil(desired * min_healthy / 100)
+    ceiling = math.floor(desired * max_healthy / 100)
+    size = max(1, min(desired, ceiling - keep))
+    full, rest = divmod(desired, size)
+    return (size,) * full + ((rest,) if rest else ())
+
+
+def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
+    blockers: list[str] = []
+    warnings: list[str] = []
+    notes: list[str] = []
+    version = str(request.version)
+    where = f"{env.name} ({env.region})"
+
+    ami, why = choose_ami(observed.images, request.version, request.now, force=request.force)
+    if ami is None:
+        blockers.append(f"While releasing {version} to {where}: {why}.")
+    elif request.force and (ami.validated is not True or ami.deprecated(request.now)):
+        warnings.append(f"--force: releasing {ami.image_id}, which is unvalidated or deprecated.")
+
+    group = observed.group
+    if group is None:
+        blockers.append(f"Auto Scaling group {env.asg!r} not found in {where}; check [environments.{env.name}] asg.")
+    numbered = sorted(observed.template_versions, key=lambda t: t.number)
+    if not numbered:
+        blockers.append(f"launch template {env.launch_template!r} not found in {where}; "
+                        f"check [environments.{env.name}] launch_template.")
+
+    base = _base_template(numbered, group, notes)
+    if group is not None and group.launch_template_version in PINNED_ALIASES:
+        notes.append(f"The group references {group.launch_template_version}: the refresh pins it to numbered "
+                     f"version {numbered[-1].number + 1 if numbered else '?'} (applied by AWS only on success). "
+                     "AWS cannot roll back from an alias, so on failure Kiln cancels and refreshes back itself.")
+
+    live = observed.live
+    if ami is not None and live is not None:
+        if live.image_id == ami.image_id:
+            notes.append(f"{version} ({ami.image_id}) is already live in {env.name}.")
+        elif Version(live.version) > request.version and not request.allow_downgrade:
+            blockers.append(f"{live.version} is live in {env.name}; {version} is older. "
+                            "Pass --allow-downgrade, or use `inv rollback`.")
+
+    missing = [e for e in env.requires if e not in observed.passed_environments]
+    if missing and ami is not None:
+        text = (f"{ami.image_id} has not passed {', '.join(missing)} (required by [environments.{env.name}] "
+                f"requires); release it there first")
+        if request.force:
+            warnings.append(f"--force: {text}.")
+        else:
+            blockers.append(f"{text}, or pass --force.")
+
+    refresh = observed.active_refresh
+    if refresh is not None:
+        blockers.append(f"instance refresh {refresh.refresh_id} is already {refresh.status} on {env.asg}; "
+                        "wait for it (`inv status`) — Kiln never starts a second refresh over a running one.")
+    lock = observed.lock
+    if lock is not None and lock.expires_at > request.now:
+        blockers.append(f"{env.name} is locked by {lock.holder} since {lock.acquired_at:%Y-%m-%d %H:%M:%S} UTC; "
+                        "wait, or break a stale lock with `inv release --break-lock`.")
+    elif lock is not None:
+        warnings.append(f"a stale lock by {lock.holder} (expired {lock.expires_at:%H:%M:%S}) will be taken over.")
+
+    alias_group = group is not None and group.launch_template_version in PINNED_ALIASES
+    preferences = env.refresh.as_aws(env.alarms)
+    if alias_group and preferences.get("AutoRollback"):
+        # AWS rejects AutoRollback while the group's current configuration is an alias.
+        preferences["AutoRollback"] = False
+        preferences.pop("AlarmSpecification", None)
+        notes.append("AutoRollback is off for this refresh (the group uses an alias); Kiln's gate rolls back.")
+
+    changes = ()
+    if base is not None and ami is not None:
+        changes = (Change("ImageId", base.image_id, ami.image_id),)
+    desired = group.desired_capacity if group else 0
+    sizes = batches(desired, env.refresh.min_healthy_percentage, env.refresh.max_healthy_percentage)
+    return Plan(
+        environment=env.name,
+        version=version,
+        ami=ami,
+        live=live,
+        base_template=base,
+        new_template_number=numbered[-1].number + 1 if numbered else None,
+        changes=changes,
+        batches=sizes,
+        expected_seconds=_expected_seconds(env, sizes, observed.warmup_default),
+        preferences=preferences,
+        gate_checks=_gate_checks(env),
+        on_failure=_on_failure(env, alias_group),
+        blockers=tuple(blockers),
+        warnings=tuple(warnings),
+        notes=tuple(notes),
+        noop=bool(ami and live and live.image_id == ami.image_id),
+    )
+
+
+def _base_template(numbered: list[TemplateVersion], group: GroupState | None,
+                   notes: list[str]) -> TemplateVersion | None:
+    """The live numbered version: what the group references, resolved through aliases."""
+    if not numbered:
+        return None
+    by_number = {t.number: t for t in numbered}
+    ref = group.launch_template_version if group else None
+    if ref and ref.isdigit() and int(ref) in by_number:
+        return by_number[int(ref)]
+    if ref == "$Latest":
+        return numbered[-1]
+    default = next((t for t in numbered if t.is_default), None)
+    if ref not in (None, "$Default") and default is not None:
+        notes.append(f"The group references version {ref}, which no longer exists; deriving from the default.")
+    return default or numbered[-1]
+
+
+def _expected_seconds(env: Environment, sizes: tuple[int, ...], warmup_default: int | None) -> int:
+    prefs = env.refresh
+    warmup = prefs.instance_warmup if prefs.instance_warmup is not None else (warmup_default or DEFAULT_WARMUP_SECONDS)
+    pauses = [p for p in prefs.checkpoint_percentages if p < 100]
+    return len(sizes) * (warmup + BATCH_OVERHEAD_SECONDS) + len(pauses) * prefs.checkpoint_delay + prefs.bake_time
+
+
+def _gate_checks(env: Environment) -> tuple[str, ...]:
+    checks = ["instance refresh reaches Successful",
+              "new instances InService and Healthy in the ASG",
+              "new instances healthy in their target groups" if env.target_groups else "no target groups to check",
+              "each new instance serves the version on /version",
+              "the load balancer serves only the new version"]
+    checks.append(f"alarms stay OK: {', '.join(env.alarms)}" if env.alarms else "no alarms configured")
+    return tuple(checks)
+
+
+def _on_failure(env: Environment, alias_group: bool) -> str:
+    if alias_group:
+        return "cancel the refresh, refresh back to the previous numbered version, record the failure"
+    how = "AWS rolls back on alarm (AutoRollback); otherwise " if env.refresh.auto_rollback else ""
+    return (f"{how}Kiln calls RollbackInstanceRefresh (or refreshes back when the refresh has ended), "
+            "waits until the fleet is back on the previous version and healthy, records the failure")
