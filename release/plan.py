@@ -200,7 +200,7 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         preferences.pop("AlarmSpecification", None)
         notes.append("AutoRollback is off for this refresh (the group uses an alias); Kiln's gate rolls back.")
 
-    changes = ()
+    changes: tuple[Change, ...] = ()
     if base is not None and ami is not None:
         changes = (Change("ImageId", base.image_id, ami.image_id),)
     desired = group.desired_capacity if group else 0
