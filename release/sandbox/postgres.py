@@ -78,8 +78,8 @@ class PostgresServer:
                 )
             return
         owner = pwd.getpwnam(self.os_user)
+        _check_reachable(self.data_dir, owner.pw_uid, owner.pw_gid, self._where)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        _check_reachable(self.data_dir.parent, owner.pw_uid, owner.pw_gid, self._where)
         os.chown(self.data_dir, owner.pw_uid, owner.pw_gid)
         self.data_dir.chmod(0o700)
         if not (self.cluster_dir / "PG_VERSION").exists():
@@ -349,11 +349,15 @@ class PostgresServer:
             return "(no log written)"
 
 
-def _check_reachable(directory: Path, uid: int, gid: int, where: str) -> None:
-    """The server runs as another user: every ancestor of its directory must be searchable by it.
-    (pytest's /tmp/pytest-of-root, for one, is 0700.)"""
-    for path in [directory, *directory.parents]:
-        info = path.stat()
+def _check_reachable(target: Path, uid: int, gid: int, where: str) -> None:
+    """The server runs as another user: every existing ancestor of its directory must be
+    searchable by it (pytest's /tmp/pytest-of-root, for one, is 0700). Missing ones are created
+    by root with the default umask, which lets others through."""
+    for path in target.parents:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
         if info.st_uid == uid:
             bit = stat.S_IXUSR
         elif info.st_gid == gid:
@@ -362,7 +366,7 @@ def _check_reachable(directory: Path, uid: int, gid: int, where: str) -> None:
             bit = stat.S_IXOTH
         if not info.st_mode & bit:
             raise SandboxError(
-                f"the {OS_USER} user cannot reach {directory}: {path} is mode {stat.S_IMODE(info.st_mode):04o}",
+                f"the {OS_USER} user cannot reach {target}: {path} is mode {stat.S_IMODE(info.st_mode):04o}",
                 where=where,
                 hint="Put the data directory under one that others may traverse (chmod o+x)",
             )
