@@ -129,3 +129,20 @@ class Verdict:
     @property
     def done(self) -> bool:
         return self.kind is not VerdictKind.WAIT
+
+
+@dataclass(frozen=True)
+class LiveRelease:
+    """What the ledger says is live in an environment."""
+
+    version: str
+    image_id: str
+    fingerprint: str | None
+    template_version: int | None
+
+
+@dataclass(frozen=True)
+class Lock:
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime

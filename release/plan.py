@@ -20,7 +20,7 @@ from datetime import datetime
 from packaging.version import Version
 
 from release.config import Environment
-from release.model import AmiRef, GroupState, RefreshState, TemplateVersion
+from release.model import AmiRef, GroupState, LiveRelease, Lock, RefreshState, TemplateVersion
 
 # What an instance refresh costs per batch beyond the warmup on AWS: launch, boot and the
 # ELB health checks (FACTS: ELB health adds ~90 s per batch).
@@ -29,23 +29,6 @@ BATCH_OVERHEAD_SECONDS = 90
 DEFAULT_WARMUP_SECONDS = 300
 
 PINNED_ALIASES = ("$Latest", "$Default")
-
-
-@dataclass(frozen=True)
-class LiveRelease:
-    """What the ledger says is live in an environment."""
-
-    version: str
-    image_id: str
-    fingerprint: str | None
-    template_version: int | None
-
-
-@dataclass(frozen=True)
-class Lock:
-    holder: str
-    acquired_at: datetime
-    expires_at: datetime
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pytest
 from packaging.version import Version
 
 from release import config
-from release.model import AmiRef, GroupState, InstanceState, RefreshState, TemplateVersion
-from release.plan import LiveRelease, Lock, Observed, Plan, Request, batches, choose_ami, make_plan
+from release.model import AmiRef, GroupState, InstanceState, LiveRelease, Lock, RefreshState, TemplateVersion
+from release.plan import Observed, Plan, Request, batches, choose_ami, make_plan
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CFG = config.load(Path(__file__).parents[2] / "versions.toml")
