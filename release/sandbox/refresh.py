@@ -28,8 +28,8 @@ checkpoints, bake time, skip matching, "Undo changes with a manual or auto rollb
   capacity (rounded up), and the group never holds more than MaxHealthyPercentage of it
   (rounded down). Within those bounds old instances are terminated and replacements launched in
   the same step. When the bounds leave no room at all, AWS still replaces one instance at a
-  time: with MaxHealthyPercentage set it launches first (briefly above desired capacity),
-  without it it terminates one and launches its replacement at once.
+  time: with MaxHealthyPercentage set, or MinHealthyPercentage 100, it launches first (briefly
+  above desired capacity); otherwise it terminates one and launches its replacement at once.
 - A replacement counts as updated (PercentageComplete, InstancesToUpdate, healthy capacity)
   only once it is InService and healthy — ASG health Healthy and, for ELB health checks, target
   health `healthy` — and InstanceWarmup has passed since it entered InService.
@@ -539,9 +539,10 @@ class RefreshEngine:
 
         in_flight = any(not r.ready for r in wave.fresh.values())
         if not to_terminate and not launches and not in_flight and movable and len(wave.fresh) < cap:
-            # The bounds leave no room; AWS still moves one instance at a time.
+            # The bounds leave no room; AWS still moves one instance at a time: launching first
+            # when MaxHealthyPercentage is set or MinHealthyPercentage is 100, else both at once.
             launches = 1
-            if not prefs.max_healthy_given:
+            if not prefs.max_healthy_given and prefs.min_healthy < 100:
                 to_terminate = movable[:1]
 
         for instance_id in to_terminate:
