@@ -90,6 +90,13 @@ class PostgresServer:
                 where=self._where,
                 hint=f"Remove {self.data_dir} to start from an empty cluster",
             )
+        pidfile = self.cluster_dir / "postmaster.pid"
+        if pidfile.exists():
+            # No live postgres of ours has that pid (pid() said so): the server crashed or the
+            # machine rebooted. PostgreSQL would refuse to start if the pid now belongs to another
+            # process (or an unreaped zombie); its shared-memory check still guards against
+            # orphaned backends.
+            pidfile.unlink()
         if _port_open(self.host, self.port):
             raise SandboxError(
                 "something else already listens on this port",

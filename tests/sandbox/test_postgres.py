@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -136,6 +138,28 @@ def test_stop_then_start_keeps_the_data(base_dir: Path) -> None:
         server.start()
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT body FROM notes").fetchall() == [("still here",)]
+    finally:
+        server.stop()
+
+
+def test_starts_again_after_a_crash(base_dir: Path) -> None:
+    """A killed postmaster leaves its pid file behind; start() must not be stopped by it."""
+    server = PostgresServer(base_dir / "data", port=free_loopback_port())
+    try:
+        server.start()
+        pid = server.pid()
+        assert pid is not None
+        pidfd = os.pidfd_open(pid)
+        os.kill(pid, signal.SIGKILL)
+        select.select([pidfd], [], [], 10)  # a pidfd turns readable when its process exits
+        os.close(pidfd)
+        assert (server.cluster_dir / "postmaster.pid").exists()
+        assert server.pid() is None
+
+        server.start()
+        assert server.pid() not in (None, pid)
+        with psycopg.connect(server.url()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         server.stop()
 
