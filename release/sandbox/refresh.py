@@ -142,8 +142,8 @@ class _Wave:
     """One pass of replacements: the refresh itself, or its rollback."""
 
     target: LaunchConfig
-    olds: list[str]  # instances still to be replaced, in the order they will be
-    total: int  # how many instances this pass set out to replace
+    olds: list[str]  # instances still to be replaced (terminated), in the order they will be
+    total: int  # how many replacements this pass launches
     fresh: dict[str, _Replacement] = field(default_factory=dict)  # replacements alive
     olds_gone: int = 0
     failures: int = 0
@@ -159,7 +159,7 @@ class _Wave:
 
     @property
     def done(self) -> bool:
-        return not self.olds and self.reached(self.total)
+        return not self.olds and len(self.fresh) >= self.total and self.ready >= self.total
 
 
 @dataclass
@@ -392,7 +392,7 @@ class RefreshEngine:
             refresh.status_reason = "The rollback completed successfully."
             refresh.end_time = self._clock.now()
             return
-        self._replace_batch(refresh, wave, group, wave.total)
+        self._replace_batch(refresh, wave, group, None)
 
     # ---- transitions ---------------------------------------------------------------------
 
@@ -425,15 +425,19 @@ class RefreshEngine:
 
     def _start_rollback(self, refresh: _Refresh, reason: str) -> None:
         """Replace everything the refresh launched (updated or still warming) with the group's
-        previous configuration. Unreplaced old instances already match it and stay."""
+        previous configuration. Unreplaced old instances already match it and stay. The rollback
+        launches what brings the group back to its desired capacity: fewer than it terminates
+        when the refresh had launched ahead, more when failed replacements left gaps."""
         forward = refresh.wave
         olds = list(forward.fresh)
+        group = self._fleet.group(refresh.group)
+        staying = sum(1 for m in group.members if m.instance_id not in forward.fresh and _in_capacity(m))
         refresh.rollback = _Rollback(
             reason=reason,
             start_time=self._clock.now(),
             percentage_on_rollback=self._percentage(refresh),
             to_update_on_rollback=self._to_update(refresh),
-            wave=_Wave(target=refresh.previous, olds=olds, total=len(olds)),
+            wave=_Wave(target=refresh.previous, olds=olds, total=max(0, group.desired_capacity - staying)),
         )
         refresh.status = "RollbackInProgress"
         refresh.status_reason = reason
@@ -511,9 +515,9 @@ class RefreshEngine:
             )
         return None
 
-    def _replace_batch(self, refresh: _Refresh, wave: _Wave, group: GroupView, cap: int) -> None:
+    def _replace_batch(self, refresh: _Refresh, wave: _Wave, group: GroupView, cap: int | None) -> None:
         """Terminate and launch as many instances as the healthy-percentage bounds allow,
-        without going past `cap` (the next checkpoint) in this pass."""
+        without going past `cap` (the next checkpoint: that many terminations and launches)."""
         prefs = refresh.prefs
         members = {m.instance_id: m for m in group.members}
         desired = group.desired_capacity
@@ -527,7 +531,7 @@ class RefreshEngine:
         budget = healthy - min_healthy
         to_terminate: list[str] = []
         for instance_id in movable:
-            if wave.olds_gone + len(to_terminate) >= cap:
+            if cap is not None and wave.olds_gone + len(to_terminate) >= cap:
                 break
             if _healthy(members[instance_id], group):
                 if budget <= 0:
@@ -535,10 +539,11 @@ class RefreshEngine:
                 budget -= 1
             to_terminate.append(instance_id)
         room = max_total - (total - sum(1 for i in to_terminate if _in_capacity(members[i])))
-        launches = max(0, min(wave.total - len(wave.fresh), cap - len(wave.fresh), room))
+        launch_limit = wave.total if cap is None else min(cap, wave.total)
+        launches = max(0, min(launch_limit - len(wave.fresh), room))
 
         in_flight = any(not r.ready for r in wave.fresh.values())
-        if not to_terminate and not launches and not in_flight and movable and len(wave.fresh) < cap:
+        if not to_terminate and not launches and not in_flight and movable and len(wave.fresh) < launch_limit:
             # The bounds leave no room; AWS still moves one instance at a time: launching first
             # when MaxHealthyPercentage is set or MinHealthyPercentage is 100, else both at once.
             launches = 1

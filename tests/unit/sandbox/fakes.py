@@ -57,8 +57,9 @@ class FakeFleet:
     _counter: int = 0
 
     def __post_init__(self) -> None:
+        _, launched_version, _ = self.resolve_version(TEMPLATE_ID, self.group_version)
         for _ in range(self.desired):
-            instance = self._new_instance(self.group_version)
+            instance = self._new_instance(launched_version)
             instance.lifecycle_state, instance.target_health, instance.age = "InService", "healthy", self.boot_steps
 
     # ---- the Fleet protocol --------------------------------------------------------------
