@@ -7,10 +7,10 @@ import shutil
 import socket
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from flask import Flask
 
@@ -46,11 +46,17 @@ def postgres() -> Iterator[PostgresServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def session_database_url(postgres: PostgresServer) -> str:
+    return postgres.create_database("webapp", "webapp", secrets.token_urlsafe(16))
+
+
 @pytest.fixture
-def database_url(postgres: PostgresServer) -> str:
-    """A fresh, empty database with its own login role, for one test."""
-    name = "webapp_" + uuid.uuid4().hex[:12]
-    return postgres.create_database(name, name, secrets.token_urlsafe(16))
+def database_url(postgres: PostgresServer, session_database_url: str) -> str:
+    """The app's database, emptied for one test: as on a first boot, the app creates its table."""
+    with psycopg.connect(postgres.url("webapp"), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS users")
+    return session_database_url
 
 
 @pytest.fixture
