@@ -14,7 +14,9 @@ import pytest
 
 from release.clock import FakeClock
 from release.errors import UsageError
+from release.sandbox.alarms import AlarmDefinition, MetricStore, evaluate
 from release.sandbox.alb import LocalLoadBalancer, MetricDatum
+from release.sandbox.health import HealthCheckConfig, Probe, TargetHealthTracker
 
 
 class _Target(ThreadingHTTPServer):
@@ -248,3 +250,61 @@ def test_ipv6_loopback_listener(targets: list[_Target], clock: FakeClock) -> Non
     with LocalLoadBalancer(lambda: [targets[0].endpoint], clock, host="::1") as alb:
         assert alb.url.startswith("http://[::1]:")
         assert _request(alb)[1]["target"] == "a"
+
+
+def _probe(probe: Probe) -> int | None:
+    """A health check as the sandbox's worker performs it: GET, status or None."""
+    connection = http.client.HTTPConnection(probe.ip, probe.port, timeout=probe.timeout)
+    try:
+        connection.request("GET", probe.path)
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+def test_health_routing_metrics_and_alarm_together(targets: list[_Target], clock: FakeClock) -> None:
+    """Probes mark the failing target unhealthy, the ALB stops sending it traffic, and once the
+    healthy one starts failing, its 5xx push a CloudWatch alarm into ALARM."""
+    tg = "targetgroup/web/1"
+    tracker = TargetHealthTracker(clock, time_scale=0.1)
+    tracker.configure(tg, HealthCheckConfig(path="/health", interval_seconds=10, timeout_seconds=5))
+    for name, target in zip(("i-a", "i-b"), targets, strict=True):
+        tracker.register(tg, name, *target.endpoint)
+    targets[1].status = 503
+
+    def check_all() -> None:
+        for probe in tracker.due_probes():
+            tracker.record(probe, _probe(probe))
+        clock.advance(1)  # 10 s interval at time_scale 0.1
+
+    for _ in range(2):  # UnhealthyThresholdCount = 2
+        check_all()
+    assert [d.health.state for d in tracker.describe(tg)] == ["healthy", "unhealthy"]
+
+    store = MetricStore()
+    alarm = AlarmDefinition(
+        alarm_name="web-target-5xx",
+        namespace="AWS/ApplicationELB",
+        metric_name="HTTPCode_Target_5XX_Count",
+        dimensions=(("LoadBalancer", "app/web/1"),),
+        statistic="Sum",
+        period=60,
+        evaluation_periods=1,
+        threshold=0,
+        comparison_operator="GreaterThanThreshold",
+        treat_missing_data="notBreaching",
+    )
+    with LocalLoadBalancer(lambda: tracker.routing_targets(tg), clock, period_seconds=6) as alb:
+        assert {_request(alb)[1]["target"] for _ in range(4)} == {"a"}
+        targets[0].status = 500
+        assert [_request(alb)[0] for _ in range(3)] == [500, 500, 500]
+        clock.advance(6)
+        for datum in alb.drain_metrics():
+            store.put_statistics(
+                alarm.namespace, datum.metric_name, dict(alarm.dimensions), datum.timestamp, datum.statistics
+            )
+    state = evaluate(alarm, store, clock.now(), time_scale=0.1)
+    assert state.state == "ALARM"
+    assert state.reason.startswith("Threshold Crossed: 1 datapoint [3.0 (")
