@@ -1,0 +1,177 @@
+"""AMI fixes: unique names, tags on RegisterImage/CopyImage, deprecation, data-plane hooks.
+
+AWS behaviours followed (EC2 API reference):
+- RegisterImage/CreateImage/CopyImage: an AMI name is unique per account and region; a taken
+  name fails with InvalidAMIName.Duplicate. (moto allows duplicates.)
+- RegisterImage.TagSpecifications: tags the AMI; any ResourceType other than `image` fails the
+  request. (moto ignores them.)
+- CopyImage.CopyImageTags: copies the user-defined tags (never `aws:` ones); TagSpecifications
+  add tags to the copy. (moto drops all tags.)
+- EnableImageDeprecation(DeprecateAt): seconds are rounded to the nearest minute, a time in the
+  past is refused, at most 10 years ahead; DisableImageDeprecation clears it; DescribeImages
+  reports DeprecationTime. IncludeDeprecated: deprecated AMIs are left out unless asked for, but
+  an owner always sees its own. (moto has none of this.)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from release.sandbox.patches._replace import replace
+from release.sandbox.wire import RequestContext, WireError, iso_timestamp
+
+MAX_DEPRECATION_AHEAD = timedelta(days=3652)
+
+
+def _runtime() -> Any:
+    from release.sandbox.patches import runtime
+
+    return runtime()
+
+
+def _ec2(ctx: RequestContext) -> Any:
+    from moto.ec2.models import ec2_backends
+
+    return ec2_backends[ctx.account_id][ctx.region]
+
+
+def _check_name_free(backend: Any, name: str | None) -> None:
+    from moto.ec2.exceptions import EC2ClientError
+
+    if not name:
+        return
+    for ami in backend.amis.values():
+        if ami.name == name and ami.owner_id == backend.account_id:
+            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {ami.id}")
+
+
+def _image_tags(tag_specifications: list[dict[str, Any]]) -> dict[str, str]:
+    from moto.ec2.exceptions import EC2ClientError
+
+    tags: dict[str, str] = {}
+    for spec in tag_specifications:
+        if spec.get("ResourceType") != "image":
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"'{spec.get('ResourceType')}' is not a valid taggable resource type for this operation.",
+            )
+        for tag in spec.get("Tags", []):
+            tags[tag["Key"]] = tag.get("Value", "")
+    return tags
+
+
+def is_deprecated(ami: Any, now: datetime) -> bool:
+    moment = getattr(ami, "kiln_deprecate_at", None)
+    return moment is not None and moment <= now
+
+
+def apply() -> None:
+    from moto.ec2.models.amis import AmiBackend
+    from moto.ec2.responses.amis import AmisResponse
+
+    original_register: Any = AmiBackend.register_image
+    original_create: Any = AmiBackend.create_image
+    original_copy: Any = AmiBackend.copy_image
+    original_deregister: Any = AmiBackend.deregister_image
+
+    def register_image(self: Any, name: str | None = None, description: str | None = None) -> Any:
+        _check_name_free(self, name)
+        return original_register(self, name, description)
+
+    def create_image(self: Any, instance_id: str, name: str, description: str, tag_specifications: Any) -> Any:
+        _check_name_free(self, name)
+        ami = original_create(self, instance_id, name, description, tag_specifications)
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            dataplane.create_image(instance_id, ami.id)
+        return ami
+
+    def copy_image(
+        self: Any, source_image_id: str, source_region: str, name: str | None = None, description: str | None = None
+    ) -> Any:
+        _check_name_free(self, name)
+        return original_copy(self, source_image_id, source_region, name, description)
+
+    def deregister_image(self: Any, ami_id: str) -> None:
+        original_deregister(self, ami_id)
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            dataplane.deregister_image(ami_id)
+
+    original_register_response: Any = AmisResponse.register_image
+    original_copy_response: Any = AmisResponse.copy_image
+    original_describe_response: Any = AmisResponse.describe_images
+
+    def register_image_response(self: Any) -> Any:
+        tags = _image_tags(self._get_param("TagSpecifications", []))  # validate before creating
+        result = original_register_response(self)
+        if tags:
+            self.ec2_backend.create_tags([result.result["ImageId"]], tags)
+        return result
+
+    def copy_image_response(self: Any) -> Any:
+        from moto.ec2.models import ec2_backends
+
+        extra = _image_tags(self._get_param("TagSpecifications", []))
+        result = original_copy_response(self)
+        tags: dict[str, str] = {}
+        if self._get_bool_param("CopyImageTags", False):
+            source_backend = ec2_backends[self.current_account][self._get_param("SourceRegion")]
+            source_tags = source_backend.tags.get(self._get_param("SourceImageId"), {})
+            tags.update({k: v for k, v in source_tags.items() if not k.startswith("aws:")})
+        tags.update(extra)
+        if tags:
+            self.ec2_backend.create_tags([result.result["ImageId"]], tags)
+        return result
+
+    def describe_images_response(self: Any) -> Any:
+        result = original_describe_response(self)
+        if self._get_bool_param("IncludeDeprecated", False):
+            return result
+        now = _runtime().clock.now()
+        account = self.current_account
+        images = result.result["Images"]
+        result.result["Images"] = [i for i in images if i.owner_id == account or not is_deprecated(i, now)]
+        return result
+
+    replace(AmiBackend, "register_image", register_image)
+    replace(AmiBackend, "create_image", create_image)
+    replace(AmiBackend, "copy_image", copy_image)
+    replace(AmiBackend, "deregister_image", deregister_image)
+    replace(AmisResponse, "register_image", register_image_response)
+    replace(AmisResponse, "copy_image", copy_image_response)
+    replace(AmisResponse, "describe_images", describe_images_response)
+
+
+def _owned_image(ctx: RequestContext, image_id: str) -> Any:
+    backend = _ec2(ctx)
+    ami = backend.amis.get(image_id)
+    if ami is None:
+        if image_id in backend.deleted_amis:
+            raise WireError("InvalidAMIID.Unavailable", f"The image id '[{image_id}]' is no longer available")
+        raise WireError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+    if ami.owner_id != ctx.account_id:
+        raise WireError("AuthFailure", f"Not authorized for image:{image_id}")
+    return ami
+
+
+def enable_image_deprecation(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    ami = _owned_image(ctx, params["ImageId"])
+    at: datetime = params["DeprecateAt"].astimezone(UTC)
+    at = (at + timedelta(seconds=30)).replace(second=0, microsecond=0)  # nearest minute
+    now = _runtime().clock.now()
+    if at <= now:
+        raise WireError("InvalidParameterValue", "The deprecation time can't be in the past.")
+    if at > now + MAX_DEPRECATION_AHEAD:
+        raise WireError("InvalidParameterValue", "The deprecation time can't be more than 10 years from now.")
+    ami.kiln_deprecate_at = at
+    ami.deprecation_time = iso_timestamp(at)  # moto's serializer renders Image.DeprecationTime from it
+    return {"Return": True}
+
+
+def disable_image_deprecation(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    ami = _owned_image(ctx, params["ImageId"])
+    ami.kiln_deprecate_at = None
+    ami.deprecation_time = None
+    return {"Return": True}

@@ -1,0 +1,137 @@
+"""EC2 instance fixes: loopback private IPs, no public IPs, data-plane hooks, console output.
+
+- Every instance's primary network interface gets a unique 127.100.x.y address as its
+  PrivateIpAddress (and PrivateIpAddresses), so clients that connect to "the private IP" reach this
+  machine. moto's made-up 10.x/54.x addresses are never reported, so nothing dials them.
+- No instance gets a public IP or public DNS name, whatever the subnet or request says: there is
+  nothing on this machine such an address could reach. Use the private IP (documented).
+- RunInstances, StopInstances, StartInstances and TerminateInstances call the data plane, when one
+  is plugged in, after moto has recorded the change. Without one the sandbox is control plane only.
+- GetConsoleOutput returns the data plane's console text (base64, as EC2 sends it); without a
+  data plane, moto's sample text.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from release.sandbox.contracts import LaunchedInstance
+from release.sandbox.patches._replace import replace
+
+
+def _runtime() -> Any:
+    from release.sandbox.patches import runtime
+
+    return runtime()
+
+
+def _user_data(instance: Any) -> str | None:
+    data = instance.user_data
+    if isinstance(data, list):  # moto keeps a one-element list for some callers
+        data = data[0] if data else None
+    if data is None:
+        return None
+    raw = data if isinstance(data, bytes) else str(data).encode()
+    try:
+        return base64.b64decode(raw, validate=True).decode(errors="replace")
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def _launched(backend: Any, instance: Any) -> LaunchedInstance:
+    key_name = getattr(instance, "key_name", None)
+    public_key = None
+    if key_name:
+        pair = backend.key_pairs.get(key_name)
+        public_key = getattr(pair, "material_public", None) if pair else None
+    return LaunchedInstance(
+        instance_id=instance.id,
+        image_id=instance.image_id,
+        private_ip=instance.private_ip,
+        key_name=key_name,
+        public_key=public_key,
+        user_data=_user_data(instance),
+        region=backend.region_name,
+    )
+
+
+def apply() -> None:
+    from moto.ec2.models.instances import Instance, InstanceBackend
+    from moto.ec2.responses.general import General
+
+    original_prep_nics: Any = Instance.prep_nics
+
+    def prep_nics(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_prep_nics(self, *args, **kwargs)
+        primary = self.nics[0]
+        address = _runtime().addresses.allocate()
+        primary.private_ip_address = address
+        primary.private_ip_addresses = [{"Primary": True, "PrivateIpAddress": address}]
+        primary.public_ip_auto_assign = False
+        primary.public_ip = None
+        self.associate_public_ip = False
+
+    original_run: Any = InstanceBackend.run_instances
+    original_stop: Any = InstanceBackend.stop_instances
+    original_start: Any = InstanceBackend.start_instances
+    original_terminate: Any = InstanceBackend.terminate_instances
+
+    def run_instances(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reservation = original_run(self, *args, **kwargs)
+        now = _runtime().clock.now()
+        for instance in reservation.instances:
+            if not hasattr(instance, "kiln_launched_at"):
+                instance.kiln_launched_at = now
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            for instance in reservation.instances:
+                dataplane.launch(_launched(self, instance))
+        return reservation
+
+    def stop_instances(self: Any, instance_ids: list[str]) -> Any:
+        result = original_stop(self, instance_ids)
+        for instance, _ in result:
+            _runtime().targets.stopped(instance.id, True)
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            for instance, _ in result:
+                dataplane.stop(instance.id)
+        return result
+
+    def start_instances(self: Any, instance_ids: list[str]) -> Any:
+        result = original_start(self, instance_ids)
+        for instance, _ in result:
+            _runtime().targets.stopped(instance.id, False)
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            for instance, _ in result:
+                dataplane.start(instance.id)
+        return result
+
+    def terminate_instances(self: Any, instance_ids: list[str]) -> Any:
+        result = original_terminate(self, instance_ids)
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            for instance, _ in result:
+                dataplane.terminate(instance.id)
+        return result
+
+    original_console: Any = General.get_console_output
+
+    def get_console_output(self: Any) -> Any:
+        result = original_console(self)
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            from moto.core.types import Base64EncodedString
+
+            text = dataplane.console_output(self._get_param("InstanceId"))
+            result.result["Output"] = Base64EncodedString.from_raw_string(text)
+        return result
+
+    replace(Instance, "prep_nics", prep_nics)
+    replace(InstanceBackend, "run_instances", run_instances)
+    replace(InstanceBackend, "stop_instances", stop_instances)
+    replace(InstanceBackend, "start_instances", start_instances)
+    replace(InstanceBackend, "terminate_instances", terminate_instances)
+    replace(General, "get_console_output", get_console_output)

@@ -1,0 +1,353 @@
+"""The sandbox control plane: moto's multi-service app plus what moto lacks, in one process.
+
+    python -m release.sandbox.server --port N --state-dir DIR [--time-scale F]
+
+Requests first meet `SandboxServer` (a WSGI middleware). It serves:
+- /_kiln/… — the admin API (admin.py);
+- the AWS operations moto lacks (instance refresh, DeleteLaunchTemplateVersions, image
+  deprecation), parsed and rendered from botocore's models by wire.py, over the same wire as AWS;
+- everything else goes to moto, whose behaviour patches/ corrects in place.
+
+One lock serialises request handling and the background ticker (refresh engine, target health
+checks, ELB health of group members), so every request sees a consistent world. Time in the
+sandbox is AWS time multiplied by `time_scale` (0.1: a 300 s instance warmup takes 30 s).
+
+Binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from release.clock import Clock, SystemClock
+from release.sandbox import patches
+from release.sandbox.admin import AdminApi
+from release.sandbox.contracts import DataPlane
+from release.sandbox.fleet import MotoFleet, sweep_elb_health
+from release.sandbox.patches import images, launch_templates
+from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
+from release.sandbox.wire import Reply, RequestContext, ServiceWire, WireError, new_request_id
+
+log = logging.getLogger("kiln.sandbox")
+
+DEFAULT_TIME_SCALE = 0.1
+TICK_SECONDS = 0.2
+DEFAULT_ACCOUNT_ID = "123456789012"  # moto's account for any access key it does not know
+
+Handler = Callable[[RequestContext, dict[str, Any]], dict[str, Any]]
+StartResponse = Callable[..., Any]
+
+# (SigV4 signing name, API version or None for any) -> botocore service name
+SERVICES: dict[tuple[str, str | None], str] = {
+    ("autoscaling", None): "autoscaling",
+    ("ec2", None): "ec2",
+    ("elasticloadbalancing", "2015-12-01"): "elbv2",
+}
+
+
+def _backends(backend_dict: Any) -> list[Any]:
+    """Every backend moto has created so far (never creates one for an unused region)."""
+    return [backend for _, _, backend in backend_dict.iter_backends()]
+
+
+def _credential_scope(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """(region, signing service) from a SigV4 Authorization header."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    marker = "Credential="
+    if marker not in auth:
+        return None
+    credential = auth.split(marker, 1)[1].split(",", 1)[0]
+    parts = credential.split("/")
+    if len(parts) < 5:
+        return None
+    return parts[2], parts[3]
+
+
+class SandboxServer:
+    """WSGI app: admin API, Kiln's operations, then moto."""
+
+    def __init__(
+        self,
+        *,
+        time_scale: float = DEFAULT_TIME_SCALE,
+        clock: Clock | None = None,
+        dataplane: DataPlane | None = None,
+    ) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        self.clock: Clock = clock or SystemClock()
+        self.time_scale = time_scale
+        self.lock = threading.RLock()
+        self.started_at = self.clock.now()
+        self.targets = TargetHealthBook(self.clock, time_scale)
+        self.runtime = patches.Runtime(clock=self.clock, time_scale=time_scale, targets=self.targets)
+        patches.install(self.runtime)
+        self.plug_dataplane(dataplane)
+        self.moto: Callable[[dict[str, Any], StartResponse], Iterable[bytes]] = DomainDispatcherApplication(
+            create_backend_app
+        )
+        self.wires = {name: ServiceWire(name) for name in set(SERVICES.values())}
+        self.handlers: dict[tuple[str, str], Handler] = {}
+        self.admin = AdminApi(health=self.health, policy=self.targets.policy)
+        self.engines: dict[tuple[str, str], Any] = {}
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self.register("ec2", "DeleteLaunchTemplateVersions", launch_templates.delete_launch_template_versions)
+        self.register("ec2", "EnableImageDeprecation", images.enable_image_deprecation)
+        self.register("ec2", "DisableImageDeprecation", images.disable_image_deprecation)
+        self._register_refresh_operations()
+
+    # ---- plugging ------------------------------------------------------------------------------
+
+    def register(self, service: str, operation: str, handler: Handler) -> None:
+        """Serve `operation` of `service` (botocore names) with `handler` instead of moto."""
+        if not self.wires[service].has_operation(operation):
+            raise ValueError(f"{service} has no operation {operation}")
+        self.handlers[(service, operation)] = handler
+
+    def plug_dataplane(self, dataplane: DataPlane | None) -> None:
+        """Attach the real machines: EC2 hooks call it, and target health uses its probes."""
+        from release.sandbox.patches.targets import dataplane_probe
+
+        with self.lock:
+            self.runtime.dataplane = dataplane
+            self.targets.probe = dataplane_probe(dataplane) if dataplane else self.targets.policy
+
+    def set_health_probe(self, probe: ProbeFn) -> None:
+        """Replace what one target health check does (health.Probe -> (status, timed_out))."""
+        with self.lock:
+            self.targets.probe = probe
+
+    # ---- instance refresh ---------------------------------------------------------------------
+
+    def _register_refresh_operations(self) -> None:
+        from release.sandbox.refresh import RefreshError
+
+        def guarded(call: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Handler:
+            def handler(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+                try:
+                    return call(self.engine(ctx.account_id, ctx.region), params)
+                except RefreshError as exc:
+                    raise WireError(exc.code, exc.message, exc.status) from exc
+
+            return handler
+
+        def start(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+            refresh_id = engine.start(
+                p["AutoScalingGroupName"],
+                strategy=p.get("Strategy", "Rolling"),
+                preferences=p.get("Preferences"),
+                desired_configuration=p.get("DesiredConfiguration"),
+            )
+            return {"InstanceRefreshId": refresh_id}
+
+        def describe(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+            found = engine.describe(p["AutoScalingGroupName"], tuple(p.get("InstanceRefreshIds", ())))
+            return {"InstanceRefreshes": found[: int(p.get("MaxRecords", 50))]}
+
+        def cancel(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+            return {"InstanceRefreshId": engine.cancel(p["AutoScalingGroupName"])}
+
+        def rollback(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+            return {"InstanceRefreshId": engine.rollback(p["AutoScalingGroupName"])}
+
+        self.register("autoscaling", "StartInstanceRefresh", guarded(start))
+        self.register("autoscaling", "DescribeInstanceRefreshes", guarded(describe))
+        self.register("autoscaling", "CancelInstanceRefresh", guarded(cancel))
+        self.register("autoscaling", "RollbackInstanceRefresh", guarded(rollback))
+
+    def engine(self, account_id: str, region: str) -> Any:
+        from release.sandbox.refresh import RefreshEngine
+
+        key = (account_id, region)
+        if key not in self.engines:
+            fleet = MotoFleet(account_id, region, clock=self.clock, time_scale=self.time_scale, targets=self.targets)
+            self.engines[key] = RefreshEngine(fleet, self.clock, time_scale=self.time_scale)
+        return self.engines[key]
+
+    # ---- the ticker ---------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One step of everything time drives. Probes run outside the lock (they may be HTTP)."""
+        from moto.autoscaling.models import autoscaling_backends
+
+        with self.lock:
+            for engine in list(self.engines.values()):
+                try:
+                    engine.tick()
+                except Exception:  # one broken refresh must not stop the others
+                    log.exception("refresh engine tick failed")
+            due = self.targets.collect_due()
+        results = self.targets.run_probes(due)
+        with self.lock:
+            self.targets.record(results)
+            for backend in _backends(autoscaling_backends):
+                for group in list(backend.autoscaling_groups.values()):
+                    sweep_elb_health(group, self.targets, self.clock, self.time_scale)
+
+    def start_ticker(self, interval: float = TICK_SECONDS) -> None:
+        def run() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("sandbox tick failed")
+
+        self._ticker = threading.Thread(target=run, name="kiln-sandbox-ticker", daemon=True)
+        self._ticker.start()
+
+    def stop_ticker(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+
+    # ---- admin ------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        from moto.autoscaling.models import autoscaling_backends
+        from moto.ec2.models import ec2_backends
+
+        with self.lock:
+            instances = len([i for b in _backends(ec2_backends) for i in b.all_instances() if i.state != "terminated"])
+            groups = sum(len(b.autoscaling_groups) for b in _backends(autoscaling_backends))
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "time_scale": self.time_scale,
+            "started_at": self.started_at.isoformat(),
+            "dataplane": self.runtime.dataplane is not None,
+            "counts": {"instances": instances, "auto_scaling_groups": groups, "refresh_engines": len(self.engines)},
+        }
+
+    # ---- WSGI -----------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if self.admin.handles(path):
+            body = self._read_body(environ)
+            status, payload = self.admin.handle(environ.get("REQUEST_METHOD", "GET"), path, body)
+            return self._send(start_response, Reply(status, json.dumps(payload).encode(), "application/json"))
+        routed = self._route(environ)
+        if routed is not None:
+            service, operation, params_form, scope = routed
+            return self._send(start_response, self._serve(service, operation, params_form, scope))
+        with self.lock:
+            # moto's response may be a lazy iterable; materialise it while the lock is held.
+            return list(self.moto(environ, start_response))
+
+    def _read_body(self, environ: dict[str, Any]) -> bytes:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again when the request is its
+        return bytes(body)
+
+    def _route(self, environ: dict[str, Any]) -> tuple[str, str, dict[str, str], tuple[str, str]] | None:
+        scope = _credential_scope(environ)
+        if scope is None:
+            return None
+        form: dict[str, str] = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        if environ.get("REQUEST_METHOD") == "POST" and "form-urlencoded" in environ.get("CONTENT_TYPE", ""):
+            form.update(parse_qsl(self._read_body(environ).decode(), keep_blank_values=True))
+        action = form.get("Action")
+        if not action:
+            return None
+        service = SERVICES.get((scope[1], None)) or SERVICES.get((scope[1], form.get("Version")))
+        if service is None or (service, action) not in self.handlers:
+            return None
+        return service, action, form, scope
+
+    def _serve(self, service: str, operation: str, form: dict[str, str], scope: tuple[str, str]) -> Reply:
+        from moto.core.exceptions import ServiceException
+
+        wire = self.wires[service]
+        ctx = RequestContext(service, operation, DEFAULT_ACCOUNT_ID, scope[0], new_request_id())
+        try:
+            params = wire.parse(operation, form)
+            with self.lock:
+                result = self.handlers[(service, operation)](ctx, params)
+            return wire.render(operation, result, ctx.request_id)
+        except WireError as exc:
+            return wire.render_error(exc, ctx.request_id)
+        except ServiceException as exc:
+            return wire.render_error(WireError(str(exc.code), str(exc.message)), ctx.request_id)
+        except (KeyError, TypeError) as exc:
+            log.exception("bad %s %s request", service, operation)
+            return wire.render_error(WireError("ValidationError", f"Invalid request: {exc}"), ctx.request_id)
+
+    @staticmethod
+    def _send(start_response: StartResponse, reply: Reply) -> list[bytes]:
+        reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+        start_response(
+            f"{reply.status} {reasons.get(reply.status, 'Error')}",
+            [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body)))],
+        )
+        return [reply.body]
+
+
+def serve(port: int, state_dir: Path, time_scale: float) -> None:
+    """Run the sandbox in this process until SIGTERM/SIGINT."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import make_server
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # moto reads these; keep its default AMIs (the sandbox lists them like AWS's public images).
+    os.environ.setdefault("MOTO_PORT", str(port))
+    app = SandboxServer(time_scale=time_scale)
+    httpd = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+
+    def stop(signum: int, frame: Any) -> None:
+        # shutdown() waits for serve_forever to return, so it must not run on the serving thread.
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    app.start_ticker()
+    log.info("sandbox serving on http://127.0.0.1:%d (time scale %s, state %s)", port, time_scale, state_dir)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    finally:
+        app.stop_ticker()
+        httpd.server_close()
+        log.info("sandbox stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m release.sandbox.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True, help="loopback port to listen on")
+    parser.add_argument("--state-dir", type=Path, required=True, help="where the sandbox keeps its files")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=DEFAULT_TIME_SCALE,
+        help=f"real seconds per AWS second for warmups, checks, delays (default {DEFAULT_TIME_SCALE})",
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.time_scale <= 1:
+        parser.error("--time-scale must be in (0, 1]")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.Formatter.converter = time.gmtime
+    serve(args.port, args.state_dir, args.time_scale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
