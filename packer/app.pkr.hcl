@@ -1,0 +1,115 @@
+# The app image: Debian 12 + the web app at one version, provisioned by ansible/playbook.yml.
+# Loads on Packer 1.6.6 as is; for Packer >= 1.7 run `packer init packer/plugins` first
+# (see docs/image.md).
+
+locals {
+  # AMI names allow letters, digits and ()[] ./-'@_ only; a PEP 440 local version has "+".
+  safe_version = regex_replace(var.app_version, "[^A-Za-z0-9()./_-]", "_")
+  # The bake time keeps names unique when the same fingerprint is baked again (--force).
+  name_stamp = regex_replace(var.built_at, "[^0-9]", "")
+  ami_name   = "${var.app_name}-${local.safe_version}-${substr(var.fingerprint, 0, 16)}-${local.name_stamp}"
+
+  provenance = {
+    "kiln:app"         = var.app_name
+    "kiln:version"     = var.app_version
+    "kiln:fingerprint" = var.fingerprint
+    "kiln:git-sha"     = var.git_sha
+    # Rendered by the builder: the AMI the build really started from, pinned or found.
+    "kiln:base-ami" = "{{ .SourceAMI }}"
+    "kiln:built-at" = var.built_at
+    "kiln:builder"  = var.builder
+  }
+}
+
+source "amazon-ebs" "app" {
+  region              = var.region
+  custom_endpoint_ec2 = var.ec2_endpoint
+
+  source_ami = var.source_ami
+  dynamic "source_ami_filter" {
+    for_each = var.source_ami == "" ? [var.source_ami_name] : []
+    content {
+      most_recent = true
+      owners      = var.source_ami_owners
+      filters = {
+        name                = source_ami_filter.value
+        architecture        = "x86_64"
+        root-device-type    = "ebs"
+        virtualization-type = "hvm"
+      }
+    }
+  }
+
+  instance_type      = var.instance_type
+  subnet_id          = var.subnet_id
+  security_group_ids = var.security_group_ids
+
+  # Encrypt the build instance's root volume, so the AMI's snapshot is encrypted as taken
+  # (no encrypt-by-copy step; the sandbox has no CopyImage data plane either).
+  launch_block_device_mappings {
+    device_name           = var.root_device_name
+    volume_size           = var.root_volume_size
+    volume_type           = "gp3"
+    iops                  = 3000
+    throughput            = 125
+    encrypted             = true
+    kms_key_id            = var.kms_key_id
+    delete_on_termination = true
+  }
+
+  ami_name           = local.ami_name
+  ami_description    = "${var.app_name} ${var.app_version} (${var.fingerprint}) baked by Kiln"
+  ami_regions        = var.ami_regions
+  region_kms_key_ids = var.region_kms_key_ids
+  ami_users          = var.ami_users
+  tags               = merge(local.provenance, { Name = local.ami_name })
+  snapshot_tags      = merge(local.provenance, { Name = local.ami_name })
+  run_tags           = merge(local.provenance, { Name = "kiln-bake-${local.ami_name}" })
+  run_volume_tags    = merge(local.provenance, { Name = "kiln-bake-${local.ami_name}" })
+
+  communicator         = "ssh"
+  ssh_username         = var.ssh_username
+  ssh_interface        = var.ssh_interface
+  ssh_host             = var.ssh_host
+  ssh_port             = var.ssh_port
+  ssh_keypair_name     = var.ssh_keypair_name
+  ssh_private_key_file = var.ssh_private_key_file
+  ssh_timeout          = "10m"
+}
+
+build {
+  sources = ["source.amazon-ebs.app"]
+
+  provisioner "ansible" {
+    playbook_file = "${path.root}/../ansible/playbook.yml"
+    user          = var.ssh_username
+    # Packer's SSH proxy offers only ssh-rsa, which current OpenSSH refuses: connect directly.
+    use_proxy = false
+    ansible_env_vars = [
+      "ANSIBLE_CONFIG=${path.root}/../ansible/ansible.cfg",
+      "ANSIBLE_FORCE_COLOR=0",
+    ]
+    extra_arguments = [
+      "--extra-vars", "ansible_python_interpreter=/usr/bin/python3",
+      "--extra-vars", jsonencode({
+        kiln_version     = var.app_version
+        kiln_fingerprint = var.fingerprint
+        kiln_git_sha     = var.git_sha
+        kiln_built_at    = var.built_at
+        kiln_base_ami    = build.SourceAMI
+        kiln_wheelhouse  = var.wheelhouse
+      }),
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_path
+    strip_path = true
+    custom_data = {
+      version     = var.app_version
+      fingerprint = var.fingerprint
+      git_sha     = var.git_sha
+      ami_name    = local.ami_name
+    }
+  }
+}

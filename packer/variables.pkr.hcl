@@ -1,0 +1,164 @@
+# Inputs of the bake. Kiln's Python passes them (-var-file); see docs/image.md.
+
+# --- what is baked (no defaults: every bake names them) --------------------------------------
+
+variable "app_version" {
+  type        = string
+  description = "Release version (PEP 440) from versions.toml."
+}
+
+variable "fingerprint" {
+  type        = string
+  description = "Content fingerprint of everything that determines the image."
+}
+
+variable "git_sha" {
+  type        = string
+  description = "Commit the bake was made from."
+}
+
+variable "built_at" {
+  type        = string
+  description = "Bake start time, RFC 3339 UTC (2026-11-22T02:30:00Z)."
+}
+
+variable "builder" {
+  type        = string
+  description = "Who or what ran the bake (user@host, CI run URL)."
+}
+
+variable "wheelhouse" {
+  type        = string
+  description = "Directory on this machine holding the app wheel, its dependencies and boto3."
+}
+
+variable "app_name" {
+  type        = string
+  default     = "webapp"
+  description = "Prefix of the AMI name and value of the kiln:app tag."
+}
+
+variable "manifest_path" {
+  type        = string
+  default     = "manifest.json"
+  description = "Where the manifest post-processor writes the build result Kiln reads."
+}
+
+# --- where and from what ---------------------------------------------------------------------
+
+variable "region" {
+  type    = string
+  default = "us-east-1"
+}
+
+variable "source_ami" {
+  type        = string
+  default     = ""
+  description = "A pinned base AMI id. Empty: the newest AMI matching the filter below."
+}
+
+variable "source_ami_owners" {
+  type        = list(string)
+  default     = ["136693071363"] # Debian
+  description = "Owners for the base AMI search when source_ami is empty."
+}
+
+variable "source_ami_name" {
+  type        = string
+  default     = "debian-12-amd64-*"
+  description = "Name pattern for the base AMI search when source_ami is empty."
+}
+
+variable "instance_type" {
+  type    = string
+  default = "t3.small"
+}
+
+variable "subnet_id" {
+  type        = string
+  default     = ""
+  description = "Empty: the default VPC's default subnet."
+}
+
+variable "security_group_ids" {
+  type        = list(string)
+  default     = []
+  description = "Empty: Packer creates a temporary group open to SSH only."
+}
+
+variable "root_device_name" {
+  type        = string
+  default     = "/dev/xvda"
+  description = "The base AMI's root device; must match it for the root volume to be encrypted."
+}
+
+variable "root_volume_size" {
+  type        = number
+  default     = 8
+  description = "GiB; at least the base AMI's root snapshot."
+}
+
+variable "kms_key_id" {
+  type        = string
+  default     = ""
+  description = "KMS key for the root volume. Empty: the account's default EBS key."
+}
+
+variable "ami_regions" {
+  type        = list(string)
+  default     = []
+  description = "Regions besides var.region to copy the AMI to."
+}
+
+variable "region_kms_key_ids" {
+  type        = map(string)
+  default     = {}
+  description = "KMS key per copy region, when copies must be re-keyed."
+}
+
+variable "ami_users" {
+  type        = list(string)
+  default     = []
+  description = "Account ids allowed to launch the AMI."
+}
+
+# --- the sandbox (and unusual networks) ------------------------------------------------------
+
+variable "ec2_endpoint" {
+  type        = string
+  default     = ""
+  description = "EC2 endpoint URL; the sandbox's loopback URL there, empty on AWS."
+}
+
+variable "ssh_interface" {
+  type        = string
+  default     = ""
+  description = "public_ip, private_ip, public_dns, private_dns or session_manager; the sandbox uses private_ip."
+}
+
+variable "ssh_host" {
+  type        = string
+  default     = ""
+  description = "Dial this address instead of the one ssh_interface picks (tests, debugging)."
+}
+
+variable "ssh_port" {
+  type    = number
+  default = 22
+}
+
+variable "ssh_username" {
+  type    = string
+  default = "admin"
+}
+
+variable "ssh_keypair_name" {
+  type        = string
+  default     = ""
+  description = "An existing key pair to launch with (with ssh_private_key_file). Empty: a temporary one."
+}
+
+variable "ssh_private_key_file" {
+  type    = string
+  default = ""
+}
