@@ -69,9 +69,7 @@ def parse_matcher(matcher: str) -> tuple[tuple[int, int], ...]:
     for part in matcher.split(","):
         found = _MATCHER_PART.match(part.strip())
         if not found:
-            raise UsageError(
-                f"invalid health check matcher {matcher!r}: use codes like 200, 200,302 or 200-299"
-            )
+            raise UsageError(f"invalid health check matcher {matcher!r}: use codes like 200, 200,302 or 200-299")
         low = int(found.group(1))
         high = int(found.group(2) or low)
         if not 200 <= low <= high <= 499:
@@ -158,9 +156,7 @@ _REGISTERING = TargetState("initial", "Elb.RegistrationInProgress", "Target regi
 _INITIAL_CHECKS = TargetState("initial", "Elb.InitialHealthChecking", "Initial health checks in progress")
 _HEALTHY = TargetState("healthy")
 _DRAINING = TargetState("draining", "Target.DeregistrationInProgress", "Target deregistration is in progress")
-_NOT_REGISTERED = TargetState(
-    "unused", "Target.NotRegistered", "Target is not registered to the target group"
-)
+_NOT_REGISTERED = TargetState("unused", "Target.NotRegistered", "Target is not registered to the target group")
 _NOT_IN_USE = TargetState(
     "unused", "Target.NotInUse", "Target group is not configured to receive traffic from the load balancer"
 )
@@ -171,9 +167,7 @@ _FAILED = TargetState("unhealthy", "Target.FailedHealthChecks", "Health checks f
 
 
 def _code_mismatch(status: int) -> TargetState:
-    return TargetState(
-        "unhealthy", "Target.ResponseCodeMismatch", f"Health checks failed with these codes: [{status}]"
-    )
+    return TargetState("unhealthy", "Target.ResponseCodeMismatch", f"Health checks failed with these codes: [{status}]")
 
 
 @dataclass
@@ -202,9 +196,7 @@ class _Group:
 class TargetHealthTracker:
     """Thread-safe: every public method holds one lock; probes run on other threads."""
 
-    def __init__(
-        self, clock: Clock, *, time_scale: float = 1.0, initial_healthy_checks: int | None = 1
-    ) -> None:
+    def __init__(self, clock: Clock, *, time_scale: float = 1.0, initial_healthy_checks: int | None = 1) -> None:
         if time_scale <= 0:
             raise UsageError("time_scale must be positive")
         self._clock = clock
@@ -266,9 +258,7 @@ class TargetHealthTracker:
                 existing.ip = ip
                 return
             self._registrations += 1
-            group.targets[(target_id, port)] = _Target(
-                target_id, ip, port, self._registrations, next_probe_at=now
-            )
+            group.targets[(target_id, port)] = _Target(target_id, ip, port, self._registrations, next_probe_at=now)
 
     def deregister(self, target_group: str, target_id: str, port: int | None = None) -> None:
         """DeregisterTargets: `draining` for the deregistration delay, then gone. Unknown: no-op."""
@@ -401,9 +391,7 @@ class TargetHealthTracker:
             group = self._group(target_group)
             self._expire_draining(self._clock.now())
             return [
-                TargetHealthDescription(
-                    t.target_id, t.port, group.config.port_for(t.port), self._reported(group, t)
-                )
+                TargetHealthDescription(t.target_id, t.port, group.config.port_for(t.port), self._reported(group, t))
                 for t in sorted(group.targets.values(), key=lambda t: t.registration)
             ]
 
@@ -455,11 +443,7 @@ class TargetHealthTracker:
 
     def _expire_draining(self, now: datetime) -> None:
         for group in self._groups.values():
-            gone = [
-                k
-                for k, t in group.targets.items()
-                if t.draining_until is not None and t.draining_until <= now
-            ]
+            gone = [k for k, t in group.targets.items() if t.draining_until is not None and t.draining_until <= now]
             for key in gone:
                 del group.targets[key]
 

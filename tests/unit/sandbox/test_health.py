@@ -20,9 +20,7 @@ FAST = HealthCheckConfig(
     matcher="200-299",
 )
 
-MISMATCH_503 = TargetState(
-    "unhealthy", "Target.ResponseCodeMismatch", "Health checks failed with these codes: [503]"
-)
+MISMATCH_503 = TargetState("unhealthy", "Target.ResponseCodeMismatch", "Health checks failed with these codes: [503]")
 
 # One letter per check: P = 200, M = 503 (code mismatch), T = timeout, E = connection error.
 _RESULTS: dict[str, tuple[int | None, bool]] = {
@@ -33,9 +31,7 @@ _RESULTS: dict[str, tuple[int | None, bool]] = {
 }
 
 
-def _tracker(
-    *, initial_healthy_checks: int | None = 1, scale: float = 1.0
-) -> tuple[TargetHealthTracker, FakeClock]:
+def _tracker(*, initial_healthy_checks: int | None = 1, scale: float = 1.0) -> tuple[TargetHealthTracker, FakeClock]:
     clock = FakeClock()
     tracker = TargetHealthTracker(clock, time_scale=scale, initial_healthy_checks=initial_healthy_checks)
     tracker.configure(TG, FAST, deregistration_delay_s=30)
@@ -159,9 +155,7 @@ def test_draining_lasts_the_deregistration_delay_then_target_is_gone() -> None:
     tracker, clock = _tracker()
     _run_checks(tracker, clock, "P")
     tracker.deregister(TG, "i-1")
-    draining = TargetState(
-        "draining", "Target.DeregistrationInProgress", "Target deregistration is in progress"
-    )
+    draining = TargetState("draining", "Target.DeregistrationInProgress", "Target deregistration is in progress")
     assert tracker.state(TG, "i-1") == draining
     assert tracker.routing_targets(TG) == []
     clock.advance(29)
@@ -196,9 +190,7 @@ def test_unused_and_unavailable_states() -> None:
     tracker, clock = _tracker()
     _run_checks(tracker, clock, "P")
     tracker.set_stopped("i-1", True)
-    assert tracker.state(TG, "i-1") == TargetState(
-        "unused", "Target.InvalidState", "Target is in the stopped state"
-    )
+    assert tracker.state(TG, "i-1") == TargetState("unused", "Target.InvalidState", "Target is in the stopped state")
     assert tracker.due_probes() == []
     tracker.set_stopped("i-1", False)
     assert tracker.state(TG, "i-1").reason == "Elb.RegistrationInProgress"  # checked anew after a start
