@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Callable
 
+import pytest
 from conftest import JWT_SECRET, free_loopback_port
 from flask import Flask
 
@@ -82,7 +83,12 @@ def test_gives_up_after_the_connect_timeout(make_app: Callable[..., Flask]) -> N
     assert 1.5 <= elapsed < 5
 
 
-def test_unavailable_with_a_malformed_database_url(make_app: Callable[..., Flask]) -> None:
-    response = make_app(DATABASE_URL="nonsense", JWT_SECRET=JWT_SECRET).test_client().get("/health")
+@pytest.mark.parametrize(
+    "url", ["nonsense", "mysql://web:s3cret@127.0.0.1/web", "postgresql://web:s3cr%t@127.0.0.1/web"]
+)
+def test_unavailable_with_a_malformed_database_url_without_quoting_it(make_app: Callable[..., Flask], url: str) -> None:
+    response = make_app(DATABASE_URL=url, JWT_SECRET=JWT_SECRET).test_client().get("/health")
     assert response.status_code == 503
-    assert response.get_json()["reason"] == 'database: missing "=" after "nonsense" in connection info string'
+    assert response.get_json()["reason"] == (
+        "database: DATABASE_URL is malformed (expected postgresql://user:password@host:port/database)"
+    )

@@ -25,6 +25,8 @@ USERS_LIMIT = 1000
 # CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalogs.
 SCHEMA_LOCK_KEY = 0x6B696C6E_75736572  # "kilnuser"
 
+MALFORMED_URL = "DATABASE_URL is malformed (expected postgresql://user:password@host:port/database)"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -87,14 +89,21 @@ class Database:
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection that commits on success; any database failure becomes
-        DatabaseUnavailable (refused, timed out, bad URL, server gone mid-query, no privilege)."""
+        DatabaseUnavailable (refused, timed out, server gone mid-query, no privilege, ...)."""
         try:
-            with psycopg.connect(
+            conn = psycopg.connect(
                 self.url,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                 application_name="webapp",
-            ) as conn:
+            )
+        except psycopg.ProgrammingError:
+            # libpq quotes the offending part of the URL, which may be the password: say less.
+            raise DatabaseUnavailable(MALFORMED_URL) from None
+        except psycopg.Error as error:
+            raise DatabaseUnavailable(describe(error)) from None
+        try:
+            with conn:
                 yield conn
         except psycopg.Error as error:
             raise DatabaseUnavailable(describe(error)) from None

@@ -49,7 +49,5 @@ class Settings:
 
     def problems(self) -> list[str]:
         """Why the app is not configured; empty when it is."""
-        problems = [] if self.jwt_problem() is None else [str(self.jwt_problem())]
-        if self.database_url is None:
-            problems.append("DATABASE_URL not set")
-        return problems
+        database_problem = "DATABASE_URL not set" if self.database_url is None else None
+        return [problem for problem in (self.jwt_problem(), database_problem) if problem is not None]
