@@ -1,0 +1,296 @@
+"""Start, find, stop and reset the sandbox server: a detached process on a loopback port.
+
+    info = up(state_dir)          # starts it (or reuses the running one) and waits until it answers
+    status(state_dir)             # SandboxInfo, or None when none is running
+    down(state_dir)               # stops the process `up` started and waits until it is gone
+    reset(state_dir)              # down + up: an empty cloud (state lives as long as the process)
+
+Everything the control plane keeps on disk is in `state_dir`: server.json (pid, port, endpoint,
+started_at, time scale) and server.log. The pid in server.json is only ever signalled after
+checking, in /proc, that it is this state dir's sandbox server — never a recycled pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from release.errors import SandboxError
+
+SERVER_MODULE = "release.sandbox.server"
+DEFAULT_TIME_SCALE = 0.1  # the server's default: one AWS second lasts 0.1 s
+REGION = "us-east-1"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+WHERE = "sandbox"
+
+# Popen objects of servers this process started, kept so they can be reaped on `down`.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    endpoint: str
+    port: int
+    pid: int
+    started_at: datetime
+    time_scale: float
+    state_dir: Path
+    region: str = REGION
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment that points the AWS CLI and boto3 at the sandbox (fake credentials)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
+
+
+def _state_file(state_dir: Path) -> Path:
+    return state_dir / "server.json"
+
+
+def log_file(state_dir: Path) -> Path:
+    return state_dir / "server.log"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    _reap(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _is_our_server(pid: int, state_dir: Path) -> bool:
+    """Is `pid` the sandbox server of this state dir? (Guards against recycled pids.)"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    args = [a.decode(errors="replace") for a in argv]
+    if SERVER_MODULE not in args or "--state-dir" not in args:
+        return False
+    given = args[args.index("--state-dir") + 1] if args.index("--state-dir") + 1 < len(args) else ""
+    return Path(given).resolve() == state_dir.resolve()
+
+
+def _health(endpoint: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/_kiln/health", timeout=timeout) as response:
+            payload = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _read_info(state_dir: Path) -> SandboxInfo | None:
+    try:
+        raw = json.loads(_state_file(state_dir).read_text())
+        return SandboxInfo(
+            endpoint=str(raw["endpoint"]),
+            port=int(raw["port"]),
+            pid=int(raw["pid"]),
+            started_at=datetime.fromisoformat(raw["started_at"]),
+            time_scale=float(raw["time_scale"]),
+            state_dir=state_dir,
+            region=str(raw.get("region", REGION)),
+        )
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SandboxError(
+            f"{_state_file(state_dir)} is unreadable ({exc})",
+            where=WHERE,
+            hint=f"Stop any sandbox server by hand if one runs, then delete {_state_file(state_dir)}.",
+        ) from exc
+
+
+def _write_info(info: SandboxInfo) -> None:
+    payload = {
+        "pid": info.pid,
+        "port": info.port,
+        "endpoint": info.endpoint,
+        "started_at": info.started_at.isoformat(),
+        "time_scale": info.time_scale,
+        "region": info.region,
+    }
+    target = _state_file(info.state_dir)
+    temporary = target.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(target)
+
+
+def status(state_dir: Path) -> SandboxInfo | None:
+    """The running sandbox of `state_dir`, or None. Clears a stale server.json."""
+    info = _read_info(state_dir)
+    if info is None:
+        return None
+    if not (_alive(info.pid) and _is_our_server(info.pid, state_dir)):
+        _state_file(state_dir).unlink(missing_ok=True)
+        return None
+    health = _health(info.endpoint)
+    if health is None or health.get("pid") != info.pid:
+        raise SandboxError(
+            f"the sandbox server (pid {info.pid}) runs but does not answer on {info.endpoint}",
+            where=WHERE,
+            hint=f"See {log_file(state_dir)}; `inv sandbox.down` then `inv sandbox.up` restarts it.",
+        )
+    return info
+
+
+def up(state_dir: Path, *, port: int | None = None, time_scale: float = DEFAULT_TIME_SCALE) -> SandboxInfo:
+    """Start the sandbox server (or return the running one) and wait until it answers."""
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    running = status(state_dir)
+    if running is not None:
+        return running
+    chosen = port or _free_port()
+    endpoint = f"http://127.0.0.1:{chosen}"
+    if _health(endpoint, timeout=0.5) is not None:
+        raise SandboxError(
+            f"another sandbox already answers on {endpoint}",
+            where=WHERE,
+            hint="Stop it (with the state dir it was started with) or choose another port.",
+        )
+    command = [
+        sys.executable,
+        "-m",
+        SERVER_MODULE,
+        "--port",
+        str(chosen),
+        "--state-dir",
+        str(state_dir),
+        "--time-scale",
+        repr(time_scale),
+    ]
+    project_root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH")]))
+    with log_file(state_dir).open("ab") as log:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=project_root,
+            env=env,
+            start_new_session=True,  # survives the invoking shell; its own process group
+        )
+    _children[child.pid] = child
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            _children.pop(child.pid, None)
+            raise SandboxError(
+                f"the sandbox server exited with code {child.returncode} while starting: {_log_tail(state_dir)}",
+                where=WHERE,
+                hint=f"See {log_file(state_dir)}.",
+            )
+        health = _health(endpoint, timeout=0.5)
+        if health is not None and health.get("pid") == child.pid:
+            info = SandboxInfo(endpoint, chosen, child.pid, datetime.now(UTC), time_scale, state_dir)
+            _write_info(info)
+            return info
+        time.sleep(0.05)
+    _stop_pid(child.pid)
+    raise SandboxError(
+        f"the sandbox server did not answer on {endpoint} within {START_TIMEOUT_S:.0f} s",
+        where=WHERE,
+        hint=f"See {log_file(state_dir)}.",
+    )
+
+
+def down(state_dir: Path) -> bool:
+    """Stop the sandbox server of `state_dir`; True if one was running. Waits until it is gone."""
+    state_dir = state_dir.resolve()
+    info = _read_info(state_dir)
+    if info is None:
+        return False
+    stopped = False
+    if _alive(info.pid) and _is_our_server(info.pid, state_dir):
+        _stop_pid(info.pid)
+        stopped = True
+    _state_file(state_dir).unlink(missing_ok=True)
+    return stopped
+
+
+def reset(state_dir: Path, *, port: int | None = None, time_scale: float | None = None) -> SandboxInfo:
+    """An empty sandbox: stop the server (its state is in memory) and start a fresh one, on the
+    same port and time scale unless told otherwise."""
+    previous = status(state_dir.resolve())
+    down(state_dir)
+    keep_port = port or (previous.port if previous else None)
+    scale = time_scale or (previous.time_scale if previous else DEFAULT_TIME_SCALE)
+    return up(state_dir, port=keep_port, time_scale=scale)
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM, wait; SIGKILL the server's own process group if it lingers; wait until gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if _wait_gone(pid, STOP_TIMEOUT_S):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the group `up` created for this server (pgid == pid)
+    except ProcessLookupError:
+        return
+    if not _wait_gone(pid, STOP_TIMEOUT_S):
+        raise SandboxError(f"the sandbox server (pid {pid}) did not stop", where=WHERE, hint=f"Kill pid {pid}.")
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        child = _children.get(pid)
+        if child is not None:
+            try:
+                child.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                continue
+            _children.pop(pid, None)
+            return True
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _log_tail(state_dir: Path, lines: int = 5) -> str:
+    try:
+        text = log_file(state_dir).read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return " | ".join(text.strip().splitlines()[-lines:])
