@@ -121,6 +121,12 @@ class InstanceProcess:
 
         return ours(data.get("unshare")), ours(data.get("init"))
 
+    def live_root(self) -> Path | None:
+        """The rootfs as the instance sees it (with its /run, /dev, /proc), via its init's mount
+        namespace; None when the instance is not running."""
+        _, init_pid = self._recorded()
+        return Path(f"/proc/{init_pid}/root{layout.rootfs(self.dir)}") if init_pid else None
+
     def running(self) -> bool:
         unshare_pid, init_pid = self._recorded()
         return bool(unshare_pid or init_pid)

@@ -65,11 +65,18 @@ class LocalDataPlane:
         """The cached Debian base rootfs (built on first use); register it with register_image."""
         return build_base_image(self.cache_dir)
 
-    def register_image(self, image_id: str, rootfs: Path) -> None:
+    def register_image(self, image_id: str, rootfs: Path, *, parent_image_id: str | None = None) -> None:
+        """Make `rootfs` (used in place, never modified or deleted) the content of `image_id`.
+
+        With `parent_image_id`, `rootfs` is a layer on top of that image's layers: a hand-made
+        image that adds a few files (a unit, an app) to the base without copying it."""
         rootfs = Path(rootfs).absolute()
-        if not (rootfs / "etc").is_dir():
-            raise SandboxError(f"RegisterImage {image_id}: {rootfs} does not look like a root filesystem")
-        self.images.add(image_id, [rootfs])
+        if parent_image_id is None:
+            if not (rootfs / "etc").is_dir():
+                raise SandboxError(f"RegisterImage {image_id}: {rootfs} does not look like a root filesystem")
+            self.images.add(image_id, [rootfs])
+        else:
+            self.images.add(image_id, [*self.images.layers(parent_image_id), rootfs])
 
     def create_image(self, instance_id: str, image_id: str) -> None:
         """Freeze the instance as a new layer on top of its image's layers.
@@ -200,6 +207,15 @@ class LocalDataPlane:
 
     def rootfs(self, instance_id: str) -> Path:
         return layout.rootfs(self._existing_dir(instance_id, "rootfs"))
+
+    def live_rootfs(self, instance_id: str) -> Path:
+        """The running instance's root as its processes see it, /run and /dev included (rootfs()
+        is the overlay alone: the instance's tmpfs mounts live in its own mount namespace)."""
+        self._existing_dir(instance_id, "live_rootfs")
+        live = self._process(instance_id).live_root()
+        if live is None:
+            raise SandboxError(f"instance {instance_id} is not running")
+        return live
 
     def status(self, instance_id: str) -> dict[str, Any]:
         """The init's unit table: {"phase": booting|running|stopped, "units": {name: {...}}}."""
