@@ -28,9 +28,10 @@ ALWAYS_EXCLUDED = (
     "/var/lib/cloud",  # cloud-init's per-instance state
     "/root/.bash_history",
     "/home/*/.bash_history",
+    "/var/tmp/systemd-private-*",
 )
 # Everything below these is runtime state (directories themselves are kept, so /tmp stays 1777).
-EMPTIED_DIRS = ("/tmp", "/run", "/dev", "/proc", "/sys", "/var/tmp/systemd-private-*")
+EMPTIED_DIRS = ("/tmp", "/run", "/dev", "/proc", "/sys")
 # Log files are dropped but their directories kept: nginx will not start without /var/log/nginx.
 LOG_DIRS = ("/var/log",)
 
@@ -44,7 +45,7 @@ class InstanceSpecific:
     def excluded(self, path: str, st: os.stat_result, host_path: Path) -> bool:
         if any(fnmatch.fnmatchcase(path, pattern) for pattern in ALWAYS_EXCLUDED):
             return True
-        if any(path.startswith(d + "/") or fnmatch.fnmatchcase(path, d) for d in EMPTIED_DIRS):
+        if any(path.startswith(d + "/") for d in EMPTIED_DIRS):
             return True
         if any(path.startswith(d + "/") for d in LOG_DIRS) and not stat.S_ISDIR(st.st_mode):
             return True

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from conftest import (
+from dataplane_helpers import (
     BASE_IMAGE,
     assert_nothing_left,
     listening_sockets,

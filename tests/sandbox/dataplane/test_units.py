@@ -140,8 +140,8 @@ def test_missing_dependencies_and_cycles_are_reported(root: Path) -> None:
 
 
 def test_conditions_are_checked_inside_the_root(root: Path) -> None:
-    unit_path = write_unit(root, "/usr/lib/systemd/system", "ssh.service",
-                           "[Unit]\nConditionPathExists=!/etc/ssh/sshd_not_to_be_run\n[Service]\nExecStart=/s\n")  # fmt: skip
+    text = "[Unit]\nConditionPathExists=!/etc/ssh/sshd_not_to_be_run\n[Service]\nExecStart=/s\n"
+    unit_path = write_unit(root, "/usr/lib/systemd/system", "ssh.service", text)
     enable(root, "ssh.service")
     unit = boot_plan(root).units["ssh.service"]
     assert unit.path == unit_path
