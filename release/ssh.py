@@ -1,0 +1,538 @@
+"""The one SSH module: strict host keys, the bastion jump, and a few remote helpers.
+
+How Kiln reaches an instance:
+
+- **Directly**, or **through a bastion** (the classic jump): an SSH transport to the bastion, then
+  a `direct-tcpip` channel to the instance's address:22 that carries the instance's own SSH
+  session. Both hops verify their host key strictly.
+- **Strict host keys, always.** A server's key is accepted only if it equals a key Kiln knows
+  for that host, or its SHA256 fingerprint matches one. Keys come from known_hosts files and,
+  for an instance, from its EC2 console output (the blocks cloud-init prints at first boot).
+  Anything else is refused with HostKeyRejected; there is no "accept and remember" mode.
+- A key first verified through console output can be recorded into a Kiln-owned known_hosts
+  file, so the next contact does not need the console.
+
+Everything here returns data; nothing prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import os
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from release.config import SshSettings
+from release.errors import KilnError
+
+KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
+KEYS_END = "-----END SSH HOST KEY KEYS-----"
+FINGERPRINTS_BEGIN = "-----BEGIN SSH HOST KEY FINGERPRINTS-----"
+FINGERPRINTS_END = "-----END SSH HOST KEY FINGERPRINTS-----"
+
+# The host key algorithms that can present a key of each kind, in paramiko's names. Used to make
+# the server offer a kind of key Kiln already knows, rather than one it would have to refuse.
+_ALGORITHMS_BY_KIND = {
+    "ED25519": ("ssh-ed25519",),
+    "ECDSA": ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"),
+    "RSA": ("rsa-sha2-512", "rsa-sha2-256"),
+}
+_KIND_BY_KEY_TYPE = {
+    "ssh-ed25519": "ED25519",
+    "ecdsa-sha2-nistp256": "ECDSA",
+    "ecdsa-sha2-nistp384": "ECDSA",
+    "ecdsa-sha2-nistp521": "ECDSA",
+    "ssh-rsa": "RSA",
+}
+
+
+class SshError(KilnError):
+    """An SSH connection or command failed: unreachable, refused, timed out, or not authorised."""
+
+
+class HostKeyRejected(SshError):
+    """The server offered a host key Kiln cannot verify. Never accepted, never remembered."""
+
+
+class CommandTimeout(SshError):
+    """A remote command did not finish within its timeout."""
+
+
+# --- host keys: pure parsing and matching ---------------------------------------------------
+
+
+def fingerprint(key_blob: bytes) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key blob: "SHA256:" + unpadded base64."""
+    digest = hashlib.sha256(key_blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class TrustedKeys:
+    """The host keys Kiln accepts for one host, and where it looked for them (for messages)."""
+
+    keys: frozenset[tuple[str, str]] = frozenset()  # (key type, base64 blob)
+    fingerprints: frozenset[tuple[str, str]] = frozenset()  # ("SHA256:…", kind such as "ED25519")
+    looked_in: tuple[str, ...] = ()
+
+    def __or__(self, other: TrustedKeys) -> TrustedKeys:
+        return TrustedKeys(
+            self.keys | other.keys, self.fingerprints | other.fingerprints, self.looked_in + other.looked_in
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not self.keys and not self.fingerprints
+
+    def accepts(self, key_type: str, key_blob: bytes) -> bool:
+        encoded = base64.b64encode(key_blob).decode()
+        if any(blob == encoded for _, blob in self.keys):
+            return True
+        offered = fingerprint(key_blob)
+        return any(fp == offered for fp, _ in self.fingerprints)
+
+    def kinds(self) -> set[str]:
+        """Key kinds (ED25519, ECDSA, RSA) this trust can verify."""
+        kinds = {_KIND_BY_KEY_TYPE.get(key_type, key_type) for key_type, _ in self.keys}
+        return kinds | {kind for _, kind in self.fingerprints}
+
+
+def _last_block(lines: list[str], begin: str, end: str) -> list[str]:
+    """The lines of the last begin…end block (cloud-init prints again on every boot)."""
+    if begin not in lines:
+        return []
+    start = len(lines) - 1 - lines[::-1].index(begin)
+    try:
+        stop = lines.index(end, start)
+    except ValueError:
+        return []  # a truncated block proves nothing
+    return lines[start + 1 : stop]
+
+
+def parse_console_output(text: str, *, source: str = "console output") -> TrustedKeys:
+    """Host keys and fingerprints from cloud-init's blocks in an instance's console output.
+
+    Reads the last `SSH HOST KEY KEYS` block ("ssh-ed25519 AAAA… root@host") and the last
+    `SSH HOST KEY FINGERPRINTS` block ("256 SHA256:xxxx root@host (ED25519)"); tolerates EC2's
+    "ec2: " line prefix and carriage returns.
+    """
+    lines = [line.strip().removeprefix("ec2:").strip() for line in text.splitlines()]
+    keys = set()
+    for line in _last_block(lines, KEYS_BEGIN, KEYS_END):
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].startswith("AAAA"):
+            keys.add((parts[0], parts[1]))
+    fingerprints = set()
+    for line in _last_block(lines, FINGERPRINTS_BEGIN, FINGERPRINTS_END):
+        parts = line.split()
+        found = next((p for p in parts if p.startswith("SHA256:")), None)
+        if found is None:
+            continue  # an MD5 fingerprint from an old cloud-init cannot be matched safely
+        kind = parts[-1].strip("()").upper() if parts[-1].startswith("(") else ""
+        fingerprints.add((found, kind))
+    summary = f"{source} ({len(keys)} keys, {len(fingerprints)} fingerprints)"
+    return TrustedKeys(frozenset(keys), frozenset(fingerprints), (summary,))
+
+
+def host_label(address: str, port: int) -> str:
+    """The host name known_hosts uses: `addr` on port 22, `[addr]:port` otherwise."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def known_hosts_keys(path: Path, address: str, port: int = 22) -> TrustedKeys:
+    """The keys a known_hosts file lists for address:port (hashed entries included)."""
+    label = host_label(address, port)
+    if not path.is_file():
+        return TrustedKeys(looked_in=(f"{path} (missing)",))
+    host_keys = paramiko.HostKeys()
+    try:
+        host_keys.load(str(path))
+    except (OSError, paramiko.SSHException) as err:
+        raise SshError(f"cannot read known_hosts {path}: {err}", hint="Fix or remove that file.") from err
+    found = host_keys.lookup(label)
+    keys = frozenset((key.get_name(), key.get_base64()) for key in found.values()) if found else frozenset()
+    return TrustedKeys(keys=keys, looked_in=(f"{path} ({len(keys)} keys for {label})",))
+
+
+def verify_host_key(host: str, key: paramiko.PKey, trusted: TrustedKeys) -> None:
+    """Accept `key` only if `trusted` lists it or its fingerprint; raise HostKeyRejected otherwise."""
+    if trusted.accepts(key.get_name(), key.asbytes()):
+        return
+    looked = "; ".join(trusted.looked_in) or "nowhere (no known_hosts file and no console output)"
+    raise HostKeyRejected(
+        f"offered host key {fingerprint(key.asbytes())} ({key.get_name()}) is not known; looked in: {looked}",
+        where=f"ssh {host}",
+        hint="Compare it with the instance's console output (`aws ec2 get-console-output`) and add the key to "
+        "known_hosts if it is right; if the instance was just replaced, wait for its console output",
+    )
+
+
+class StrictHostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """For paramiko.SSHClient users: accept only keys in `trusted`. The opposite of AutoAddPolicy."""
+
+    def __init__(self, trusted: TrustedKeys) -> None:
+        self.trusted = trusted
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        verify_host_key(hostname, key, self.trusted)
+
+
+class KnownHostsRecorder:
+    """A Kiln-owned known_hosts file: keys verified through console output are written here.
+
+    One line per host: a newer verified key for the same address (an instance replaced on a reused
+    private IP) replaces the old line, because the console output that vouched for it is newer.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def record(self, address: str, port: int, key: paramiko.PKey) -> None:
+        label = host_label(address, port)
+        line = f"{label} {key.get_name()} {key.get_base64()}\n"
+        with self._lock:
+            kept = []
+            if self.path.is_file():
+                kept = [old for old in self.path.read_text().splitlines(keepends=True) if old.split(" ", 1)[0] != label]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text("".join(kept) + line)
+            temporary.chmod(0o600)
+            os.replace(temporary, self.path)
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-host limits, in seconds."""
+
+    connect: float = 10.0  # TCP connect, or opening the jump channel
+    banner: float = 10.0  # the server's SSH banner
+    auth: float = 10.0  # key exchange and authentication, each
+    command: float = 30.0  # one remote command or HTTP request
+
+    @classmethod
+    def from_settings(cls, settings: SshSettings, command: float = 30.0) -> Timeouts:
+        limit = float(settings.connect_timeout)
+        return cls(connect=limit, banner=limit, auth=limit, command=command)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+def _open_transport(sock: Any, host: str, timeouts: Timeouts, trusted: TrustedKeys) -> paramiko.Transport:
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeouts.banner
+    transport.handshake_timeout = timeouts.auth
+    transport.auth_timeout = timeouts.auth
+    # Ask for a kind of key Kiln can verify first, so a host with several keys offers a known one.
+    known = [alg for kind in sorted(trusted.kinds()) for alg in _ALGORITHMS_BY_KIND.get(kind, ())]
+    options = transport.get_security_options()
+    options.key_types = [*known, *(alg for alg in options.key_types if alg not in known)]
+    limit = timeouts.banner + timeouts.auth
+    try:
+        transport.start_client(timeout=limit)
+    except (paramiko.SSHException, OSError, EOFError) as err:
+        transport.close()
+        raise SshError(f"SSH handshake failed: {err or type(err).__name__}", where=f"ssh {host}") from err
+    # start_client returns quietly when its own timeout runs out before the key exchange is done.
+    if not (transport.is_active() and transport.initial_kex_done):
+        transport.close()
+        raise SshError(f"SSH handshake failed: no key exchange within {limit:g} s", where=f"ssh {host}",
+                       hint="Check that sshd answers on that address and port")  # fmt: skip
+    return transport
+
+
+def _authenticate(transport: paramiko.Transport, host: str, user: str, keys: Sequence[paramiko.PKey]) -> None:
+    if not keys:
+        transport.close()
+        raise SshError(
+            "no private key to log in with", where=f"ssh {user}@{host}", hint="Pass a key file or start ssh-agent"
+        )
+    last: Exception | None = None
+    for key in keys:
+        try:
+            transport.auth_publickey(user, key)
+        except paramiko.AuthenticationException as err:
+            last = err
+            continue
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            last = err
+            break
+        if transport.is_authenticated():
+            return
+    transport.close()
+    raise SshError(
+        f"login as {user} refused ({last or 'no key accepted'})",
+        where=f"ssh {user}@{host}",
+        hint="Check the user name and that the instance's key pair matches your key",
+    )
+
+
+class Connection:
+    """An authenticated SSH session to one host. Thread-safe: each call opens its own channel."""
+
+    def __init__(self, transport: paramiko.Transport, host: str, timeouts: Timeouts,
+                 via: Connection | None = None) -> None:  # fmt: skip
+        self.transport = transport
+        self.host = host
+        self.timeouts = timeouts
+        self.via = via  # the bastion connection this one tunnels through, if any
+        self.host_key = transport.get_remote_server_key()
+
+    def open_tcp(self, address: str, port: int) -> paramiko.Channel:
+        """A `direct-tcpip` channel from this host to address:port, usable as a socket."""
+        try:
+            channel = self.transport.open_channel(
+                "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=self.timeouts.connect
+            )
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise SshError(
+                f"{self.host} could not open a connection to {address}:{port}: {err or type(err).__name__}",
+                where=f"ssh {self.host}",
+            ) from err
+        channel.settimeout(self.timeouts.command)
+        return channel
+
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        """Run `command` with the login shell; exit status, stdout and stderr. Raises CommandTimeout."""
+        limit = self.timeouts.command if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        try:
+            channel = self.transport.open_session(timeout=self.timeouts.connect)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise SshError(f"could not start a command: {err or type(err).__name__}", where=f"ssh {self.host}") from err
+        out: list[bytes] = []
+        err_out: list[bytes] = []
+        try:
+            while True:
+                while channel.recv_ready():
+                    out.append(channel.recv(65536))
+                while channel.recv_stderr_ready():
+                    err_out.append(channel.recv_stderr(65536))
+                if channel.exit_status_ready() and channel.eof_received:
+                    if not channel.recv_ready() and not channel.recv_stderr_ready():
+                        break
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeout(
+                        f"{command!r} did not finish within {limit:g} s", where=f"ssh {self.host}"
+                    )
+                # The channel's fileno turns readable when stdout or stderr data (or EOF) arrives.
+                select.select([channel], [], [], min(remaining, 0.5))
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return CommandResult(
+            status, b"".join(out).decode("utf-8", "replace"), b"".join(err_out).decode("utf-8", "replace")
+        )
+
+    def read_file(self, path: str, *, timeout: float | None = None) -> str:
+        """The text of a remote file. Raises SshError naming the file when it cannot be read."""
+        result = self.run(f"cat -- {shlex.quote(path)}", timeout=timeout)
+        if not result.ok:
+            raise SshError(f"cannot read {path}: {result.stderr.strip() or f'exit {result.exit_status}'}",
+                           where=f"ssh {self.host}")  # fmt: skip
+        return result.stdout
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_private_keys(key_filename: Path | None, use_agent: bool) -> list[paramiko.PKey]:
+    """The keys to try, in order: the given key file, then the agent's keys."""
+    keys: list[paramiko.PKey] = []
+    if key_filename is not None:
+        try:
+            keys.append(paramiko.PKey.from_path(key_filename))
+        except (OSError, paramiko.SSHException, ValueError) as err:
+            raise SshError(f"cannot load private key {key_filename}: {err}",
+                           hint="Pass an unencrypted OpenSSH/PEM key file, or use ssh-agent") from err  # fmt: skip
+    if use_agent and os.environ.get("SSH_AUTH_SOCK"):
+        with suppress(paramiko.SSHException, OSError):
+            keys.extend(paramiko.Agent().get_keys())
+    return keys
+
+
+ConsoleOutput = Callable[[str], str]  # instance id -> its EC2 console output text
+
+
+class Ssh:
+    """How Kiln reaches instances: settings, keys, trust, and the (shared) bastion connection.
+
+    `console_output(instance_id)` (e.g. Aws.console_output) is consulted for an instance's host
+    key only when the known_hosts files do not already vouch for the offered key.
+    """
+
+    def __init__(
+        self,
+        settings: SshSettings,
+        *,
+        key_filename: Path | None = None,
+        use_agent: bool = True,
+        known_hosts: Iterable[Path] = (),
+        console_output: ConsoleOutput | None = None,
+        record_to: Path | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.settings = settings
+        self.timeouts = timeouts or Timeouts.from_settings(settings)
+        files = list(known_hosts)
+        default = Path(settings.known_hosts or "~/.ssh/known_hosts").expanduser()
+        if default not in files:
+            files.insert(0, default)
+        if record_to is not None and record_to not in files:
+            files.append(record_to)
+        self.known_hosts = tuple(files)
+        self.console_output = console_output
+        self.recorder = KnownHostsRecorder(record_to) if record_to is not None else None
+        self._keys = load_private_keys(key_filename, use_agent)
+        self._bastion: Connection | None = None
+        self._bastion_lock = threading.Lock()
+
+    # trust
+
+    def trusted_from_files(self, address: str, port: int) -> TrustedKeys:
+        trusted = TrustedKeys()
+        for path in self.known_hosts:
+            trusted = trusted | known_hosts_keys(path, address, port)
+        return trusted
+
+    def _verify(self, transport: paramiko.Transport, host: str, address: str, port: int,
+                trusted: TrustedKeys, instance_id: str | None) -> None:  # fmt: skip
+        key = transport.get_remote_server_key()
+        if trusted.accepts(key.get_name(), key.asbytes()):
+            return
+        if instance_id is not None and self.console_output is not None:
+            try:
+                text = self.console_output(instance_id)
+            except KilnError as err:
+                trusted = trusted | TrustedKeys(looked_in=(f"console output of {instance_id} (unavailable: {err})",))
+            else:
+                trusted = trusted | parse_console_output(text, source=f"console output of {instance_id}")
+                if trusted.accepts(key.get_name(), key.asbytes()):
+                    if self.recorder is not None:
+                        self.recorder.record(address, port, key)
+                    return
+        transport.close()
+        verify_host_key(host, key, trusted)  # raises: nothing vouched for this key
+
+    # connections
+
+    def _connect(self, sock: Any, address: str, port: int, user: str, instance_id: str | None,
+                 via: Connection | None) -> Connection:  # fmt: skip
+        host = f"{instance_id} ({address}:{port})" if instance_id else f"{address}:{port}"
+        trusted = self.trusted_from_files(address, port)
+        transport = _open_transport(sock, host, self.timeouts, trusted)
+        self._verify(transport, host, address, port, trusted, instance_id)
+        _authenticate(transport, host, user, self._keys)
+        return Connection(transport, host, self.timeouts, via=via)
+
+    def _tcp(self, address: str, port: int) -> socket.socket:
+        try:
+            return socket.create_connection((address, port), timeout=self.timeouts.connect)
+        except OSError as err:
+            raise SshError(f"cannot reach {address}:{port}: {err.strerror or err}", where=f"ssh {address}:{port}",
+                           hint="Check the address, the security group and that sshd runs") from err  # fmt: skip
+
+    def bastion(self) -> Connection | None:
+        """The bastion connection (opened once, shared by all threads), or None when direct."""
+        if not self.settings.bastion:
+            return None
+        with self._bastion_lock:
+            if self._bastion is None or not self._bastion.transport.is_active():
+                address, port = self.settings.bastion, self.settings.bastion_port
+                user = self.settings.bastion_user or self.settings.user
+                self._bastion = self._connect(self._tcp(address, port), address, port, user, None, None)
+            return self._bastion
+
+    def connect(self, address: str, *, instance_id: str | None = None, port: int = 22,
+                user: str | None = None) -> Connection:  # fmt: skip
+        """An authenticated session to address:port, through the bastion when one is configured."""
+        jump = self.bastion()
+        sock: Any = jump.open_tcp(address, port) if jump is not None else self._tcp(address, port)
+        try:
+            return self._connect(sock, address, port, user or self.settings.user, instance_id, jump)
+        except BaseException:
+            sock.close()
+            raise
+
+    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
+        """GET http://address:port/path, from the bastion when there is one (private addresses)."""
+        jump = self.bastion()
+        sock: Any = jump.open_tcp(address, port) if jump is not None else self._tcp(address, port)
+        sock.settimeout(self.timeouts.command if timeout is None else timeout)
+        try:
+            return _http_get_over(sock, address, port, path)
+        except (OSError, http.client.HTTPException, paramiko.SSHException, EOFError) as err:
+            raise SshError(f"GET {path} from {address}:{port} failed: {err or type(err).__name__}",
+                           where=f"http {address}:{port}") from err  # fmt: skip
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        with self._bastion_lock:
+            if self._bastion is not None:
+                self._bastion.close()
+                self._bastion = None
+
+    def __enter__(self) -> Ssh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _http_get_over(sock: Any, address: str, port: int, path: str) -> HttpResponse:
+    """One HTTP/1.1 GET over an already connected socket or channel (Connection: close)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {address}:{port}\r\nUser-Agent: kiln\r\nConnection: close\r\n\r\n"
+    sock.sendall(request.encode("ascii"))
+    response = http.client.HTTPResponse(sock, method="GET")
+    try:
+        response.begin()
+        body = response.read()
+    finally:
+        response.close()
+    return HttpResponse(response.status, body, {k.lower(): v for k, v in response.getheaders()})
+

@@ -1,0 +1,224 @@
+"""release.ssh against real sshd servers: direct, through the bastion, strict host keys, helpers."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from release.config import SshSettings
+from release.ssh import (
+    CommandTimeout,
+    HostKeyRejected,
+    Ssh,
+    SshError,
+    StrictHostKeyPolicy,
+    Timeouts,
+    TrustedKeys,
+    fingerprint,
+)
+
+from .conftest import VersionServer
+from .servers import SPARE_ADDRESS, SshServer, free_port, process_tree, tcp_socket_owners
+
+FAST = Timeouts(connect=3, banner=3, auth=3, command=10)
+
+
+def make_ssh(client_key: Path, known: Path, *, bastion: SshServer | None = None, **kwargs: object) -> Ssh:
+    settings = SshSettings(
+        user="root",
+        known_hosts=str(known),
+        bastion=bastion.address if bastion else None,
+        bastion_port=bastion.port if bastion else 22,
+    )
+    return Ssh(settings, key_filename=client_key, use_agent=False, timeouts=FAST, **kwargs)  # type: ignore[arg-type]
+
+
+def offered_fingerprint(server: SshServer) -> str:
+    return server.fingerprint_line().split()[1]
+
+
+def test_direct_connection_runs_commands_with_strict_keys(client_key: Path, instance: SshServer,
+                                                          known_hosts: Callable[..., Path]) -> None:  # fmt: skip
+    with make_ssh(client_key, known_hosts(instance)) as ssh:
+        assert ssh.bastion() is None
+        with ssh.connect(instance.address, port=instance.port) as conn:
+            result = conn.run("echo out; echo err >&2; exit 3")
+            assert (result.exit_status, result.stdout, result.stderr) == (3, "out\n", "err\n")
+            assert fingerprint(conn.host_key.asbytes()) == offered_fingerprint(instance)
+            assert isinstance(conn.transport.sock, socket.socket)
+
+
+def test_read_file_returns_text_and_names_a_missing_file(
+    client_key: Path, instance: SshServer, known_hosts: Callable[..., Path], tmp_path: Path
+) -> None:
+    target = tmp_path / "MANIFEST.sha256"
+    target.write_text("abc  app.py\n")
+    with make_ssh(client_key, known_hosts(instance)) as ssh, ssh.connect(instance.address, port=instance.port) as conn:
+        assert conn.read_file(str(target)) == "abc  app.py\n"
+        with pytest.raises(SshError, match="cannot read /nonexistent/file"):
+            conn.read_file("/nonexistent/file")
+
+
+def test_command_timeout_raises_and_the_connection_stays_usable(client_key: Path, instance: SshServer,
+                                                                known_hosts: Callable[..., Path]) -> None:  # fmt: skip
+    with make_ssh(client_key, known_hosts(instance)) as ssh, ssh.connect(instance.address, port=instance.port) as conn:
+        started = time.monotonic()
+        with pytest.raises(CommandTimeout, match=r"did not finish within 0\.5 s"):
+            conn.run("sleep 5", timeout=0.5)
+        assert time.monotonic() - started < 3
+        assert conn.run("echo still here").stdout == "still here\n"
+
+
+def test_jump_through_the_bastion_reaches_the_instance_over_a_channel(
+    client_key: Path, bastion: SshServer, instance: SshServer, known_hosts: Callable[..., Path]
+) -> None:
+    with make_ssh(client_key, known_hosts(bastion, instance), bastion=bastion) as ssh:
+        jump = ssh.bastion()
+        assert jump is not None
+        with ssh.connect(instance.address, port=instance.port, instance_id="i-0abc") as conn:
+            assert conn.via is jump
+            # The instance's session rides a direct-tcpip channel of the bastion's transport.
+            assert isinstance(conn.transport.sock, paramiko.Channel)
+            assert fingerprint(conn.host_key.asbytes()) == offered_fingerprint(instance)
+            client_ip, client_port, server_ip, server_port = conn.run("echo $SSH_CONNECTION").stdout.split()
+            assert (server_ip, server_port) == (instance.address, str(instance.port))
+            # The TCP connection the instance sees was made by the bastion's sshd, not by us.
+            owners = tcp_socket_owners(client_ip, int(client_port))
+            assert owners and owners <= process_tree(bastion)
+        # The bastion is shared: a second instance connection reuses the same transport.
+        with ssh.connect(instance.address, port=instance.port) as again:
+            assert again.via is jump
+
+
+def test_the_bastion_host_key_is_verified_too(client_key: Path, bastion: SshServer, instance: SshServer,
+                                              known_hosts: Callable[..., Path]) -> None:  # fmt: skip
+    ssh = make_ssh(client_key, known_hosts(instance), bastion=bastion)
+    with ssh, pytest.raises(HostKeyRejected) as caught:
+        ssh.connect(instance.address, port=instance.port)
+    assert f"{bastion.address}:{bastion.port}" in str(caught.value)
+    assert offered_fingerprint(bastion) in str(caught.value)
+
+
+def test_unknown_host_key_is_refused_with_one_clear_line(client_key: Path, instance: SshServer,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    ssh = make_ssh(client_key, empty, console_output=lambda _id: "no cloud-init here\n")
+    with ssh, pytest.raises(HostKeyRejected) as caught:
+        ssh.connect(instance.address, port=instance.port, instance_id="i-0abc")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"i-0abc ({instance.address}:{instance.port})" in message  # which host
+    assert offered_fingerprint(instance) in message  # what it offered
+    assert str(empty) in message and "console output of i-0abc" in message  # where Kiln looked
+    assert "known_hosts" in message and "get-console-output" in message  # what to do
+
+
+def test_a_known_hosts_entry_with_another_key_is_refused(client_key: Path, bastion: SshServer, instance: SshServer,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    wrong = tmp_path / "known_hosts"
+    kind, blob = bastion.host_key_pub.split()[:2]
+    wrong.write_text(f"[{instance.address}]:{instance.port} {kind} {blob}\n")
+    with make_ssh(client_key, wrong) as ssh, pytest.raises(HostKeyRejected, match="1 keys for"):
+        ssh.connect(instance.address, port=instance.port)
+
+
+@pytest.mark.parametrize(
+    "console",
+    [
+        {"keys": True, "fingerprints": False},
+        {"keys": False, "fingerprints": True},
+        {"keys": True, "fingerprints": True, "prefix": "ec2: "},
+    ],
+    ids=["key-block", "fingerprint-block", "ec2-prefixed"],
+)
+def test_host_key_verified_from_console_output_and_recorded(client_key: Path, instance: SshServer, tmp_path: Path,
+                                                            console: dict[str, object]) -> None:  # fmt: skip
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    recorded = tmp_path / "kiln" / "known_hosts"
+    calls: list[str] = []
+
+    def console_output(instance_id: str) -> str:
+        calls.append(instance_id)
+        return instance.console_output(**console)  # type: ignore[arg-type]
+
+    with make_ssh(client_key, empty, console_output=console_output, record_to=recorded) as ssh:
+        with ssh.connect(instance.address, port=instance.port, instance_id="i-0abc") as conn:
+            assert conn.run("true").ok
+        assert calls == ["i-0abc"]
+        assert recorded.read_text() == instance.known_hosts_line()
+        # Next contact: the recorded key vouches, the console is not asked again.
+        with ssh.connect(instance.address, port=instance.port, instance_id="i-0abc") as conn:
+            assert conn.run("true").ok
+        assert calls == ["i-0abc"]
+
+
+def test_console_output_of_another_host_does_not_vouch(client_key: Path, bastion: SshServer, instance: SshServer,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    ssh = make_ssh(client_key, empty, console_output=lambda _id: bastion.console_output())
+    with ssh, pytest.raises(HostKeyRejected, match=r"console output of i-0abc \(1 keys, 1 fingerprints\)"):
+        ssh.connect(instance.address, port=instance.port, instance_id="i-0abc")
+
+
+def test_strict_policy_for_paramiko_clients(instance: SshServer, client_key: Path) -> None:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(StrictHostKeyPolicy(TrustedKeys(looked_in=("nowhere",))))
+    try:
+        with pytest.raises(HostKeyRejected, match=re.escape(offered_fingerprint(instance))):
+            client.connect(instance.address, port=instance.port, username="root", key_filename=str(client_key),
+                           allow_agent=False, look_for_keys=False, timeout=3)  # fmt: skip
+    finally:
+        client.close()
+
+
+def test_http_get_through_the_jump(client_key: Path, bastion: SshServer, known_hosts: Callable[..., Path],
+                                   version_server: VersionServer) -> None:  # fmt: skip
+    address, port, payload = version_server.address, version_server.port, version_server.payload
+    with make_ssh(client_key, known_hosts(bastion), bastion=bastion) as ssh:
+        response = ssh.http_get(address, port, "/version")
+        assert response.status == 200
+        assert json.loads(response.body) == payload
+        assert response.headers["content-type"] == "application/json"
+        assert ssh.http_get(address, port, "/nothing").status == 404
+        bastion_processes = process_tree(bastion)  # while the bastion session still exists
+    # Both requests came from sockets of the bastion's sshd (direct-tcpip), not from Kiln.
+    assert len(version_server.callers) == 2
+    assert all(owners and owners <= bastion_processes for owners in version_server.callers)
+
+
+def test_http_get_directly_without_a_bastion(
+    client_key: Path, known_hosts: Callable[..., Path], version_server: VersionServer
+) -> None:
+    address, port, payload = version_server.address, version_server.port, version_server.payload
+    with make_ssh(client_key, known_hosts()) as ssh:
+        assert json.loads(ssh.http_get(address, port, "/version").body) == payload
+
+
+def test_closed_port_is_an_ssh_error_not_a_hang(client_key: Path, known_hosts: Callable[..., Path]) -> None:
+    port = free_port(SPARE_ADDRESS)
+    with make_ssh(client_key, known_hosts()) as ssh, pytest.raises(SshError, match=r"cannot reach .*refused"):
+        ssh.connect(SPARE_ADDRESS, port=port)
+
+
+def test_a_silent_server_times_out_on_the_banner(client_key: Path, known_hosts: Callable[..., Path]) -> None:
+    with socket.socket() as silent:  # accepts TCP (kernel backlog) but never speaks SSH
+        silent.bind((SPARE_ADDRESS, 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        settings = SshSettings(user="root", known_hosts=str(known_hosts()))
+        quick = Timeouts(connect=1, banner=0.5, auth=0.5, command=1)
+        with Ssh(settings, key_filename=client_key, use_agent=False, timeouts=quick) as ssh:
+            started = time.monotonic()
+            with pytest.raises(SshError, match=r"handshake failed"):
+                ssh.connect(SPARE_ADDRESS, port=port)
+            assert time.monotonic() - started < 3
