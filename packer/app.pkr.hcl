@@ -57,15 +57,14 @@ source "amazon-ebs" "app" {
     delete_on_termination = true
   }
 
-  ami_name           = local.ami_name
-  ami_description    = "${var.app_name} ${var.app_version} (${var.fingerprint}) baked by Kiln"
-  ami_regions        = var.ami_regions
-  region_kms_key_ids = var.region_kms_key_ids
-  ami_users          = var.ami_users
-  tags               = merge(local.provenance, { Name = local.ami_name })
-  snapshot_tags      = merge(local.provenance, { Name = local.ami_name })
-  run_tags           = merge(local.provenance, { Name = "kiln-bake-${local.ami_name}" })
-  run_volume_tags    = merge(local.provenance, { Name = "kiln-bake-${local.ami_name}" })
+  ami_name        = local.ami_name
+  ami_description = "${var.app_name} ${var.app_version} (${var.fingerprint}) baked by Kiln"
+  ami_regions     = var.ami_regions
+  ami_users       = var.ami_users
+  tags            = merge(local.provenance, { Name = local.ami_name })
+  snapshot_tags   = merge(local.provenance, { Name = local.ami_name })
+  run_tags        = merge(local.provenance, { Name = "kiln-bake-${local.ami_name}" })
+  run_volume_tags = merge(local.provenance, { Name = "kiln-bake-${local.ami_name}" })
 
   communicator         = "ssh"
   ssh_username         = var.ssh_username

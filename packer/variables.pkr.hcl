@@ -107,13 +107,7 @@ variable "kms_key_id" {
 variable "ami_regions" {
   type        = list(string)
   default     = []
-  description = "Regions besides var.region to copy the AMI to."
-}
-
-variable "region_kms_key_ids" {
-  type        = map(string)
-  default     = {}
-  description = "KMS key per copy region, when copies must be re-keyed."
+  description = "Regions besides var.region to copy the AMI to (encrypted with each region's default EBS key)."
 }
 
 variable "ami_users" {
