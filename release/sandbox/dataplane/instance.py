@@ -75,6 +75,7 @@ class InstanceProcess:
         package_parent = Path(__file__).resolve().parents[3]  # the directory holding `release/`
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(package_parent),
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+        layout.status(self.dir).unlink(missing_ok=True)  # the last boot's "stopped" must not read as booted
         with layout.console(self.dir).open("ab") as console:
             self.popen = subprocess.Popen(
                 ["unshare", "--pid", "--mount", "--uts", "--fork", "--kill-child", "--propagation", "private",

@@ -175,6 +175,10 @@ class LocalDataPlane:
     def _destroy(self, instance_id: str) -> None:
         instance_dir = self._dir(instance_id)
         if not instance_dir.exists():
+            with self._lock:  # terminated by another data plane object: just reap our child
+                gone = self._processes.pop(instance_id, None)
+            if gone is not None and gone.popen is not None:
+                gone.popen.poll()
             return
         process = self._process(instance_id)
         process.halt()

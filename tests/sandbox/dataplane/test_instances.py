@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -316,7 +315,14 @@ def test_unknown_image_is_a_clear_error(plane: LocalDataPlane) -> None:
     assert not (plane.state_dir / "instances/i-0none").exists()
 
 
-def test_image_table_survives_a_restart(plane: LocalDataPlane) -> None:
-    again = LocalDataPlane(plane.state_dir, DEFAULT_CACHE_DIR)
+def test_a_restarted_data_plane_finds_images_and_instances(plane: LocalDataPlane) -> None:
+    instance, ip = "i-0restart00000001", "127.100.0.15"
+    plane.launch(spec(instance, ip, None))
+    plane.wait_until_booted(instance)
+    again = LocalDataPlane(plane.state_dir, DEFAULT_CACHE_DIR)  # as after a sandbox server restart
     assert again.images.layers(BASE_IMAGE) == plane.images.layers(BASE_IMAGE)
-    assert subprocess.run(["true"]).returncode == 0
+    assert instance in again.instance_ids()
+    assert again.status(instance)["phase"] == "running"
+    again.terminate(instance)  # finds the instance's init from its pid file, not from a child handle
+    plane.terminate(instance)
+    assert_nothing_left(plane.state_dir, instance, ip)
