@@ -1,0 +1,253 @@
+"""The fleet audit's pure parts, table-driven: judge(), manifest parsing, the report; audit() with fakes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from release.errors import EXIT_DRIFT, DriftDetected
+from release.fleet import (
+    DEFAULT_SERVICES,
+    ExpectedRelease,
+    FleetInstance,
+    Observed,
+    Outcome,
+    audit,
+    compare_files,
+    judge,
+    parse_sha256sum,
+)
+from release.ssh import CommandResult, HttpResponse, SshError
+
+EXPECTED = ExpectedRelease(version="1.4.2", fingerprint="sha256:f00d", image_id="ami-0new", template_version="7")
+INSTANCE = FleetInstance("i-1", "127.100.0.5", "ami-0new", "7")
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+GOOD = Observed(
+    INSTANCE,
+    served={"version": "1.4.2", "fingerprint": "sha256:f00d", "git_sha": "3f2c"},
+    manifest={"app.py": A, "static/site.css": B},
+    on_disk={"app.py": A, "static/site.css": B},
+    services={"webapp.service (gunicorn)": True, "nginx": True},
+)
+
+# (id, observation, outcome, drifted field names, changed, added, missing, services down)
+Paths = tuple[str, ...]
+CASES: list[tuple[str, Observed, Outcome, set[str], Paths, Paths, Paths, Paths]] = [
+    ("all-match", GOOD, Outcome.MATCH, set(), (), (), (), ()),
+    ("equal-versions-spelled-differently", replace(GOOD, served={"version": "1.4.2.0", "fingerprint": "sha256:f00d"}),
+     Outcome.MATCH, set(), (), (), (), ()),
+    ("other-image", replace(GOOD, instance=replace(INSTANCE, image_id="ami-0old")),
+     Outcome.DRIFT, {"image_id"}, (), (), (), ()),
+    ("other-template-version", replace(GOOD, instance=replace(INSTANCE, template_version="6")),
+     Outcome.DRIFT, {"template_version"}, (), (), (), ()),
+    ("no-template-version", replace(GOOD, instance=replace(INSTANCE, template_version=None)),
+     Outcome.DRIFT, {"template_version"}, (), (), (), ()),
+    ("serves-other-version", replace(GOOD, served={"version": "1.4.1", "fingerprint": "sha256:f00d"}),
+     Outcome.DRIFT, {"version"}, (), (), (), ()),
+    ("serves-other-fingerprint", replace(GOOD, served={"version": "1.4.2", "fingerprint": "sha256:beef"}),
+     Outcome.DRIFT, {"fingerprint"}, (), (), (), ()),
+    ("version-endpoint-broken", replace(GOOD, served=None, served_problem="GET /version answered HTTP 503"),
+     Outcome.DRIFT, {"/version"}, (), (), (), ()),
+    ("file-changed-and-added", replace(GOOD, on_disk={"app.py": C, "static/site.css": B, "hotfix.py": A}),
+     Outcome.DRIFT, set(), ("app.py",), ("hotfix.py",), (), ()),
+    ("file-deleted", replace(GOOD, on_disk={"app.py": A}), Outcome.DRIFT, set(), (), (), ("static/site.css",), ()),
+    ("manifest-missing", replace(GOOD, manifest=None, manifest_problem="cannot read MANIFEST.sha256"),
+     Outcome.DRIFT, {"manifest"}, (), (), (), ()),
+    ("checksums-failed", replace(GOOD, on_disk=None, disk_problem="sha256sum: x: Permission denied"),
+     Outcome.DRIFT, {"files"}, (), (), (), ()),
+    ("nginx-down", replace(GOOD, services={"webapp.service (gunicorn)": True, "nginx": False}),
+     Outcome.DRIFT, set(), (), (), (), ("nginx",)),
+    ("nothing-observed-is-not-a-match", Observed(INSTANCE),
+     Outcome.DRIFT, {"/version", "manifest", "services"}, (), (), (), ()),
+    ("unreachable", Observed(INSTANCE, unreachable="cannot reach 127.100.0.5:22"),
+     Outcome.UNREACHABLE, set(), (), (), (), ()),
+    ("unreachable-on-the-wrong-image-is-drift",
+     Observed(replace(INSTANCE, image_id="ami-0old"), unreachable="cannot reach 127.100.0.5:22"),
+     Outcome.DRIFT, {"image_id"}, (), (), (), ()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("observed", "outcome", "fields", "changed", "added", "missing", "down"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_judge(observed: Observed, outcome: Outcome, fields: set[str], changed: tuple[str, ...],
+               added: tuple[str, ...], missing: tuple[str, ...], down: tuple[str, ...]) -> None:  # fmt: skip
+    verdict = judge(EXPECTED, observed)
+    assert verdict.outcome is outcome
+    assert {f.name for f in verdict.fields} == fields
+    assert (verdict.changed_files, verdict.added_files, verdict.missing_files) == (changed, added, missing)
+    assert verdict.services_down == down
+    assert verdict.symbol == {"match": "✔", "drift": "✘", "unreachable": "?"}[outcome.value]
+    if outcome is Outcome.MATCH:
+        assert verdict.details() == []
+    else:
+        assert verdict.details()  # a drifted or unreachable verdict always says why
+
+
+def test_judge_names_expected_and_found_values() -> None:
+    verdict = judge(EXPECTED, replace(GOOD, served={"version": "1.4.1", "fingerprint": "sha256:f00d"}))
+    assert verdict.details() == ["version: expected 1.4.2, found 1.4.1"]
+
+
+def test_no_expected_fingerprint_or_template_version_means_not_compared() -> None:
+    loose = replace(EXPECTED, fingerprint=None, template_version=None)
+    observed = replace(GOOD, served={"version": "1.4.2"}, instance=replace(INSTANCE, template_version=None))
+    assert judge(loose, observed).outcome is Outcome.MATCH
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        (f"{A}  app.py\n{B}  static/site.css\n", {"app.py": A, "static/site.css": B}),
+        (f"{A} *bin/tool\n", {"bin/tool": A}),  # binary-mode marker
+        (f"{A}  ./app.py\n", {"app.py": A}),
+        (f"{A}  name with spaces.txt\n", {"name with spaces.txt": A}),
+        (f"\\{A}  new\\nline\\\\x\n", {"new\nline\\x": A}),  # GNU escaping
+        (f"\n{A.upper()}  app.py\n\n", {"app.py": A}),
+        ("not a checksum line\n", {}),
+        ("", {}),
+    ],
+    ids=["two", "binary", "dot-slash", "spaces", "escaped", "blank-lines-uppercase", "garbage", "empty"],
+)
+def test_parse_sha256sum(text: str, parsed: dict[str, str]) -> None:
+    assert parse_sha256sum(text) == parsed
+
+
+def test_compare_files_sorts_each_list() -> None:
+    manifest = {"b": A, "a": A, "gone": A}
+    on_disk = {"b": B, "a": B, "z-new": A, "m-new": A}
+    assert compare_files(manifest, on_disk) == (("a", "b"), ("m-new", "z-new"), ("gone",))
+
+
+# --- audit() with a fake way to reach instances ------------------------------------------------
+
+
+@dataclass
+class FakeHost:
+    manifest: str
+    disk: str
+    version: dict[str, str]
+    running: frozenset[str] = frozenset({"gunicorn", "nginx"})
+
+
+class FakeSession:
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        if command.startswith("cd "):
+            return CommandResult(0, self.host.disk, "")
+        if command.startswith("pgrep"):
+            found = ("unicorn" in command and "gunicorn" in self.host.running) or (
+                "nginx" in command and "nginx" in self.host.running
+            )
+            return CommandResult(0 if found else 1, "123\n" if found else "", "")
+        raise AssertionError(f"unexpected command {command!r}")
+
+    def read_file(self, path: str, *, timeout: float | None = None) -> str:
+        assert path == "/opt/webapp/releases/1.4.2/MANIFEST.sha256"
+        return self.host.manifest
+
+    def close(self) -> None:
+        pass
+
+
+class FakeReach:
+    def __init__(self, hosts: dict[str, FakeHost]) -> None:
+        self.hosts = hosts
+        self.active = 0
+        self.most_active = 0
+        self.lock = threading.Lock()
+
+    def connect(self, address: str, *, instance_id: str | None = None) -> Any:
+        if address not in self.hosts:
+            raise SshError(f"cannot reach {address}:22: Connection refused")
+        return FakeSession(self.hosts[address])
+
+    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
+        assert (port, path) == (80, "/version")
+        return HttpResponse(200, json.dumps(self.hosts[address].version).encode())
+
+
+def _host(disk_extra: str = "", running: frozenset[str] = frozenset({"gunicorn", "nginx"})) -> FakeHost:
+    manifest = f"{A}  app.py\n"
+    return FakeHost(manifest, manifest + disk_extra, {"version": "1.4.2", "fingerprint": "sha256:f00d"}, running)
+
+
+def test_audit_reports_each_instance_and_one_unreachable_is_not_fatal() -> None:
+    hosts = {"10.0.0.1": _host(), "10.0.0.2": _host(f"{B}  hotfix.py\n"), "10.0.0.4": _host(running=frozenset())}
+    reach = FakeReach(hosts)
+    instances = [
+        FleetInstance("i-1", "10.0.0.1", "ami-0new", "7"),
+        FleetInstance("i-2", "10.0.0.2", "ami-0new", "7"),
+        FleetInstance("i-3", "10.0.0.3", "ami-0new", "7"),  # nothing listens
+        FleetInstance("i-4", "10.0.0.4", "ami-0new", "7"),
+        FleetInstance("i-5", None, "ami-0new", "7"),
+    ]
+    seen: list[str] = []
+    report = audit(reach, EXPECTED, instances, parallel=3, on_verdict=lambda v: seen.append(v.instance_id))
+    assert [v.instance_id for v in report.verdicts] == ["i-1", "i-2", "i-3", "i-4", "i-5"]  # input order
+    assert sorted(seen) == ["i-1", "i-2", "i-3", "i-4", "i-5"]
+    by_id = {v.instance_id: v for v in report.verdicts}
+    assert by_id["i-1"].outcome is Outcome.MATCH
+    assert by_id["i-2"].added_files == ("hotfix.py",)
+    assert by_id["i-3"].outcome is Outcome.UNREACHABLE and "Connection refused" in (by_id["i-3"].reason or "")
+    assert by_id["i-4"].services_down == tuple(check.name for check in DEFAULT_SERVICES)
+    assert by_id["i-5"].reason == "no private IP address"
+    assert not report.ok and report.exit_code == EXIT_DRIFT
+    error = report.error()
+    assert isinstance(error, DriftDetected) and error.exit_code == EXIT_DRIFT
+    assert "2 drifted and 2 unreachable of 5 instances" in str(error)
+    document = report.to_json()
+    assert document["counts"] == {"match": 1, "drift": 2, "unreachable": 2}
+    assert document["instances"][1]["added_files"] == ["hotfix.py"]
+    _columns, rows = report.table()
+    assert len(rows) == 5 and rows[0][:4] == ["✔", "i-1", "10.0.0.1", "match"]
+    assert "added: hotfix.py" in rows[1][4]
+
+
+def test_audit_runs_in_parallel_within_the_bound() -> None:
+    class SlowReach(FakeReach):
+        barrier = threading.Barrier(2, timeout=5)  # proves two audits really overlap
+
+        def connect(self, address: str, *, instance_id: str | None = None) -> Any:
+            with self.lock:
+                self.active += 1
+                self.most_active = max(self.most_active, self.active)
+            try:
+                self.barrier.wait()  # returns only when two connects are in flight at once
+                return FakeSession(self.hosts[address])
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+    hosts = {f"10.0.0.{n}": _host() for n in range(1, 7)}
+    reach = SlowReach(hosts)
+    instances = [FleetInstance(f"i-{n}", f"10.0.0.{n}", "ami-0new", "7") for n in range(1, 7)]
+    report = audit(reach, EXPECTED, instances, parallel=2)
+    assert report.ok and report.exit_code == 0 and report.error() is None
+    assert reach.most_active == 2
+
+
+def test_a_crash_while_observing_one_host_is_reported_for_that_host_only() -> None:
+    class Broken(FakeReach):
+        def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
+            if address == "10.0.0.2":
+                raise RuntimeError("boom")
+            return super().http_get(address, port, path, timeout=timeout)
+
+    reach = Broken({"10.0.0.1": _host(), "10.0.0.2": _host()})
+    instances = [FleetInstance("i-1", "10.0.0.1", "ami-0new", "7"), FleetInstance("i-2", "10.0.0.2", "ami-0new", "7")]
+    report = audit(reach, EXPECTED, instances)
+    assert [v.outcome for v in report.verdicts] == [Outcome.MATCH, Outcome.UNREACHABLE]
+    assert report.verdicts[1].reason == "RuntimeError: boom"
+
+
+def test_empty_fleet_is_ok() -> None:
+    assert audit(FakeReach({}), EXPECTED, []).ok
