@@ -9,6 +9,7 @@ clients can verify host keys strictly.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ DEFAULT_USER = "admin"
 HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # what `ssh-keygen -A` makes on Debian 12
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-sandbox.conf"
 METADATA = "/etc/kiln/instance-metadata.json"
+# cloud-init's place for a user-data script; the instance's init runs it once, on first boot.
+USER_SCRIPT = "/var/lib/cloud/instance/scripts/part-001"
 
 # Files a launch writes: an image made from the instance leaves them out (see images.py), except
 # files the instance itself changed afterwards (hash differs), which are the instance's own work.
@@ -118,6 +121,20 @@ def parse_host_keys(console_text: str) -> list[tuple[str, str]]:
     return keys
 
 
+def user_script(user_data: str | None) -> str | None:
+    """The script in user data ("#!" first line, plain or base64 as the EC2 API carries it);
+    None for anything else (cloud-config and MIME multipart are not supported)."""
+    if not user_data:
+        return None
+    if user_data.startswith("#!"):
+        return user_data
+    try:
+        decoded = base64.b64decode(user_data, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return decoded if decoded.startswith("#!") else None
+
+
 def inject(root: Path, spec: LaunchedInstance, identity: Identity) -> dict[str, str]:
     """Write the instance-specific files into `root`. Returns {path inside the instance: sha256}."""
     hostname = hostname_for(spec.private_ip)
@@ -161,6 +178,9 @@ def inject(root: Path, spec: LaunchedInstance, identity: Identity) -> dict[str, 
         ssh_dir.chmod(0o700)
         path = f"{account.home}/.ssh/authorized_keys"
         written[path] = _write(root, path, spec.public_key.strip() + "\n", 0o600, (account.uid, account.gid))
+    script = user_script(spec.user_data)
+    if script is not None:
+        _write(root, USER_SCRIPT, script, 0o700)
     return written
 
 

@@ -48,6 +48,7 @@ from release.sandbox.dataplane.units import (
 )
 
 FINAL_KILL_GRACE_S = 3.0
+USER_SCRIPT_TIMEOUT_S = 600.0
 EXIT_EXEC_FAILED = 203  # systemd's status for "could not execute the command"
 CLEAN_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE}
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
@@ -508,6 +509,18 @@ class Init:
             self.start_unit(state)
             self.write_status("booting")
 
+    def run_user_script(self) -> None:
+        """cloud-init's scripts-user: the user-data script, as root, once, after the units."""
+        script = self.root / cloudinit.USER_SCRIPT.lstrip("/")
+        if not script.is_file():
+            return
+        state = UnitState(Unit("cloud-final.service", None))
+        env = self.environment(state.unit, None)
+        if self.run_control(state, Command((cloudinit.USER_SCRIPT,)), env, USER_SCRIPT_TIMEOUT_S):
+            self.log("[  OK  ] Finished cloud-final.service - user data script.")
+        else:
+            self.log("[FAILED] cloud-final.service: the user data script failed.")
+
     def shutdown(self) -> None:
         self.log("Stopping the instance.")
         self.stopping = True
@@ -543,6 +556,7 @@ class Init:
         self.boot(boot_plan(self.root))
         if not self.stopping:
             if first_boot.exists():
+                self.run_user_script()
                 self.log(cloudinit.first_boot_text(self.root, first_boot.read_text().strip()))
                 first_boot.unlink()
             self.write_status("running")

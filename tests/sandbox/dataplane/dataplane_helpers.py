@@ -49,8 +49,10 @@ def assert_nothing_left(state_dir: Path, instance_id: str, ip: str) -> None:
     assert leftovers == "", f"processes mentioning {instance_dir}: {leftovers}"
 
 
-def spec(instance_id: str, ip: str, public_key: str | None, image_id: str = BASE_IMAGE) -> LaunchedInstance:
-    return LaunchedInstance(instance_id, image_id, ip, "kiln-test", public_key, None, "us-east-1")
+def spec(
+    instance_id: str, ip: str, public_key: str | None, image_id: str = BASE_IMAGE, user_data: str | None = None
+) -> LaunchedInstance:
+    return LaunchedInstance(instance_id, image_id, ip, "kiln-test", public_key, user_data, "us-east-1")
 
 
 def wait_for_port(ip: str, port: int, timeout: float = 30.0) -> None:

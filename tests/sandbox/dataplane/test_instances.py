@@ -3,6 +3,7 @@ CreateImage, stop/start, and terminate leaving nothing behind."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -186,7 +187,8 @@ def make_layer(directory: Path) -> Path:
 def test_units_from_a_hand_made_layer_boot_and_serve(plane: LocalDataPlane, tmp_path: Path) -> None:
     plane.register_image("ami-0web", make_layer(tmp_path / "layer"), parent_image_id=BASE_IMAGE)
     instance, ip = "i-0web000000000001", "127.100.0.11"
-    plane.launch(spec(instance, ip, None, "ami-0web"))
+    script = "#!/bin/sh\necho \"user data ran as $(id -un)\" > /var/tmp/user-data-ran\n"
+    plane.launch(spec(instance, ip, None, "ami-0web", base64.b64encode(script.encode()).decode()))
     try:
         status = plane.wait_until_booted(instance)
         units = status["units"]
@@ -211,6 +213,8 @@ def test_units_from_a_hand_made_layer_boot_and_serve(plane: LocalDataPlane, tmp_
         assert "[  OK  ] Started web.service - Test web server." in console
         assert "[FAILED] Failed to start broken.service." in console
         assert "[DEPEND] Dependency failed for needs-broken.service: broken.service." in console
+        assert (root / "var/tmp/user-data-ran").read_text() == "user data ran as root\n"
+        assert "[  OK  ] Finished cloud-final.service" in console
         daemon_pid = int((live / "run/kiln-daemon.pid").read_text())
         assert units["kiln-daemon.service"]["main_pid"] == daemon_pid
         plane.stop(instance)
