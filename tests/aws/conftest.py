@@ -51,10 +51,10 @@ def kit(sandbox: SandboxInfo, client: Clients) -> Kit:
 
 
 @pytest.fixture
-def seed(client: Clients) -> SeedResources:
-    """A fresh copy of the seed architecture under unique names (the session server is shared)."""
+def seed_names() -> SeedNames:
+    """Unique names for one test's copy of the seed architecture (the session server is shared)."""
     name = unique("web")
-    names = SeedNames(
+    return SeedNames(
         asg=name,
         launch_template=name,
         target_group=name,
@@ -65,4 +65,8 @@ def seed(client: Clients) -> SeedResources:
         alarm_unhealthy_hosts=f"{name}-unhealthy-hosts",
         network=name,
     )
-    return provision(lambda service, region: client(service, region), REGION, names)
+
+
+@pytest.fixture
+def seed(client: Clients, seed_names: SeedNames) -> SeedResources:
+    return provision(lambda service, region: client(service, region), REGION, seed_names)

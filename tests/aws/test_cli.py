@@ -1,0 +1,76 @@
+"""The real AWS CLI against the sandbox, with nothing but --endpoint-url and fake credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from aws_sandbox_kit import Kit
+
+from release.sandbox.provision import SeedResources
+
+AWS = Path(sys.executable).parent / "aws"
+
+
+def aws(kit: Kit, *args: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(kit.info.env)
+    env.pop("AWS_ENDPOINT_URL")  # the CLI is told on the command line, as the README shows
+    done = subprocess.run(
+        [str(AWS), "--endpoint-url", kit.info.endpoint, "--output", "json", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_cli_describes_the_group_and_creates_a_version_from_a_source(kit: Kit, seed: SeedResources) -> None:
+    groups = aws(kit, "autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names", seed.asg_name)
+    [group] = groups["AutoScalingGroups"]
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 4, 8)
+    assert group["LaunchTemplate"]["Version"] == "1"
+    assert {i["LaunchTemplate"]["Version"] for i in group["Instances"]} == {"1"}
+
+    created = aws(
+        kit,
+        "ec2",
+        "create-launch-template-version",
+        "--launch-template-id",
+        seed.launch_template_id,
+        "--source-version",
+        "1",
+        "--launch-template-data",
+        json.dumps({"ImageId": "ami-0123456789abcdef0"}),
+    )["LaunchTemplateVersion"]
+    assert created["VersionNumber"] == 2
+    data = created["LaunchTemplateData"]
+    assert data["ImageId"] == "ami-0123456789abcdef0"
+    assert data["InstanceType"] == "t3.micro"  # inherited from version 1
+    assert data["SecurityGroupIds"] == [seed.security_group_ids["app"]]
+
+
+def test_cli_starts_and_describes_an_instance_refresh(kit: Kit, seed: SeedResources) -> None:
+    started = aws(
+        kit,
+        "autoscaling",
+        "start-instance-refresh",
+        "--auto-scaling-group-name",
+        seed.asg_name,
+        "--preferences",
+        json.dumps({"MinHealthyPercentage": 50, "InstanceWarmup": 100, "CheckpointPercentages": [50]}),
+    )
+    described = aws(kit, "autoscaling", "describe-instance-refreshes", "--auto-scaling-group-name", seed.asg_name)
+    [refresh] = described["InstanceRefreshes"]
+    assert refresh["InstanceRefreshId"] == started["InstanceRefreshId"]
+    assert refresh["Preferences"]["MinHealthyPercentage"] == 50
+    assert refresh["Preferences"]["CheckpointPercentages"] == [50]
+    assert refresh["Status"] in ("Pending", "InProgress")
+    aws(kit, "autoscaling", "cancel-instance-refresh", "--auto-scaling-group-name", seed.asg_name)

@@ -1,0 +1,100 @@
+"""up / status / down / reset of real sandbox server processes (each test its own state dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from release.errors import SandboxError
+from release.sandbox import lifecycle
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    lifecycle.down(tmp_path)  # whatever a test left running
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_up_is_fast_idempotent_and_down_leaves_nothing(state_dir: Path) -> None:
+    began = time.monotonic()
+    info = lifecycle.up(state_dir)
+    cold = time.monotonic() - began
+    print(f"sandbox up from cold: {cold:.2f} s")
+    assert cold < 15
+
+    assert info.endpoint == f"http://127.0.0.1:{info.port}"
+    assert info.env["AWS_ENDPOINT_URL"] == info.endpoint
+    assert info.env["AWS_ACCESS_KEY_ID"] == "testing"
+    saved = json.loads((state_dir / "server.json").read_text())
+    assert (saved["pid"], saved["port"], saved["endpoint"]) == (info.pid, info.port, info.endpoint)
+    assert (state_dir / "server.log").exists()
+
+    again = lifecycle.up(state_dir)
+    assert again.pid == info.pid and again.port == info.port
+    assert lifecycle.status(state_dir) == info
+
+    assert lifecycle.down(state_dir) is True
+    assert not Path(f"/proc/{info.pid}").exists()
+    assert refused(info.port)
+    assert not (state_dir / "server.json").exists()
+    assert lifecycle.status(state_dir) is None
+    assert lifecycle.down(state_dir) is False
+
+
+def test_a_stale_state_file_is_never_trusted(state_dir: Path) -> None:
+    # A pid that is alive but not a sandbox server (this test process) must not be signalled.
+    stale = {
+        "pid": os.getpid(),
+        "port": 1,
+        "endpoint": "http://127.0.0.1:1",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "time_scale": 0.1,
+    }
+    (state_dir / "server.json").write_text(json.dumps(stale))
+    assert lifecycle.status(state_dir) is None
+    assert not (state_dir / "server.json").exists()
+    (state_dir / "server.json").write_text(json.dumps(stale))
+    assert lifecycle.down(state_dir) is False
+
+
+def test_a_busy_port_is_a_clear_error(state_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SandboxError) as failed:
+            lifecycle.up(state_dir, port=port)
+    assert "exited" in str(failed.value) and "server.log" in str(failed.value)
+    assert not (state_dir / "server.json").exists()
+
+
+def test_reset_gives_an_empty_cloud_on_the_same_port(state_dir: Path) -> None:
+    info = lifecycle.up(state_dir, time_scale=0.05)
+
+    def ec2(endpoint: str) -> object:
+        return boto3.client(
+            "ec2",
+            region_name="us-east-1",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    vpc = ec2(info.endpoint).create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]  # type: ignore[attr-defined]
+    fresh = lifecycle.reset(state_dir)
+    assert fresh.pid != info.pid and fresh.port == info.port and fresh.time_scale == 0.05
+    assert not Path(f"/proc/{info.pid}").exists()
+    vpcs = ec2(fresh.endpoint).describe_vpcs()["Vpcs"]  # type: ignore[attr-defined]
+    assert vpc not in {v["VpcId"] for v in vpcs}

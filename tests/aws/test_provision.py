@@ -1,0 +1,57 @@
+"""The seed architecture, as provisioned through the API."""
+
+from __future__ import annotations
+
+import json
+
+from aws_sandbox_kit import Kit
+
+from release.sandbox.provision import SeedNames, SeedResources, provision
+
+
+def test_seed_architecture_matches_the_spec(kit: Kit, seed: SeedResources) -> None:
+    ec2, elbv2 = kit.client("ec2"), kit.client("elbv2")
+    subnets = ec2.describe_subnets(SubnetIds=[*seed.public_subnet_ids, *seed.private_subnet_ids])["Subnets"]
+    assert len({s["AvailabilityZone"] for s in subnets}) == 2
+    assert {s["VpcId"] for s in subnets} == {seed.vpc_id}
+    assert set(seed.security_group_ids) == {"alb", "app", "bastion", "db"}
+
+    [tg] = elbv2.describe_target_groups(TargetGroupArns=[seed.target_group_arn])["TargetGroups"]
+    assert (tg["Protocol"], tg["Port"], tg["HealthCheckPath"]) == ("HTTP", 80, "/health")
+    assert (tg["HealthCheckIntervalSeconds"], tg["HealthyThresholdCount"], tg["UnhealthyThresholdCount"]) == (10, 2, 2)
+    [listener] = elbv2.describe_listeners(LoadBalancerArn=seed.load_balancer_arn)["Listeners"]
+    assert listener["DefaultActions"][0]["TargetGroupArn"] == seed.target_group_arn
+
+    base = ec2.describe_images(ImageIds=[seed.base_image_id])["Images"][0]
+    assert base["Name"] == "debian-12-amd64-sandbox"
+    assert {"Key": "kiln:role", "Value": "base-image"} in base["Tags"]
+
+    group = kit.group(seed.asg_name)
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 4, 8)
+    assert group["LaunchTemplate"] == {
+        "LaunchTemplateId": seed.launch_template_id,
+        "LaunchTemplateName": seed.asg_name,
+        "Version": "1",
+    }
+    assert (group["HealthCheckType"], group["HealthCheckGracePeriod"]) == ("ELB", 60)
+    assert group["TargetGroupARNs"] == [seed.target_group_arn]
+    assert set(group["VPCZoneIdentifier"].split(",")) == set(seed.private_subnet_ids)
+
+    alarms = kit.client("cloudwatch").describe_alarms(AlarmNames=list(seed.alarm_names))["MetricAlarms"]
+    assert {a["MetricName"] for a in alarms} == {"HTTPCode_Target_5XX_Count", "UnHealthyHostCount"}
+    for alarm in alarms:
+        assert {d["Name"] for d in alarm["Dimensions"]} == {"LoadBalancer", "TargetGroup"}
+
+    table = kit.client("dynamodb").describe_table(TableName=seed.table_name)["Table"]
+    assert {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]} == {("pk", "HASH"), ("sk", "RANGE")}
+
+    secret = json.loads(kit.client("secretsmanager").get_secret_value(SecretId=seed.secret_arn)["SecretString"])
+    assert set(secret) == {"JWT_SECRET", "DATABASE_URL"} and len(secret["JWT_SECRET"]) >= 32
+
+
+def test_provision_is_idempotent(kit: Kit, seed: SeedResources, seed_names: SeedNames) -> None:
+    secret_before = kit.client("secretsmanager").get_secret_value(SecretId=seed.secret_arn)["SecretString"]
+    again = provision(lambda service, region: kit.client(service, region), "us-east-1", seed_names)
+    assert again == seed
+    assert kit.client("secretsmanager").get_secret_value(SecretId=seed.secret_arn)["SecretString"] == secret_before
+    assert len(kit.group(seed.asg_name)["Instances"]) == 4
