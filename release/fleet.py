@@ -327,9 +327,9 @@ def _first_line(text: str, fallback: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), fallback)
 
 
-def _observe_served(reach: Reach, address: str) -> tuple[Mapping[str, Any] | None, str | None]:
+def _observe_served(reach: Reach, address: str, port: int) -> tuple[Mapping[str, Any] | None, str | None]:
     try:
-        response = reach.http_get(address, HTTP_PORT, "/version")
+        response = reach.http_get(address, port, "/version")
     except KilnError as err:
         return None, f"GET /version failed: {err}"
     if response.status != 200:
@@ -350,6 +350,7 @@ def observe(
     *,
     services: Sequence[ServiceCheck] = DEFAULT_SERVICES,
     app_root: str = APP_ROOT,
+    http_port: int = HTTP_PORT,
 ) -> Observed:
     """Look at one instance over SSH. Any failure to connect becomes `unreachable`, never an exception."""
     if not instance.private_ip:
@@ -359,7 +360,7 @@ def observe(
     except KilnError as err:
         return Observed(instance, unreachable=str(err))
     try:
-        served, served_problem = _observe_served(reach, instance.private_ip)
+        served, served_problem = _observe_served(reach, instance.private_ip, http_port)
         directory = release_dir(expected.version, app_root)
         manifest: dict[str, str] | None = None
         manifest_problem = None
@@ -389,6 +390,7 @@ def audit(
     parallel: int = DEFAULT_PARALLEL,
     services: Sequence[ServiceCheck] = DEFAULT_SERVICES,
     app_root: str = APP_ROOT,
+    http_port: int = HTTP_PORT,
     on_verdict: Callable[[InstanceVerdict], None] | None = None,
 ) -> FleetReport:
     """Observe and judge every instance, at most `parallel` at a time; verdicts in input order.
@@ -398,7 +400,7 @@ def audit(
 
     def one(instance: FleetInstance) -> InstanceVerdict:
         try:
-            observed = observe(reach, instance, expected, services=services, app_root=app_root)
+            observed = observe(reach, instance, expected, services=services, app_root=app_root, http_port=http_port)
         except Exception as err:  # one broken host must not end the audit of the others
             observed = Observed(instance, unreachable=f"{type(err).__name__}: {err}")
         verdict = judge(expected, observed)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import logging
 import os
 import select
 import shlex
@@ -36,6 +37,10 @@ import paramiko
 
 from release.config import SshSettings
 from release.errors import KilnError
+
+# paramiko logs every failed connection with a traceback; Kiln reports failures as data instead.
+# Without a handler of its own, Python's last-resort handler would print those to stderr.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 KEYS_END = "-----END SSH HOST KEY KEYS-----"
@@ -267,7 +272,11 @@ def _open_transport(sock: Any, host: str, timeouts: Timeouts, trusted: TrustedKe
         transport.start_client(timeout=limit)
     except (paramiko.SSHException, OSError, EOFError) as err:
         transport.close()
-        raise SshError(f"SSH handshake failed: {err or type(err).__name__}", where=f"ssh {host}") from err
+        reason = str(err) or type(err).__name__
+        if "banner" in reason:  # paramiko's words for "the server said nothing in time"
+            reason = f"no SSH banner within {timeouts.banner:g} s ({reason})"
+        raise SshError(f"SSH handshake failed: {reason}", where=f"ssh {host}",
+                       hint="Check that sshd answers on that address and port") from err  # fmt: skip
     # start_client returns quietly when its own timeout runs out before the key exchange is done.
     if not (transport.is_active() and transport.initial_kex_done):
         transport.close()
@@ -415,8 +424,10 @@ class Ssh:
         console_output: ConsoleOutput | None = None,
         record_to: Path | None = None,
         timeouts: Timeouts | None = None,
+        port: int = 22,
     ) -> None:
         self.settings = settings
+        self.port = port  # where instances' sshd listens
         self.timeouts = timeouts or Timeouts.from_settings(settings)
         files = list(known_hosts)
         default = Path(settings.known_hosts or "~/.ssh/known_hosts").expanduser()
@@ -487,9 +498,10 @@ class Ssh:
                 self._bastion = self._connect(self._tcp(address, port), address, port, user, None, None)
             return self._bastion
 
-    def connect(self, address: str, *, instance_id: str | None = None, port: int = 22,
+    def connect(self, address: str, *, instance_id: str | None = None, port: int | None = None,
                 user: str | None = None) -> Connection:  # fmt: skip
         """An authenticated session to address:port, through the bastion when one is configured."""
+        port = self.port if port is None else port
         jump = self.bastion()
         sock: Any = jump.open_tcp(address, port) if jump is not None else self._tcp(address, port)
         try:

@@ -23,10 +23,10 @@ import pytest
 SSHD = Path("/usr/sbin/sshd")
 
 # A /16 of loopback addresses of our own, picked per process so parallel runs do not collide.
-_NET = f"127.0.{os.getpid() % 200 + 20}"
-BASTION_ADDRESS = f"{_NET}.1"
-INSTANCE_ADDRESS = f"{_NET}.2"
-SPARE_ADDRESS = f"{_NET}.3"  # nothing listens here unless a test says so
+LOOPBACK_NET = f"127.0.{os.getpid() % 200 + 20}"
+BASTION_ADDRESS = f"{LOOPBACK_NET}.1"
+INSTANCE_ADDRESS = f"{LOOPBACK_NET}.2"
+SPARE_ADDRESS = f"{LOOPBACK_NET}.3"  # nothing listens here unless a test says so
 
 
 def free_port(address: str) -> int:
