@@ -343,6 +343,18 @@ def _observe_served(reach: Reach, address: str, port: int) -> tuple[Mapping[str,
     return document, None
 
 
+def _services_running(session: Session, services: Sequence[ServiceCheck]) -> dict[str, bool]:
+    """One round trip for all checks: a line "0" or "1" per check, in order."""
+    if not services:
+        return {}
+    probes = [f"if pgrep {' '.join(shlex.quote(arg) for arg in check.pgrep)} >/dev/null; then echo 1; else echo 0; fi"
+              for check in services]  # fmt: skip
+    answers = session.run("; ".join(probes)).stdout.split()
+    if len(answers) != len(services):
+        raise KilnError(f"service check answered {answers!r} for {len(services)} checks")
+    return {check.name: answer == "1" for check, answer in zip(services, answers, strict=True)}
+
+
 def observe(
     reach: Reach,
     instance: FleetInstance,
@@ -371,10 +383,7 @@ def observe(
         disk = session.run(f"cd {shlex.quote(directory)} && " + _DISK_CHECKSUMS.format(manifest=MANIFEST_NAME))
         on_disk = parse_sha256sum(disk.stdout) if disk.ok else None
         disk_problem = None if disk.ok else f"checksums failed: {_first_line(disk.stderr, f'exit {disk.exit_status}')}"
-        running = {}
-        for check in services:
-            result = session.run("pgrep " + " ".join(shlex.quote(arg) for arg in check.pgrep))
-            running[check.name] = result.exit_status == 0
+        running = _services_running(session, services)
     except KilnError as err:  # the connection dropped or a command timed out midway
         return Observed(instance, unreachable=f"audit interrupted: {err}")
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
@@ -143,11 +144,11 @@ class FakeSession:
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         if command.startswith("cd "):
             return CommandResult(0, self.host.disk, "")
-        if command.startswith("pgrep"):
-            found = ("unicorn" in command and "gunicorn" in self.host.running) or (
-                "nginx" in command and "nginx" in self.host.running
-            )
-            return CommandResult(0 if found else 1, "123\n" if found else "", "")
+        if command.startswith("if pgrep"):
+            patterns = re.findall(r"pgrep (.*?) >/dev/null", command.replace("[g]unicorn", "gunicorn"))
+            answers = ["1" if any(n in p and n in self.host.running for n in ("gunicorn", "nginx")) else "0"
+                       for p in patterns]  # fmt: skip
+            return CommandResult(0, "\n".join(answers) + "\n", "")
         raise AssertionError(f"unexpected command {command!r}")
 
     def read_file(self, path: str, *, timeout: float | None = None) -> str:
