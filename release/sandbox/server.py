@@ -299,15 +299,16 @@ class SandboxServer:
         return [reply.body]
 
 
-def serve(port: int, state_dir: Path, time_scale: float) -> None:
-    """Run the sandbox in this process until SIGTERM/SIGINT."""
+def serve(port: int, state_dir: Path, time_scale: float, *, dataplane: DataPlane | None = None) -> None:
+    """Run the sandbox in this process until SIGTERM/SIGINT; the data plane, if any, is shut down
+    with it (its `terminate_all`, when it has one)."""
     from moto.moto_server.werkzeug_app import MotoRequestHandler
     from werkzeug.serving import make_server
 
     state_dir.mkdir(parents=True, exist_ok=True)
     # moto reads these; keep its default AMIs (the sandbox lists them like AWS's public images).
     os.environ.setdefault("MOTO_PORT", str(port))
-    app = SandboxServer(time_scale=time_scale)
+    app = SandboxServer(time_scale=time_scale, dataplane=dataplane)
     httpd = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
 
     def stop(signum: int, frame: Any) -> None:
@@ -323,6 +324,9 @@ def serve(port: int, state_dir: Path, time_scale: float) -> None:
     finally:
         app.stop_ticker()
         httpd.server_close()
+        terminate_all = getattr(dataplane, "terminate_all", None)
+        if callable(terminate_all):
+            terminate_all()
         log.info("sandbox stopped")
 
 
