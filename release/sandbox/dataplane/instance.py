@@ -135,10 +135,14 @@ class InstanceProcess:
     def halt(self, timeout: float = HALT_TIMEOUT_S) -> None:
         """Stop every process of the instance; returns when none is left."""
         unshare_pid, init_pid = self._recorded()
-        if init_pid:
-            _signal(init_pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        next_signal = 0.0
         while self._alive(unshare_pid, init_pid) and time.monotonic() < deadline:
+            # Repeated: the kernel drops signals sent to a namespace's PID 1 before it installed
+            # a handler, which is the case for an init that is still starting up.
+            if init_pid and time.monotonic() >= next_signal:
+                _signal(init_pid, signal.SIGTERM)
+                next_signal = time.monotonic() + 0.25
             time.sleep(0.02)
         if self._alive(unshare_pid, init_pid):
             # PID 1 of the namespace dies -> the kernel kills everything else in it.

@@ -330,3 +330,14 @@ def test_a_restarted_data_plane_finds_images_and_instances(plane: LocalDataPlane
     again.terminate(instance)  # finds the instance's init from its pid file, not from a child handle
     plane.terminate(instance)
     assert_nothing_left(plane.state_dir, instance, ip)
+
+
+def test_terminate_right_after_launch_does_not_wait_for_the_halt_timeout(plane: LocalDataPlane) -> None:
+    # The kernel drops a SIGTERM sent to a namespace's init before it set its handler; the halt
+    # must keep asking rather than sit out its timeout.
+    instance, ip = "i-0quick0000000001", "127.100.0.16"
+    plane.launch(spec(instance, ip, None))
+    started = time.monotonic()
+    plane.terminate(instance)
+    assert time.monotonic() - started < 10
+    assert_nothing_left(plane.state_dir, instance, ip)
