@@ -44,7 +44,9 @@ def _launched(backend: Any, instance: Any) -> LaunchedInstance:
     public_key = None
     if key_name:
         pair = backend.key_pairs.get(key_name)
-        public_key = getattr(pair, "material_public", None) if pair else None
+        material = getattr(pair, "material_public", None) if pair else None
+        # ImportKeyPair stores the bytes it was sent; CreateKeyPair a str.
+        public_key = material.decode().strip() if isinstance(material, bytes) else material
     return LaunchedInstance(
         instance_id=instance.id,
         image_id=instance.image_id,
