@@ -11,6 +11,10 @@ For each instance it compares, against the release that should be live:
 
 `judge()` is pure (expected + observed -> verdict); `observe()` and `audit()` do the I/O.
 An instance that cannot be reached is reported as such; it never stops the audit of the others.
+
+The same pieces serve two other callers: `served_versions()` is what the release gate asks of
+new instances (GET /version through the jump), and `smoke_check()` is the bake's smoke test of
+a fresh image (SSH with a verified host key, services, /health, /version, the baked files).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 from packaging.version import InvalidVersion, Version
 
 from release.errors import DriftDetected, KilnError
+from release.model import Check
 from release.ssh import CommandResult, HttpResponse
 
 APP_ROOT = "/opt/webapp"
@@ -422,3 +427,84 @@ def audit(
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(instances))), thread_name_prefix="audit") as pool:
         verdicts = tuple(pool.map(one, instances))
     return FleetReport(expected, verdicts)
+
+
+# --- the gate's and the smoke test's questions --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """What GET /version on one instance said: a version and fingerprint, or why not."""
+
+    version: str | None
+    fingerprint: str | None
+    problem: str | None = None
+
+
+def served_versions(
+    reach: Reach, addresses: Sequence[str], *, parallel: int = DEFAULT_PARALLEL, http_port: int = HTTP_PORT
+) -> dict[str, ServedVersion]:
+    """GET /version from each address (through the jump), in parallel; never raises for one host."""
+
+    def one(address: str) -> ServedVersion:
+        try:
+            document, problem = _observe_served(reach, address, http_port)
+        except Exception as err:  # one broken host must not hide the others' answers
+            return ServedVersion(None, None, f"{type(err).__name__}: {err}")
+        if document is None:
+            return ServedVersion(None, None, problem)
+        version, fingerprint = document.get("version"), document.get("fingerprint")
+        return ServedVersion(str(version) if version else None, str(fingerprint) if fingerprint else None)
+
+    if not addresses:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(addresses))), thread_name_prefix="version") as pool:
+        return dict(zip(addresses, pool.map(one, addresses), strict=True))
+
+
+# Which smoke check each kind of FieldDrift belongs to (every name judge() produces).
+SMOKE_CHECK_OF_FIELD = {
+    "image_id": "image", "template_version": "image",
+    "version": "/version", "fingerprint": "/version", "/version": "/version",
+    "manifest": "files", "files": "files",
+    "services": "services",
+}  # fmt: skip
+
+
+def smoke_checks(verdict: InstanceVerdict, health: HttpResponse | str | None) -> tuple[Check, ...]:
+    """The smoke test's checks from an audit verdict and the /health answer (or why it failed). Pure."""
+    if verdict.reason is not None:  # judge() sets a reason only when SSH did not get through
+        return (Check("ssh", False, "; ".join(verdict.details())),)
+    problems: dict[str, list[str]] = {name: [] for name in ("image", "services", "/version", "files")}
+    for drift in verdict.fields:
+        problems[SMOKE_CHECK_OF_FIELD[drift.name]].append(str(drift))
+    problems["files"] += [line for line in verdict.details() if line.startswith(("changed:", "added:", "missing:"))]
+    problems["services"] += [f"not running: {name}" for name in verdict.services_down]
+    if isinstance(health, HttpResponse):
+        health_check = Check("/health", health.status == 200, f"HTTP {health.status}")
+    else:
+        health_check = Check("/health", False, health or "not checked")
+    fine = {"image": "as launched", "services": "running", "/version": "serves the baked version and fingerprint",
+            "files": "match the baked manifest"}  # fmt: skip
+    checks = [Check(name, not found, "; ".join(found) or fine[name]) for name, found in problems.items()]
+    return (Check("ssh", True, "host key verified, logged in"), *checks, health_check)
+
+
+def smoke_check(
+    reach: Reach,
+    instance: FleetInstance,
+    expected: ExpectedRelease,
+    *,
+    services: Sequence[ServiceCheck] = DEFAULT_SERVICES,
+    app_root: str = APP_ROOT,
+    http_port: int = HTTP_PORT,
+) -> tuple[Check, ...]:
+    """The bake's smoke test of one instance from a fresh image; every check passes or says why."""
+    observed = observe(reach, instance, expected, services=services, app_root=app_root, http_port=http_port)
+    health: HttpResponse | str | None = None
+    if observed.unreachable is None and instance.private_ip:
+        try:
+            health = reach.http_get(instance.private_ip, http_port, "/health")
+        except KilnError as err:
+            health = f"GET /health failed: {err}"
+    return smoke_checks(judge(expected, observed), health)

@@ -72,14 +72,15 @@ class VersionServer:
 
 @pytest.fixture
 def version_server() -> Iterator[VersionServer]:
-    """A tiny HTTP server on the instance's address answering GET /version with JSON, like the app."""
+    """A tiny HTTP server on the instance's address answering GET /version and /health, like the app."""
     payload = {"version": "1.4.2", "fingerprint": "sha256:abc", "git_sha": "3f2c", "built_at": "2026-11-22T02:10:00Z"}
     callers: list[set[int]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             callers.append(tcp_socket_owners(*self.client_address))
-            status, body = (200, json.dumps(payload).encode()) if self.path == "/version" else (404, b"not found")
+            answers = {"/version": json.dumps(payload).encode(), "/health": b'{"status": "ok"}'}
+            status, body = (200, answers[self.path]) if self.path in answers else (404, b"not found")
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -12,13 +12,24 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from release.config import SshSettings
-from release.fleet import MANIFEST_NAME, ExpectedRelease, FleetInstance, Outcome, ServiceCheck, audit
+from release.fleet import (
+    MANIFEST_NAME,
+    ExpectedRelease,
+    FleetInstance,
+    Outcome,
+    ServedVersion,
+    ServiceCheck,
+    audit,
+    served_versions,
+    smoke_check,
+)
 from release.ssh import Ssh, Timeouts
 
 from .conftest import VersionServer
@@ -148,3 +159,23 @@ def test_unreachable_hosts_are_reported_and_the_rest_still_audited(
     assert "is not known" in reasons["i-imposter"] and "console output of i-imposter" in reasons["i-imposter"]
     assert report.exit_code == 12
     assert elapsed < 8  # per-host timeouts, in parallel: the hung host costs its own timeout, once
+
+
+def test_smoke_check_of_a_fresh_instance_through_the_jump(fleet_ssh: Ssh, instance: SshServer, app_root: Path,
+                                                           version_server: VersionServer) -> None:  # fmt: skip
+    fresh = replace(EXPECTED, template_version=None)  # a smoke-test instance is launched outside the group
+    checks = smoke_check(fleet_ssh, FleetInstance("i-good", instance.address, "ami-0new", None), fresh,
+                         services=SERVICES, app_root=str(app_root), http_port=version_server.port)  # fmt: skip
+    assert [(c.name, c.ok) for c in checks] == [
+        ("ssh", True), ("image", True), ("services", True), ("/version", True), ("files", True), ("/health", True)
+    ]
+    imposter = smoke_check(fleet_ssh, FleetInstance("i-imposter", instance.address, "ami-0new", None), fresh,
+                           services=SERVICES, app_root=str(app_root), http_port=version_server.port)  # fmt: skip
+    assert [(c.name, c.ok) for c in imposter] == [("ssh", False)]
+    assert "is not known" in imposter[0].detail
+
+
+def test_served_versions_through_the_jump(fleet_ssh: Ssh, version_server: VersionServer) -> None:
+    answers = served_versions(fleet_ssh, [version_server.address, REFUSING_ADDRESS], http_port=version_server.port)
+    assert answers[version_server.address] == ServedVersion("1.4.2", "sha256:abc")
+    assert "could not open a connection" in (answers[REFUSING_ADDRESS].problem or "")

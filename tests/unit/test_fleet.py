@@ -13,14 +13,18 @@ import pytest
 from release.errors import EXIT_DRIFT, DriftDetected
 from release.fleet import (
     DEFAULT_SERVICES,
+    SMOKE_CHECK_OF_FIELD,
     ExpectedRelease,
     FleetInstance,
     Observed,
     Outcome,
+    ServedVersion,
     audit,
     compare_files,
     judge,
     parse_sha256sum,
+    served_versions,
+    smoke_checks,
 )
 from release.ssh import CommandResult, HttpResponse, SshError
 
@@ -252,3 +256,67 @@ def test_a_crash_while_observing_one_host_is_reported_for_that_host_only() -> No
 
 def test_empty_fleet_is_ok() -> None:
     assert audit(FakeReach({}), EXPECTED, []).ok
+
+
+# --- the smoke test's and the gate's questions ---------------------------------------------------
+
+
+def test_every_drift_field_belongs_to_a_smoke_check() -> None:
+    names = {f.name for _, observed, *_ in CASES for f in judge(EXPECTED, observed).fields}
+    assert names <= SMOKE_CHECK_OF_FIELD.keys()
+
+
+HEALTHY = HttpResponse(200, b"ok")
+
+
+def _checks(observed: Observed, health: HttpResponse | str | None = HEALTHY) -> dict[str, tuple[bool | None, str]]:
+    return {c.name: (c.ok, c.detail) for c in smoke_checks(judge(EXPECTED, observed), health)}
+
+
+def test_smoke_checks_all_pass_for_a_good_instance() -> None:
+    checks = _checks(GOOD)
+    assert list(checks) == ["ssh", "image", "services", "/version", "files", "/health"]
+    assert all(ok for ok, _ in checks.values())
+
+
+@pytest.mark.parametrize(
+    ("observed", "health", "failing", "detail"),
+    [
+        (Observed(INSTANCE, unreachable="offered host key SHA256:x is not known"), None, "ssh", "is not known"),
+        (replace(GOOD, on_disk={"app.py": C, "static/site.css": B}), HEALTHY, "files", "changed: app.py"),
+        (replace(GOOD, served={"version": "1.4.1", "fingerprint": "sha256:f00d"}), HEALTHY,
+         "/version", "version: expected 1.4.2, found 1.4.1"),
+        (replace(GOOD, services={"webapp.service (gunicorn)": False, "nginx": True}), HEALTHY,
+         "services", "not running: webapp.service (gunicorn)"),
+        (GOOD, HttpResponse(503, b"database down"), "/health", "HTTP 503"),
+        (GOOD, "GET /health failed: timed out", "/health", "timed out"),
+        (replace(GOOD, instance=replace(INSTANCE, image_id="ami-0old")), HEALTHY, "image", "ami-0old"),
+    ],
+    ids=["unreachable", "files", "version", "services", "health-503", "health-error", "image"],
+)
+def test_smoke_checks_name_the_one_failure(observed: Observed, health: HttpResponse | str | None,
+                                           failing: str, detail: str) -> None:  # fmt: skip
+    checks = _checks(observed, health)
+    assert [name for name, (ok, _) in checks.items() if not ok] == [failing]
+    assert detail in checks[failing][1]
+
+
+def test_served_versions_asks_every_address_and_never_raises() -> None:
+    class Reach(FakeReach):
+        def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
+            if address == "10.0.0.3":
+                raise SshError("cannot reach 10.0.0.3:80")
+            if address == "10.0.0.4":
+                raise RuntimeError("boom")
+            if address == "10.0.0.5":
+                return HttpResponse(503, b"starting")
+            return super().http_get(address, port, path, timeout=timeout)
+
+    hosts = {"10.0.0.1": _host(), "10.0.0.2": replace(_host(), version={"version": "1.4.1"})}
+    answers = served_versions(Reach(hosts), ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"])
+    assert answers["10.0.0.1"] == ServedVersion("1.4.2", "sha256:f00d")
+    assert answers["10.0.0.2"] == ServedVersion("1.4.1", None)
+    assert "cannot reach" in (answers["10.0.0.3"].problem or "")
+    assert answers["10.0.0.4"].problem == "RuntimeError: boom"
+    assert answers["10.0.0.5"].problem == "GET /version answered HTTP 503: starting"
+    assert served_versions(Reach({}), []) == {}
