@@ -557,7 +557,7 @@ class RefreshEngine:
         for _ in range(launches):
             self._launch(wave, group)
         refresh.status_reason = self._progress_reason(refresh, wave, group)
-        self._check_blocked(refresh, wave, members, bool(movable or wave.fresh))
+        self._check_blocked(refresh, wave, members, bool(movable or launches or in_flight))
 
     def _launch(self, wave: _Wave, group: GroupView) -> None:
         target = wave.target
