@@ -144,7 +144,11 @@ def inject(root: Path, spec: LaunchedInstance, identity: Identity) -> dict[str, 
         SSHD_DROPIN,
         "# Written at launch by the Kiln sandbox: instances share the host's network, so sshd listens\n"
         "# on this instance's own loopback address only. PAM's session modules expect a real boot.\n"
-        f"ListenAddress {spec.private_ip}\nUsePAM no\n",
+        f"ListenAddress {spec.private_ip}\nUsePAM no\n"
+        "# Key logins only, as cloud-init configures cloud images.\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "# Packer 1.6.6's SSH client signs with RSA/SHA-1 (ssh-rsa), which OpenSSH 9 refuses by default.\n"
+        "PubkeyAcceptedAlgorithms +ssh-rsa\n",
         0o644,
     )
     written["/etc/hostname"] = _write(root, "/etc/hostname", f"{hostname}\n", 0o644)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -75,6 +76,25 @@ def test_ssh_as_admin_with_strict_host_keys(plane: LocalDataPlane, booted: str, 
     metadata = json.loads("\n".join(lines[3:]))
     assert metadata["instance_id"] == booted and metadata["local_ipv4"] == SSH_IP
     assert metadata["region"] == "us-east-1" and metadata["aws_endpoint_url"].startswith("http://127.")
+
+
+def test_rsa_sha1_logins_as_packer_makes_them_are_accepted(
+    plane: LocalDataPlane, booted: str, ssh_key: tuple[Path, str], tmp_path: Path
+) -> None:
+    rsa = tmp_path / "id_rsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True)
+    with ssh(plane, booted, SSH_IP, ssh_key[0]) as client:
+        pub = rsa.with_suffix(".pub").read_text().strip()
+        assert run(client, f"echo '{pub}' >> ~/.ssh/authorized_keys")[0] == 0
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("".join(f"{SSH_IP} {t} {k}\n" for t, k in parse_host_keys(plane.console_output(booted))))
+    login = subprocess.run(
+        ["ssh", "-i", str(rsa), "-o", "IdentitiesOnly=yes", "-o", "PubkeyAcceptedAlgorithms=ssh-rsa",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "BatchMode=yes",
+         f"admin@{SSH_IP}", "echo in"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (login.returncode, login.stdout) == (0, "in\n"), login.stderr
 
 
 def test_wrong_host_key_is_rejected(plane: LocalDataPlane, booted: str, ssh_key: tuple[Path, str]) -> None:
