@@ -21,8 +21,20 @@ import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from packaging.version import InvalidVersion, Version
 
 from release.errors import AwsError
+from release.model import (
+    TAG_APP,
+    TAG_FINGERPRINT,
+    TAG_VALIDATED,
+    TAG_VERSION,
+    AmiRef,
+    GroupState,
+    InstanceState,
+    RefreshState,
+    TemplateVersion,
+)
 
 # Fake credentials for the sandbox; the sandbox accepts anything and nothing else sees them.
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -135,3 +147,237 @@ def _assumed_role_session(
 def client_factory(aws: Aws) -> Callable[[str, str], Any]:
     """(service, region) -> client, for code that needs plain clients (sandbox provisioning)."""
     return lambda service, region: aws.client(service, region)
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain methods: named after what Kiln needs, returning release.model types.
+# ---------------------------------------------------------------------------------------------
+
+
+class Cloud:
+    """What Kiln reads and changes in one environment's region, in Kiln's words."""
+
+    def __init__(self, aws: Aws) -> None:
+        self.aws = aws
+        self.region = aws.target.region
+
+    def _ec2(self) -> Any:
+        return self.aws.client("ec2")
+
+    def _asg(self) -> Any:
+        return self.aws.client("autoscaling")
+
+    # Images
+    def app_images(self, app: str, version: str | None = None) -> list[AmiRef]:
+        """Kiln's AMIs for `app` (optionally one version) owned by this account, newest first."""
+        filters = [{"Name": "tag:" + TAG_APP, "Values": [app]}]
+        if version is not None:
+            filters.append({"Name": "tag:" + TAG_VERSION, "Values": [version]})
+        with self.aws.call("DescribeImages", f"{app} images in {self.region}"):
+            images = self._ec2().describe_images(Owners=["self"], Filters=filters, IncludeDeprecated=True)["Images"]
+        refs = [_ami_ref(i, self.region) for i in images]
+        return sorted(refs, key=lambda r: r.created_at, reverse=True)
+
+    def image(self, image_id: str) -> AmiRef | None:
+        with self.aws.call("DescribeImages", image_id):
+            try:
+                images = self._ec2().describe_images(ImageIds=[image_id], IncludeDeprecated=True)["Images"]
+            except ClientError as err:
+                if err.response["Error"]["Code"].startswith("InvalidAMIID"):
+                    return None
+                raise
+        return _ami_ref(images[0], self.region) if images else None
+
+    # Launch templates
+    def template_versions(self, name: str) -> list[TemplateVersion]:
+        """Every numbered version of the template, oldest first; [] when it does not exist."""
+        try:
+            with self.aws.call("DescribeLaunchTemplateVersions", name):
+                pages = self._ec2().get_paginator("describe_launch_template_versions").paginate(
+                    LaunchTemplateName=name)
+                raw = [v for page in pages for v in page["LaunchTemplateVersions"]]
+        except AwsError as err:
+            if (err.code and "NotFound" in err.code) or err.code == "InvalidLaunchTemplateName.NotFoundException":
+                return []
+            raise
+        versions = [TemplateVersion(template_id=v["LaunchTemplateId"], template_name=v["LaunchTemplateName"],
+                                    number=int(v["VersionNumber"]), image_id=v["LaunchTemplateData"].get("ImageId", ""),
+                                    is_default=bool(v.get("DefaultVersion")), created_at=v.get("CreateTime"))
+                    for v in raw]
+        return sorted(versions, key=lambda t: t.number)
+
+    def create_template_version(self, name: str, source: int, image_id: str, description: str) -> int:
+        """A new version that inherits everything from `source` except the ImageId."""
+        with self.aws.call("CreateLaunchTemplateVersion", f"{name} from v{source}"):
+            out = self._ec2().create_launch_template_version(
+                LaunchTemplateName=name, SourceVersion=str(source), VersionDescription=description[:255],
+                LaunchTemplateData={"ImageId": image_id})
+        return int(out["LaunchTemplateVersion"]["VersionNumber"])
+
+    def set_default_template_version(self, name: str, number: int) -> None:
+        with self.aws.call("ModifyLaunchTemplate", f"{name} default v{number}"):
+            self._ec2().modify_launch_template(LaunchTemplateName=name, DefaultVersion=str(number))
+
+    # The Auto Scaling group
+    def group(self, name: str, target_groups: tuple[str, ...] = ()) -> GroupState | None:
+        with self.aws.call("DescribeAutoScalingGroups", name):
+            groups = self._asg().describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        if not groups:
+            return None
+        g = groups[0]
+        lt = g.get("LaunchTemplate") or (g.get("MixedInstancesPolicy") or {}).get(
+            "LaunchTemplate", {}).get("LaunchTemplateSpecification", {})
+        health = self.target_health(target_groups or tuple(g.get("TargetGroupARNs", [])))
+        ids = [i["InstanceId"] for i in g.get("Instances", [])]
+        addresses = self.private_addresses(ids)
+        instances = tuple(
+            InstanceState(
+                instance_id=i["InstanceId"],
+                image_id=addresses.get(i["InstanceId"], ("", ""))[1],
+                launch_template_version=(i.get("LaunchTemplate") or {}).get("Version"),
+                lifecycle=i["LifecycleState"],
+                asg_health=i["HealthStatus"],
+                target_health=_worst(health.get(i["InstanceId"], [])) if health else None,
+                private_ip=addresses.get(i["InstanceId"], ("", ""))[0] or None,
+            )
+            for i in g.get("Instances", []))
+        return GroupState(name=name, min_size=g["MinSize"], max_size=g["MaxSize"],
+                          desired_capacity=g["DesiredCapacity"], launch_template_id=lt.get("LaunchTemplateId"),
+                          launch_template_name=lt.get("LaunchTemplateName"),
+                          launch_template_version=lt.get("Version"), instances=instances)
+
+    def private_addresses(self, instance_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """instance id -> (private IP, image id) as EC2 reports them."""
+        if not instance_ids:
+            return {}
+        with self.aws.call("DescribeInstances", ", ".join(instance_ids[:3])):
+            pages = self._ec2().get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
+            return {i["InstanceId"]: (i.get("PrivateIpAddress", ""), i.get("ImageId", ""))
+                    for page in pages for r in page["Reservations"] for i in r["Instances"]}
+
+    def target_health(self, target_groups: tuple[str, ...]) -> dict[str, list[str]]:
+        """instance id -> its state in each target group."""
+        states: dict[str, list[str]] = {}
+        elb = self.aws.client("elbv2")
+        for tg in target_groups:
+            arn = tg if tg.startswith("arn:") else self.target_group_arn(tg)
+            with self.aws.call("DescribeTargetHealth", tg):
+                for d in elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]:
+                    states.setdefault(d["Target"]["Id"], []).append(d["TargetHealth"]["State"])
+        return states
+
+    def target_group_arn(self, name: str) -> str:
+        with self.aws.call("DescribeTargetGroups", name,
+                           hint="Check [environments.*] target_groups (names or ARNs)."):
+            groups = self.aws.client("elbv2").describe_target_groups(Names=[name])["TargetGroups"]
+        return str(groups[0]["TargetGroupArn"])
+
+    def load_balancer_url(self, target_groups: tuple[str, ...]) -> str | None:
+        """http://<DNS name>:<listener port> of the first target group's load balancer.
+
+        In the sandbox the DNS name is a loopback address where the local ALB listens."""
+        if not target_groups:
+            return None
+        elb = self.aws.client("elbv2")
+        arn = target_groups[0] if target_groups[0].startswith("arn:") else self.target_group_arn(target_groups[0])
+        with self.aws.call("DescribeTargetGroups", arn):
+            lbs = elb.describe_target_groups(TargetGroupArns=[arn])["TargetGroups"][0].get("LoadBalancerArns", [])
+        if not lbs:
+            return None
+        with self.aws.call("DescribeLoadBalancers", lbs[0]):
+            dns = elb.describe_load_balancers(LoadBalancerArns=[lbs[0]])["LoadBalancers"][0]["DNSName"]
+            listeners = elb.describe_listeners(LoadBalancerArn=lbs[0])["Listeners"]
+        port = listeners[0]["Port"] if listeners else 80
+        return f"http://{dns}:{port}"
+
+    # Instance refresh
+    def refreshes(self, group: str) -> list[RefreshState]:
+        """Newest first."""
+        with self.aws.call("DescribeInstanceRefreshes", group):
+            raw = self._asg().describe_instance_refreshes(AutoScalingGroupName=group)["InstanceRefreshes"]
+        return [_refresh_state(r) for r in raw]
+
+    def refresh(self, group: str, refresh_id: str) -> RefreshState | None:
+        with self.aws.call("DescribeInstanceRefreshes", f"{group} {refresh_id}"):
+            raw = self._asg().describe_instance_refreshes(
+                AutoScalingGroupName=group, InstanceRefreshIds=[refresh_id])["InstanceRefreshes"]
+        return _refresh_state(raw[0]) if raw else None
+
+    def active_refresh(self, group: str) -> RefreshState | None:
+        return next((r for r in self.refreshes(group)
+                     if r.status in ("Pending", "InProgress", "Baking", "Cancelling", "RollbackInProgress")), None)
+
+    def start_refresh(self, group: str, template: str, version: int, preferences: dict[str, Any]) -> str:
+        """Refresh the group to a numbered LT version, applied to the group only on success."""
+        with self.aws.call("StartInstanceRefresh", group):
+            out = self._asg().start_instance_refresh(
+                AutoScalingGroupName=group, Strategy="Rolling", Preferences=preferences,
+                DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateName": template, "Version": str(version)}})
+        return str(out["InstanceRefreshId"])
+
+    def rollback_refresh(self, group: str) -> str:
+        with self.aws.call("RollbackInstanceRefresh", group):
+            return str(self._asg().rollback_instance_refresh(AutoScalingGroupName=group)["InstanceRefreshId"])
+
+    def cancel_refresh(self, group: str) -> str:
+        with self.aws.call("CancelInstanceRefresh", group):
+            return str(self._asg().cancel_instance_refresh(AutoScalingGroupName=group)["InstanceRefreshId"])
+
+    # Alarms and consoles
+    def alarm_states(self, names: tuple[str, ...]) -> dict[str, str]:
+        if not names:
+            return {}
+        with self.aws.call("DescribeAlarms", ", ".join(names)):
+            alarms = self.aws.client("cloudwatch").describe_alarms(AlarmNames=list(names))["MetricAlarms"]
+        found = {a["AlarmName"]: a["StateValue"] for a in alarms}
+        return {n: found.get(n, "MISSING") for n in names}
+
+    def console_output(self, instance_id: str) -> str:
+        with self.aws.call("GetConsoleOutput", instance_id):
+            out = self._ec2().get_console_output(InstanceId=instance_id, Latest=True)
+        return str(out.get("Output") or "")
+
+
+_HEALTH_ORDER = ["unhealthy", "unavailable", "draining", "initial", "unused", "healthy"]
+
+
+def _worst(states: list[str]) -> str | None:
+    if not states:
+        return None
+    return min(states, key=lambda s: _HEALTH_ORDER.index(s) if s in _HEALTH_ORDER else -1)
+
+
+def _tags(raw: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in raw or []}
+
+
+def _ami_ref(image: dict[str, Any], region: str) -> AmiRef:
+    tags = _tags(image.get("Tags"))
+    try:
+        version: Version | None = Version(tags[TAG_VERSION])
+    except (KeyError, InvalidVersion):
+        version = None
+    validated = {"true": True, "false": False}.get(tags.get(TAG_VALIDATED, ""))
+    deprecation = image.get("DeprecationTime")
+    return AmiRef(
+        image_id=image["ImageId"], name=image.get("Name", ""), region=region, state=image.get("State", "unknown"),
+        created_at=_parse_time(image.get("CreationDate")) or datetime.min.replace(tzinfo=UTC),
+        version=version, fingerprint=tags.get(TAG_FINGERPRINT), validated=validated,
+        deprecation_time=_parse_time(deprecation), tags=tags)
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and value:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _refresh_state(r: dict[str, Any]) -> RefreshState:
+    return RefreshState(
+        refresh_id=r["InstanceRefreshId"], status=r["Status"], status_reason=r.get("StatusReason"),
+        percentage_complete=int(r.get("PercentageComplete", 0) or 0),
+        instances_to_update=int(r.get("InstancesToUpdate", 0) or 0),
+        started_at=_parse_time(r.get("StartTime")), ended_at=_parse_time(r.get("EndTime")))

@@ -31,10 +31,13 @@ ENDED_BADLY = frozenset({"Failed", "Cancelling", "Cancelled", "RollbackInProgres
 
 @dataclass(frozen=True)
 class Expectation:
-    """What the fleet must look like when the release is done."""
+    """What the fleet must look like when the release (or the rollback) is done."""
 
-    version: str
+    version: str | None  # None: unknown (e.g. rolling back to an image Kiln did not bake)
     image_id: str
+    # The refresh status that means "done". Waiting out AWS's own rollback of a refresh
+    # expects RollbackSuccessful instead.
+    done_status: str = SUCCESSFUL
 
 
 def judge(snapshot: Snapshot, expect: Expectation, deadline: datetime) -> Verdict:
@@ -47,13 +50,13 @@ def judge(snapshot: Snapshot, expect: Expectation, deadline: datetime) -> Verdic
         waiting_for = "; ".join(f"{c.name}: {c.detail}" for c in pending) or "nothing"
         return Verdict(VerdictKind.FAIL, f"timed out at {deadline:%H:%M:%S} waiting for {waiting_for}", checks)
     if not pending:
-        return Verdict(VerdictKind.PASS, f"all {len(_in_service(snapshot))} instances serve {expect.version}",
-                       checks)
+        serving = expect.version or expect.image_id
+        return Verdict(VerdictKind.PASS, f"all {len(_in_service(snapshot))} instances serve {serving}", checks)
     return Verdict(VerdictKind.WAIT, f"{pending[0].name}: {pending[0].detail}", checks)
 
 
 def _checks(snap: Snapshot, expect: Expectation) -> tuple[Check, ...]:
-    refresh_check = _refresh(snap)
+    refresh_check = _refresh(snap, expect.done_status)
     refresh_done = refresh_check.ok is True
     in_service = _in_service(snap)
     new = [i for i in in_service if i.image_id == expect.image_id]
@@ -72,14 +75,14 @@ def _in_service(snap: Snapshot) -> list[InstanceState]:
     return [i for i in snap.group.instances if i.lifecycle == "InService"]
 
 
-def _refresh(snap: Snapshot) -> Check:
+def _refresh(snap: Snapshot, done_status: str) -> Check:
     name = "instance refresh"
     r = snap.refresh
     if r is None:
         return Check(name, False, "no instance refresh found for the group")
-    if r.status == SUCCESSFUL:
-        return Check(name, True, f"{r.refresh_id} Successful")
-    if r.status in IN_PROGRESS:
+    if r.status == done_status:
+        return Check(name, True, f"{r.refresh_id} {r.status}")
+    if r.status in IN_PROGRESS or (done_status != SUCCESSFUL and r.status == "RollbackInProgress"):
         return Check(name, None, f"{r.status}, {r.percentage_complete}% complete, "
                                  f"{r.instances_to_update} to update")
     reason = f": {r.status_reason}" if r.status_reason else ""
@@ -122,7 +125,9 @@ def _target_health(new: list[InstanceState], refresh_done: bool, total: int) -> 
     return _progress("target health", len(healthy), total, refresh_done, "healthy")
 
 
-def _served_by_instances(new: list[InstanceState], version: str, refresh_done: bool, total: int) -> Check:
+def _served_by_instances(new: list[InstanceState], version: str | None, refresh_done: bool, total: int) -> Check:
+    if version is None:
+        return Check("served version", True, "not checked: the expected version is unknown")
     wrong = sorted(f"{i.instance_id} serves {i.served_version}" for i in new
                    if i.served_version is not None and i.served_version != version)
     if wrong:
@@ -131,7 +136,9 @@ def _served_by_instances(new: list[InstanceState], version: str, refresh_done: b
     return _progress("served version", len(right), total, refresh_done, f"serving {version}")
 
 
-def _served_by_lb(snap: Snapshot, version: str) -> Check:
+def _served_by_lb(snap: Snapshot, version: str | None) -> Check:
+    if version is None:
+        return Check("load balancer", True, "not checked: the expected version is unknown")
     seen = snap.served_through_lb
     if not seen:
         return Check("load balancer", None, "not sampled yet")

@@ -96,8 +96,9 @@ class Ledger:
         try:
             with self.aws.call("PutItem", f"{self.table} lock#{env}", hint=self._hint()):
                 self.db.put_item(TableName=self.table, Item=item,
-                                 ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
-                                 ExpressionAttributeValues={":now": _s(now.isoformat())})
+                                 # Free, expired, or already ours (a resumed release).
+                                 ConditionExpression="attribute_not_exists(pk) OR expires_at < :now OR holder = :me",
+                                 ExpressionAttributeValues={":now": _s(now.isoformat()), ":me": _s(holder)})
         except AwsError as err:
             if err.code != "ConditionalCheckFailedException":
                 raise

@@ -66,6 +66,7 @@ class Plan:
     ami: AmiRef | None
     live: LiveRelease | None
     base_template: TemplateVersion | None  # the numbered version the new one derives from
+    previous_version: str | None  # what the base template's image is, as far as Kiln knows
     new_template_number: int | None
     changes: tuple[Change, ...]
     batches: tuple[int, ...]
@@ -194,6 +195,7 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         ami=ami,
         live=live,
         base_template=base,
+        previous_version=_version_of(base.image_id, observed, live) if base else None,
         new_template_number=numbered[-1].number + 1 if numbered else None,
         changes=changes,
         batches=sizes,
@@ -248,3 +250,10 @@ def _on_failure(env: Environment, alias_group: bool) -> str:
     how = "AWS rolls back on alarm (AutoRollback); otherwise " if env.refresh.auto_rollback else ""
     return (f"{how}Kiln calls RollbackInstanceRefresh (or refreshes back when the refresh has ended), "
             "waits until the fleet is back on the previous version and healthy, records the failure")
+
+
+def _version_of(image_id: str, observed: Observed, live: LiveRelease | None) -> str | None:
+    if live is not None and live.image_id == image_id:
+        return live.version
+    ami = next((i for i in observed.images if i.image_id == image_id), None)
+    return str(ami.version) if ami and ami.version else None

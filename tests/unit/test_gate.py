@@ -37,7 +37,8 @@ def snapshot(case: dict[str, Any]) -> Snapshot:
 def test_gate_case(path: Path) -> None:
     case = json.loads(path.read_text())
     deadline = NOW - timedelta(seconds=1) if case["past_deadline"] else NOW + timedelta(minutes=10)
-    verdict = judge(snapshot(case), EXPECT, deadline)
+    expect = Expectation(EXPECT.version, EXPECT.image_id, case.get("done_status", "Successful"))
+    verdict = judge(snapshot(case), expect, deadline)
     assert verdict.kind == VerdictKind(case["verdict"]), verdict
     assert case["reason_contains"] in verdict.reason, verdict.reason
 
