@@ -131,7 +131,8 @@ class MotoFleet:
         asg.ec2_launch_template = template
         asg.launch_template_version = version
         asg.provided_launch_template_version = version
-        asg.launch_config_name = None
+        asg.launch_config = None
+        asg.launch_configuration_name = None
 
     def alarm_states(self, names: Sequence[str]) -> Mapping[str, str]:
         alarms = self._cloudwatch().alarms

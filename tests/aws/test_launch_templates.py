@@ -80,6 +80,8 @@ def test_delete_versions_reports_successes_and_failures(kit: Kit) -> None:
     assert latest["LaunchTemplateVersion"]["VersionNumber"] == 4  # never reused
     with pytest.raises(ClientError):
         data(kit, template_id, "2")
+    ranged = ec2.describe_launch_template_versions(LaunchTemplateId=template_id, MinVersion="3", MaxVersion="4")
+    assert [v["VersionNumber"] for v in ranged["LaunchTemplateVersions"]] == [3, 4]
 
 
 def test_delete_versions_of_an_unknown_template(kit: Kit) -> None:

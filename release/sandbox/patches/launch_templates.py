@@ -31,7 +31,7 @@ def _ec2(ctx: RequestContext) -> Any:
 
 def apply() -> None:
     from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
-    from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateVersion
+    from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateBackend, LaunchTemplateVersion
     from moto.ec2.responses.launch_templates import LaunchTemplates
     from moto.ec2.utils import parse_user_data
 
@@ -55,6 +55,24 @@ def apply() -> None:
 
     def default_version(self: Any) -> Any:
         return self.get_version(self.default_version_number)
+
+    original_describe: Any = LaunchTemplateBackend.describe_launch_template_versions
+
+    def describe_launch_template_versions(
+        self: Any,
+        template_name: str,
+        template_id: str,
+        versions: list[str],
+        min_version: int | None,
+        max_version: int | None,
+        max_results: int,
+    ) -> Any:
+        """MinVersion/MaxVersion are version numbers (inclusive), not list positions."""
+        if versions or (min_version is None and max_version is None) or not (template_name or template_id):
+            return original_describe(self, template_name, template_id, versions, min_version, max_version, max_results)
+        every = original_describe(self, template_name, template_id, [], None, None, 10**9)
+        low, high = min_version or 1, max_version or 10**9
+        return [(t, v) for t, v in every if low <= v.number <= high][:max_results]
 
     original_create: Any = LaunchTemplates.create_launch_template_version
 
@@ -90,6 +108,7 @@ def apply() -> None:
     replace(LaunchTemplate, "create_version", create_version)
     replace(LaunchTemplate, "get_version", get_version)
     replace(LaunchTemplate, "default_version", default_version)
+    replace(LaunchTemplateBackend, "describe_launch_template_versions", describe_launch_template_versions)
     replace(LaunchTemplates, "create_launch_template_version", create_launch_template_version)
 
 
