@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import select
 import shlex
 import socket
@@ -114,6 +115,11 @@ class TrustedKeys:
         return kinds | {kind for _, kind in self.fingerprints}
 
 
+# What may precede cloud-init's text on a console line: a kernel timestamp, a syslog-style tag, and
+# the "ec2:" prefix cloud-init puts on the fingerprint block.
+_CONSOLE_PREFIX = re.compile(r"^(\[\s*\d+\.\d+\]\s*)?(cloud-init\[\d+\]:\s*)?(ec2:\s*)?")
+
+
 def _last_block(lines: list[str], begin: str, end: str) -> list[str]:
     """The lines of the last begin…end block (cloud-init prints again on every boot)."""
     if begin not in lines:
@@ -131,9 +137,9 @@ def parse_console_output(text: str, *, source: str = "console output") -> Truste
 
     Reads the last `SSH HOST KEY KEYS` block ("ssh-ed25519 AAAA… root@host") and the last
     `SSH HOST KEY FINGERPRINTS` block ("256 SHA256:xxxx root@host (ED25519)"); tolerates EC2's
-    "ec2: " line prefix and carriage returns.
+    "ec2: " line prefix, kernel timestamps, "cloud-init[pid]:" tags and carriage returns.
     """
-    lines = [line.strip().removeprefix("ec2:").strip() for line in text.splitlines()]
+    lines = [_CONSOLE_PREFIX.sub("", line.strip()).strip() for line in text.splitlines()]
     keys = set()
     for line in _last_block(lines, KEYS_BEGIN, KEYS_END):
         parts = line.split()
