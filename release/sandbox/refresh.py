@@ -331,23 +331,28 @@ class RefreshEngine:
                 return
             refresh.paused_until = None
             refresh.next_checkpoint += 1
-        checkpoints = refresh.prefs.checkpoints if wave.total else ()
-        if refresh.next_checkpoint < len(checkpoints):
-            percent = checkpoints[refresh.next_checkpoint]
-            cap = math.ceil(wave.total * percent / 100)
-            if wave.reached(cap):
-                refresh.paused_until = now + self._scaled(refresh.prefs.checkpoint_delay)
-                refresh.status_reason = (
-                    f"Checkpoint {percent}% reached ({wave.ready} of {wave.total} instances updated). "
-                    f"Waiting {refresh.prefs.checkpoint_delay} seconds (CheckpointDelay) before continuing."
-                )
-                return
-        else:
-            cap = wave.total
+        checkpoint = self._next_checkpoint(refresh)
+        if checkpoint is not None and wave.reached(checkpoint[1]):
+            percent = checkpoint[0]
+            refresh.paused_until = now + self._scaled(refresh.prefs.checkpoint_delay)
+            refresh.status_reason = (
+                f"Checkpoint {percent}% reached ({wave.ready} of {wave.total} instances updated). "
+                f"Waiting {refresh.prefs.checkpoint_delay} seconds (CheckpointDelay) before continuing."
+            )
+            return
         if wave.done:
             self._finish_replacing(refresh)
             return
-        self._replace_batch(refresh, wave, group, cap)
+        self._replace_batch(refresh, wave, group, checkpoint[1] if checkpoint else wave.total)
+
+    @staticmethod
+    def _next_checkpoint(refresh: _Refresh) -> tuple[int, int] | None:
+        """The next checkpoint as (percentage, instances to update by then, rounded up)."""
+        checkpoints, total = refresh.prefs.checkpoints, refresh.wave.total
+        if not total or refresh.next_checkpoint >= len(checkpoints):
+            return None
+        percent = checkpoints[refresh.next_checkpoint]
+        return percent, math.ceil(total * percent / 100)
 
     def _bake(self, refresh: _Refresh) -> None:
         """Baking: wait BakeTime after the last replacement, still watching the alarms."""

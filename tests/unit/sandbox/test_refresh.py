@@ -57,3 +57,29 @@ def test_describe_fields_are_keyed_like_botocore_instance_refresh() -> None:
         "ScaleInProtectedInstances": "Wait",
         "StandbyInstances": "Wait",
     }
+
+
+def test_percentage_complete_and_instances_to_update_move_together() -> None:
+    rig = Rig(FakeFleet(desired=4))
+    rig.start(preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 10})
+    rig.run()
+
+    seen = sorted({(h["PercentageComplete"], h["InstancesToUpdate"]) for h in rig.history})
+    assert seen == [(0, 4), (50, 2), (100, 0)]
+    for entry in rig.history:
+        live = entry["ProgressDetails"]["LivePoolProgress"]
+        assert live == {
+            "PercentageComplete": entry["PercentageComplete"],
+            "InstancesToUpdate": entry["InstancesToUpdate"],
+        }
+    assert "StatusReason" not in rig.history[-1]
+
+
+def test_status_reason_while_replacements_boot() -> None:
+    fleet = FakeFleet(desired=2, boot_steps=3)
+    rig = Rig(fleet)
+    rig.start(preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0})
+    rig.step()
+    reason = rig.step()["StatusReason"]
+    assert reason.startswith("Waiting for remaining instances to be available. For example: i-")
+    assert reason.endswith("is Pending.")
