@@ -101,6 +101,8 @@ class Init:
     def mount_system(self) -> None:
         mount("none", Path("/"), None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
         root = self.root
+        for mount_point in ("proc", "dev", "run"):  # a hand-made rootfs may lack them
+            (root / mount_point).mkdir(mode=0o755, exist_ok=True)
         mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         dev = root / "dev"
         mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755,size=4m")
@@ -573,7 +575,10 @@ class Init:
 def describe_status(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {-code}"
     return f"exited with status {code}"
 
 

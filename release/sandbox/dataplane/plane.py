@@ -84,6 +84,8 @@ class LocalDataPlane:
         Like CreateImage without NoReboot: a running instance is halted for the copy (so no service
         writes while it is taken) and booted again afterwards."""
         instance_dir = self._existing_dir(instance_id, "CreateImage")
+        if image_id in self.images.images():
+            raise SandboxError(f"CreateImage: image {image_id} already exists in the data plane")
         with self._instance_lock(instance_id):
             record = InstanceRecord.load(instance_dir)
             process = self._process(instance_id)
