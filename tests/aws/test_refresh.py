@@ -190,3 +190,25 @@ def test_a_second_concurrent_start_is_refused(kit: Kit, seed: SeedResources) -> 
     assert asg.cancel_instance_refresh(AutoScalingGroupName=seed.asg_name)["InstanceRefreshId"] == first
     assert wait_final(kit, seed.asg_name)["Status"] == "Cancelled"
     assert kit.group(seed.asg_name)["LaunchTemplate"]["Version"] == "1"  # not applied: not successful
+
+
+def test_a_release_whose_targets_fail_health_checks_rolls_back(kit: Kit, seed: SeedResources) -> None:
+    asg = kit.client("autoscaling")
+    version, image = new_version(kit, seed)
+    kit.admin("POST", "target-health", {"image_id": image, "healthy": False})  # the new app fails /health
+    try:
+        asg.start_instance_refresh(
+            AutoScalingGroupName=seed.asg_name,
+            Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 10, "AutoRollback": True},
+            DesiredConfiguration=desired(seed, version),
+        )
+        kit.wait_for(
+            "a new instance to fail its health checks",
+            lambda: "unhealthy" in {s["State"] for s in kit.target_states(seed.target_group_arn).values()},
+        )
+        finished = wait_final(kit, seed.asg_name, timeout=90)
+    finally:
+        kit.admin("POST", "target-health", {"image_id": image, "healthy": True})
+    assert finished["Status"] == "RollbackSuccessful", finished
+    assert kit.group(seed.asg_name)["LaunchTemplate"]["Version"] == "1"
+    assert {(v, i) for _, v, i in fleet(kit, seed.asg_name)} == {("1", seed.base_image_id)}
