@@ -321,7 +321,7 @@ class RefreshEngine:
         if group is None or self._alarm_tripped(refresh):
             return
         wave = refresh.wave
-        self._follow(refresh, wave, group)
+        group = self._follow(refresh, wave, group)
         if wave.failures >= MAX_FAILED_REPLACEMENTS:
             self._fail(refresh, f"Instance refresh failed: {wave.last_failure}")
             return
@@ -385,7 +385,7 @@ class RefreshEngine:
         if group is None:
             return
         wave = refresh.rollback.wave
-        self._follow(refresh, wave, group)
+        group = self._follow(refresh, wave, group)
         if wave.failures >= MAX_FAILED_REPLACEMENTS:
             refresh.status = "RollbackFailed"
             refresh.status_reason = f"Rollback failed: {wave.last_failure}"
@@ -467,8 +467,9 @@ class RefreshEngine:
 
     # ---- replacing instances -------------------------------------------------------------
 
-    def _follow(self, refresh: _Refresh, wave: _Wave, group: GroupView) -> None:
-        """Update each replacement's warmup/health state; terminate replacements that failed."""
+    def _follow(self, refresh: _Refresh, wave: _Wave, group: GroupView) -> GroupView:
+        """Update each replacement's warmup/health state; terminate replacements that failed.
+        Returns the group as it is afterwards."""
         now = self._clock.now()
         members = {m.instance_id: m for m in group.members}
         for instance_id in list(wave.olds):
@@ -477,12 +478,14 @@ class RefreshEngine:
                 wave.olds.remove(instance_id)
                 wave.olds_gone += 1
         warmup = self._scaled(self._warmup(refresh, group))
+        terminated = False
         for instance_id, replacement in list(wave.fresh.items()):
             member = members.get(instance_id)
             problem = self._replacement_problem(refresh, group, member, instance_id, replacement)
             if problem:
                 if member is not None and member.lifecycle_state not in GONE:
                     self._fleet.terminate(group.name, instance_id)
+                    terminated = True
                 del wave.fresh[instance_id]
                 wave.failures += 1
                 wave.last_failure = problem
@@ -495,6 +498,7 @@ class RefreshEngine:
                 and replacement.in_service_since is not None
                 and now >= replacement.in_service_since + warmup
             )
+        return self._fleet.group(group.name) if terminated else group
 
     def _replacement_problem(
         self,

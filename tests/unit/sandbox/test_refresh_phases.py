@@ -140,7 +140,7 @@ def test_refresh_fails_when_replacements_never_get_healthy() -> None:
 
     assert final["Status"] == "Failed"
     assert "failed its Elastic Load Balancing health check" in final["StatusReason"]
-    assert fleet.batches("launch") == [2, 1]  # 2, then one relaunch until three had failed
+    assert fleet.batches("launch") == [2, 2]  # a batch, then both relaunched; the third failure ends it
     assert fleet.group_version == "1"  # never applied
     assert not fleet.on_version("2")  # failed replacements were terminated
 
