@@ -24,12 +24,13 @@ checkpoints, bake time, skip matching, "Undo changes with a manual or auto rollb
   configuration, from the group's own). Scale-in protected and Standby instances are replaced,
   ignored or waited for per ScaleInProtectedInstances / StandbyInstances; waiting gives up and
   fails the refresh after one hour, as AWS documents.
-- Batches: healthy InService capacity never drops below MinHealthyPercentage of desired
-  capacity (rounded up), and the group never holds more than MaxHealthyPercentage of it
-  (rounded down). Within those bounds old instances are terminated and replacements launched in
-  the same step. When the bounds leave no room at all, AWS still replaces one instance at a
-  time: with MaxHealthyPercentage set, or MinHealthyPercentage 100, it launches first (briefly
-  above desired capacity); otherwise it terminates one and launches its replacement at once.
+- Batches: old instances are terminated only while healthy InService capacity stays at or above
+  MinHealthyPercentage of desired capacity (rounded up), and replacements launched only while
+  the group stays at or below MaxHealthyPercentage of it (rounded down); both in the same step.
+  When the bounds leave no room at all, AWS still replaces one instance at a time: with
+  MaxHealthyPercentage set, or MinHealthyPercentage 100, it launches first (briefly above
+  desired capacity); otherwise it terminates one and launches its replacement at once (healthy
+  capacity dips by one).
 - A replacement counts as updated (PercentageComplete, InstancesToUpdate, healthy capacity)
   only once it is InService and healthy — ASG health Healthy and, for ELB health checks, target
   health `healthy` — and InstanceWarmup has passed since it entered InService.
@@ -41,7 +42,8 @@ checkpoints, bake time, skip matching, "Undo changes with a manual or auto rollb
 - AutoRollback / RollbackInstanceRefresh replace the instances the refresh launched with the
   group's configuration from before the refresh. Both need a DesiredConfiguration and a group on
   a numbered launch template version ($Latest/$Default → ValidationError at start,
-  IrreversibleInstanceRefresh on rollback). A manual rollback needs a Pending, InProgress or
+  IrreversibleInstanceRefresh on rollback); the desired configuration itself may say $Latest
+  (AWS's own StartInstanceRefresh example pairs it with AutoRollback). A manual rollback needs a Pending, InProgress or
   Baking refresh (ActiveInstanceRefreshNotFound otherwise). PercentageComplete falls back to 0
   during a rollback; InstancesToUpdate keeps its value from when the rollback started.
 - CancelInstanceRefresh stops a refresh or a rollback; it waits for launches in flight
@@ -62,7 +64,12 @@ Differs from AWS:
 - Only the Rolling strategy and launch templates (no mixed instances policies, warm pools,
   instance maintenance policies, DefaultInstanceWarmup, SSM-parameter AMIs, lifecycle hooks).
   WarmPoolProgress always reports 100 % and 0 instances to update.
-- Standby instances with StandbyInstances=Terminate are terminated and replaced like the rest.
+- Standby instances with StandbyInstances=Terminate are terminated and replaced like the rest;
+  Standby instances never count toward the group's size or healthy capacity.
+- During Baking only the alarms are watched; during a checkpoint pause replacements are still
+  health-checked, but a failed one is relaunched only when the pause ends.
+- A refresh that fails without AutoRollback leaves the group as it is (failed replacements
+  terminated); AWS's group would relaunch to desired capacity on its own.
 - StatusReason texts imitate AWS's; they are not byte-identical.
 """
 
