@@ -32,6 +32,7 @@ SERVER_MODULE = "release.sandbox.server"
 DEFAULT_TIME_SCALE = 0.1  # the server's default: one AWS second lasts 0.1 s
 REGION = "us-east-1"
 START_TIMEOUT_S = 60.0
+DATAPLANE_START_TIMEOUT_S = 900.0  # a cold start debootstraps the base image first
 STOP_TIMEOUT_S = 10.0
 WHERE = "sandbox"
 
@@ -48,6 +49,7 @@ class SandboxInfo:
     time_scale: float
     state_dir: Path
     region: str = REGION
+    dataplane: bool = False  # real instances behind EC2 (else control plane only)
 
     @property
     def env(self) -> dict[str, str]:
@@ -124,6 +126,7 @@ def _read_info(state_dir: Path) -> SandboxInfo | None:
             time_scale=float(raw["time_scale"]),
             state_dir=state_dir,
             region=str(raw.get("region", REGION)),
+            dataplane=bool(raw.get("dataplane", False)),
         )
     except FileNotFoundError:
         return None
@@ -143,6 +146,7 @@ def _write_info(info: SandboxInfo) -> None:
         "started_at": info.started_at.isoformat(),
         "time_scale": info.time_scale,
         "region": info.region,
+        "dataplane": info.dataplane,
     }
     target = _state_file(info.state_dir)
     temporary = target.with_suffix(".json.tmp")
@@ -168,8 +172,13 @@ def status(state_dir: Path) -> SandboxInfo | None:
     return info
 
 
-def up(state_dir: Path, *, port: int | None = None, time_scale: float = DEFAULT_TIME_SCALE) -> SandboxInfo:
-    """Start the sandbox server (or return the running one) and wait until it answers."""
+def up(
+    state_dir: Path, *, port: int | None = None, time_scale: float = DEFAULT_TIME_SCALE, dataplane: bool = False
+) -> SandboxInfo:
+    """Start the sandbox server (or return the running one) and wait until it answers.
+
+    `dataplane=True` runs real instances (root on Linux); the first start then also builds the
+    Debian base image (minutes; cached per machine afterwards)."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     running = status(state_dir)
@@ -193,6 +202,7 @@ def up(state_dir: Path, *, port: int | None = None, time_scale: float = DEFAULT_
         str(state_dir),
         "--time-scale",
         repr(time_scale),
+        *(["--dataplane"] if dataplane else []),
     ]
     project_root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
@@ -208,7 +218,8 @@ def up(state_dir: Path, *, port: int | None = None, time_scale: float = DEFAULT_
             start_new_session=True,  # survives the invoking shell; its own process group
         )
     _children[child.pid] = child
-    deadline = time.monotonic() + START_TIMEOUT_S
+    timeout = DATAPLANE_START_TIMEOUT_S if dataplane else START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
             _children.pop(child.pid, None)
@@ -219,13 +230,15 @@ def up(state_dir: Path, *, port: int | None = None, time_scale: float = DEFAULT_
             )
         health = _health(endpoint, timeout=0.5)
         if health is not None and health.get("pid") == child.pid:
-            info = SandboxInfo(endpoint, chosen, child.pid, datetime.now(UTC), time_scale, state_dir)
+            info = SandboxInfo(
+                endpoint, chosen, child.pid, datetime.now(UTC), time_scale, state_dir, dataplane=dataplane
+            )
             _write_info(info)
             return info
         time.sleep(0.05)
     _stop_pid(child.pid)
     raise SandboxError(
-        f"the sandbox server did not answer on {endpoint} within {START_TIMEOUT_S:.0f} s",
+        f"the sandbox server did not answer on {endpoint} within {timeout:.0f} s",
         where=WHERE,
         hint=f"See {log_file(state_dir)}.",
     )
@@ -252,7 +265,7 @@ def reset(state_dir: Path, *, port: int | None = None, time_scale: float | None 
     down(state_dir)
     keep_port = port or (previous.port if previous else None)
     scale = time_scale or (previous.time_scale if previous else DEFAULT_TIME_SCALE)
-    return up(state_dir, port=keep_port, time_scale=scale)
+    return up(state_dir, port=keep_port, time_scale=scale, dataplane=bool(previous and previous.dataplane))
 
 
 def _stop_pid(pid: int) -> None:

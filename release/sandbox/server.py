@@ -299,6 +299,27 @@ class SandboxServer:
         return [reply.body]
 
 
+def register_base_image(app: SandboxServer, dataplane: Any, region: str = "us-east-1") -> str:
+    """Build (or reuse) the data plane's Debian root filesystem and register it as the sandbox's
+    base AMI, the one `provision` and versions.toml's [base_image] find by name."""
+    from moto.ec2.models import ec2_backends
+
+    from release.sandbox.provision import BASE_IMAGE_NAME
+
+    built = dataplane.ensure_base_image()
+    with app.lock:
+        backend: Any = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+        ami: Any = next((a for a in backend.amis.values() if a.name == BASE_IMAGE_NAME), None)
+        if ami is None:
+            ami = backend.register_image(BASE_IMAGE_NAME, "Debian 12 (bookworm) amd64 base image of the Kiln sandbox")
+            ami.architecture, ami.virtualization_type, ami.root_device_name = "x86_64", "hvm", "/dev/xvda"
+            tags = {"Name": BASE_IMAGE_NAME, "kiln:role": "base-image", "kiln:os": "debian-12"}
+            backend.create_tags([ami.id], tags)
+    dataplane.register_image(str(ami.id), built.rootfs)
+    log.info("base image %s (%s) = %s%s", BASE_IMAGE_NAME, ami.id, built.rootfs, " (built)" if built.built else "")
+    return str(ami.id)
+
+
 def serve(port: int, state_dir: Path, time_scale: float, *, dataplane: DataPlane | None = None) -> None:
     """Run the sandbox in this process until SIGTERM/SIGINT; the data plane, if any, is shut down
     with it (its `terminate_all`, when it has one)."""
@@ -309,6 +330,8 @@ def serve(port: int, state_dir: Path, time_scale: float, *, dataplane: DataPlane
     # moto reads these; keep its default AMIs (the sandbox lists them like AWS's public images).
     os.environ.setdefault("MOTO_PORT", str(port))
     app = SandboxServer(time_scale=time_scale, dataplane=dataplane)
+    if dataplane is not None:
+        register_base_image(app, dataplane)
     httpd = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
 
     def stop(signum: int, frame: Any) -> None:
@@ -340,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TIME_SCALE,
         help=f"real seconds per AWS second for warmups, checks, delays (default {DEFAULT_TIME_SCALE})",
     )
+    parser.add_argument(
+        "--dataplane",
+        action="store_true",
+        help="run real instances (root on Linux): images, instances, health probes (docs/dataplane.md)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.time_scale <= 1:
         parser.error("--time-scale must be in (0, 1]")
@@ -349,7 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.Formatter.converter = time.gmtime
-    serve(args.port, args.state_dir, args.time_scale)
+    dataplane = None
+    if args.dataplane:
+        from release.sandbox.dataplane import LocalDataPlane
+
+        dataplane = LocalDataPlane(args.state_dir / "dataplane", aws_endpoint_url=f"http://127.0.0.1:{args.port}")
+    serve(args.port, args.state_dir, args.time_scale, dataplane=dataplane)
     return 0
 
 
