@@ -85,7 +85,8 @@ def test_rsa_sha1_logins_as_packer_makes_them_are_accepted(
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True)
     with ssh(plane, booted, SSH_IP, ssh_key[0]) as client:
         pub = rsa.with_suffix(".pub").read_text().strip()
-        assert run(client, f"echo '{pub}' >> ~/.ssh/authorized_keys")[0] == 0
+        add_key = f"cp ~/.ssh/authorized_keys /tmp/launch-keys; echo '{pub}' >> ~/.ssh/authorized_keys"
+        assert run(client, add_key)[0] == 0
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("".join(f"{SSH_IP} {t} {k}\n" for t, k in parse_host_keys(plane.console_output(booted))))
     login = subprocess.run(
@@ -95,6 +96,8 @@ def test_rsa_sha1_logins_as_packer_makes_them_are_accepted(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert (login.returncode, login.stdout) == (0, "in\n"), login.stderr
+    with ssh(plane, booted, SSH_IP, ssh_key[0]) as client:  # back to the launch key alone
+        assert run(client, "cat /tmp/launch-keys > ~/.ssh/authorized_keys")[0] == 0
 
 
 def test_wrong_host_key_is_rejected(plane: LocalDataPlane, booted: str, ssh_key: tuple[Path, str]) -> None:
