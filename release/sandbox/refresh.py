@@ -71,6 +71,7 @@ Differs from AWS:
 - A refresh that fails without AutoRollback leaves the group as it is (failed replacements
   terminated); AWS's group would relaunch to desired capacity on its own.
 - StatusReason texts imitate AWS's; they are not byte-identical.
+- A refresh stays Pending for one second of clock time (unscaled) before it starts.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ HEALTH_WINDOW = 300
 MIN_HEALTH_TIMEOUT = 120
 # AWS waits one hour for scale-in protection to be removed or Standby instances to return.
 BLOCKED_WAIT = 3600
+# A refresh stays Pending this long (clock seconds, unscaled), so callers can observe it, as on AWS.
+PENDING_SECONDS = 1.0
 
 ACTIVE = ("Pending", "InProgress", "Baking", "Cancelling", "RollbackInProgress")
 ROLLBACK_ALLOWED = ("Pending", "InProgress", "Baking")
@@ -317,10 +320,11 @@ class RefreshEngine:
     # ---- phases: one method per status ---------------------------------------------------
 
     def _begin(self, refresh: _Refresh) -> None:
-        """Pending → InProgress on the first tick."""
+        """Pending → InProgress once PENDING_SECONDS have passed."""
         if self._alarm_tripped(refresh):
             return
-        refresh.status = "InProgress"
+        if self._clock.now() >= refresh.start_time + timedelta(seconds=PENDING_SECONDS):
+            refresh.status = "InProgress"
 
     def _advance(self, refresh: _Refresh) -> None:
         """InProgress: follow the replacements, honour checkpoints, start the next batch."""

@@ -201,6 +201,11 @@ class Rig:
         self.sizes.append(len(self.fleet.instances))
         return latest
 
+    def first_batch(self) -> dict[str, Any]:
+        """Step until the refresh is InProgress, then once more: its first batch is launched."""
+        self.run(until={"InProgress"})
+        return self.step()
+
     def run(self, until: frozenset[str] | set[str] = TERMINAL, max_steps: int = 5000) -> dict[str, Any]:
         for _ in range(max_steps):
             latest = self.step()

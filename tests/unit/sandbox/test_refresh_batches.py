@@ -115,8 +115,7 @@ def test_replacement_counts_only_once_the_load_balancer_says_healthy() -> None:
     fleet = FakeFleet(desired=2)
     rig = Rig(fleet)
     rig.start(preferences=_prefs(50, None))
-    rig.step()  # Pending -> InProgress
-    rig.step()  # first batch
+    rig.first_batch()
     (new,) = fleet.on_version("2")
     fleet.set_health(new, target_health="initial")  # InService, but no ELB verdict yet
 
@@ -141,8 +140,7 @@ def test_unhealthy_replacement_is_replaced_again() -> None:
     fleet = FakeFleet(desired=2)
     rig = Rig(fleet)
     rig.start(preferences=_prefs(50, None))
-    rig.step()
-    rig.step()
+    rig.first_batch()
     (first,) = fleet.on_version("2")
     fleet.set_health(first, health_status="Unhealthy", target_health="unhealthy")
 

@@ -58,7 +58,7 @@ def test_bake_time_holds_the_refresh_in_baking_before_success() -> None:
 
     final = rig.run()
 
-    assert rig.statuses() == ["InProgress", "Baking", "Successful"]
+    assert rig.statuses() == ["Pending", "InProgress", "Baking", "Successful"]
     baking = [h for h in rig.history if h["Status"] == "Baking"]
     assert len(baking) >= 120 and all(h["PercentageComplete"] == 100 for h in baking)
     assert final["Preferences"]["BakeTime"] == 120
@@ -97,7 +97,7 @@ def test_cancelling_waits_for_launches_in_flight() -> None:
     fleet = FakeFleet(desired=2)
     rig = Rig(fleet)
     rig.start(preferences=_halves())
-    rig.step()
+    rig.run(until={"InProgress"})
     fleet.hold_booting()
     rig.step()  # launches one replacement that stays Pending
     rig.engine.cancel(GROUP)
@@ -169,8 +169,7 @@ def test_alarm_without_auto_rollback_fails_the_refresh() -> None:
     fleet = FakeFleet(desired=2)
     rig = Rig(fleet)
     rig.start(preferences=_halves(AlarmSpecification={"Alarms": ["app-5xx"]}))
-    rig.step()
-    rig.step()
+    rig.first_batch()
     fleet.alarms["app-5xx"] = "ALARM"
 
     final = rig.run()
@@ -194,7 +193,7 @@ def test_alarm_with_auto_rollback_rolls_back_to_the_previous_configuration() -> 
 
     final = rig.run()
 
-    assert rig.statuses() == ["InProgress", "RollbackInProgress", "RollbackSuccessful"]
+    assert rig.statuses() == ["Pending", "InProgress", "RollbackInProgress", "RollbackSuccessful"]
     assert final["PercentageComplete"] == 0
     details = final["RollbackDetails"]
     assert "unhealthy-hosts" in details["RollbackReason"]
@@ -318,8 +317,7 @@ def test_rollback_after_launching_ahead_returns_to_desired_capacity() -> None:
     fleet = FakeFleet(desired=4)
     rig = Rig(fleet)
     rig.start(preferences={"MinHealthyPercentage": 100, "MaxHealthyPercentage": 200, "InstanceWarmup": 30})
-    rig.step()
-    rig.step()
+    rig.first_batch()
     assert len(fleet.instances) == 8  # the new group is up next to the old one
 
     rig.engine.rollback(GROUP)
