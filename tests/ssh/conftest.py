@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,9 +71,9 @@ class VersionServer:
     callers: list[set[int]] = field(default_factory=list)  # per request: PIDs owning the client socket
 
 
-@pytest.fixture
-def version_server() -> Iterator[VersionServer]:
-    """A tiny HTTP server on the instance's address answering GET /version and /health, like the app."""
+@contextmanager
+def serve_version(address: str) -> Iterator[VersionServer]:
+    """A tiny HTTP server on `address` answering GET /version and /health, like the app."""
     payload = {"version": "1.4.2", "fingerprint": "sha256:abc", "git_sha": "3f2c", "built_at": "2026-11-22T02:10:00Z"}
     callers: list[set[int]] = []
 
@@ -90,10 +91,18 @@ def version_server() -> Iterator[VersionServer]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((INSTANCE_ADDRESS, 0), Handler)
+    server = ThreadingHTTPServer((address, 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield VersionServer(INSTANCE_ADDRESS, int(server.server_address[1]), payload, callers)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    try:
+        yield VersionServer(address, int(server.server_address[1]), payload, callers)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def version_server() -> Iterator[VersionServer]:
+    with serve_version(INSTANCE_ADDRESS) as server:
+        yield server

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 SSHD = Path("/usr/sbin/sshd")
+APP_TASKS = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "app" / "tasks" / "main.yml"
+MANIFEST_TASK = "Write the release's checksum manifest for the fleet audit"
 
 # A /16 of loopback addresses of our own, picked per process so parallel runs do not collide.
 LOOPBACK_NET = f"127.0.{os.getpid() % 200 + 20}"
@@ -171,3 +175,12 @@ def stop_sshd(server: SshServer) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     shutil.rmtree(server.directory, ignore_errors=True)
+
+
+def write_manifest_like_the_bake(release: Path) -> None:
+    tasks = yaml.safe_load(APP_TASKS.read_text())
+    task = next((t for t in tasks if t.get("name") == MANIFEST_TASK), None)
+    if task is None:
+        pytest.fail(f"{APP_TASKS} has no task {MANIFEST_TASK!r}: the audit and the bake must agree on the manifest")
+    command = task["ansible.builtin.shell"]["cmd"].replace("{{ app_release_dir | quote }}", shlex.quote(str(release)))
+    subprocess.run(["bash", "-c", command], check=True)

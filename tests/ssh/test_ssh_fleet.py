@@ -7,16 +7,13 @@ the manifest format the image really carries.
 
 from __future__ import annotations
 
-import shlex
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from release.config import SshSettings
 from release.fleet import (
@@ -33,24 +30,13 @@ from release.fleet import (
 from release.ssh import Ssh, Timeouts
 
 from .conftest import VersionServer
-from .servers import LOOPBACK_NET, SPARE_ADDRESS, SshServer
+from .servers import LOOPBACK_NET, SPARE_ADDRESS, SshServer, write_manifest_like_the_bake
 
-APP_TASKS = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "app" / "tasks" / "main.yml"
-MANIFEST_TASK = "Write the release's checksum manifest for the fleet audit"
 REFUSING_ADDRESS = f"{LOOPBACK_NET}.4"  # nothing listens here
 
 EXPECTED = ExpectedRelease(version="1.4.2", fingerprint="sha256:abc", image_id="ami-0new", template_version="7")
 # The test sshd runs on this host: it stands in for the instance's services.
 SERVICES = (ServiceCheck("sshd", ("-x", "sshd")), )  # fmt: skip
-
-
-def write_manifest_like_the_bake(release: Path) -> None:
-    tasks = yaml.safe_load(APP_TASKS.read_text())
-    task = next((t for t in tasks if t.get("name") == MANIFEST_TASK), None)
-    if task is None:
-        pytest.fail(f"{APP_TASKS} has no task {MANIFEST_TASK!r}: the audit and the bake must agree on the manifest")
-    command = task["ansible.builtin.shell"]["cmd"].replace("{{ app_release_dir | quote }}", shlex.quote(str(release)))
-    subprocess.run(["bash", "-c", command], check=True)
 
 
 @pytest.fixture
