@@ -75,6 +75,7 @@ class Init:
         self.exited: dict[int, int] = {}  # pid -> wait status, for processes someone waits on
         self.waiting: set[int] = set()
         self.stopping = False
+        self.phase = "booting"
         self.syslog: socket.socket | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -83,9 +84,11 @@ class Init:
     def log(self, text: str) -> None:
         os.write(self.console_fd, (text.rstrip("\n") + "\n").encode(errors="replace"))
 
-    def write_status(self, phase: str) -> None:
+    def write_status(self, phase: str | None = None) -> None:
+        """Record the units' states; `phase` moves booting -> running -> stopped."""
+        self.phase = phase or self.phase
         status = {
-            "phase": phase,
+            "phase": self.phase,
             "units": {
                 name: {"state": s.state, "sub": s.sub, "result": s.result, "main_pid": s.main_pid}
                 for name, s in self.units.items()
@@ -431,7 +434,7 @@ class Init:
             state.result = state.result or "exit-code"
             self.log(f"[FAILED] {unit.name} failed.")
         self.remove_runtime_dirs(unit)
-        self.write_status("running")
+        self.write_status()
 
     def run_due_restarts(self) -> None:
         for state in self.units.values():
@@ -439,7 +442,7 @@ class Init:
                 state.restart_at = None
                 self.log(f"{state.unit.name}: scheduled restart")
                 self.start_unit(state)
-                self.write_status("running")
+                self.write_status()
 
     def cleanup_after_failure(self, state: UnitState) -> None:
         if state.main_pid:
@@ -509,7 +512,7 @@ class Init:
                 self.log(f"[DEPEND] Dependency failed for {unit.name}: {', '.join(failed_deps)}.")
                 continue
             self.start_unit(state)
-            self.write_status("booting")
+            self.write_status()
 
     def run_user_script(self) -> None:
         """cloud-init's scripts-user: the user-data script, as root, once, after the units."""

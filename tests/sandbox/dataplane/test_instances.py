@@ -183,6 +183,22 @@ PIDFile=/run/kiln-daemon.pid
 ExecStart=/usr/bin/python3 /usr/local/bin/kiln-daemon
 ExecStop=/bin/sh -c 'echo stopping $MAINPID; kill $MAINPID'
 """
+FLAKY_UNIT = """\
+[Service]
+ExecStart=/bin/sh -c 'if [ ! -e /var/tmp/flaky-once ]; then touch /var/tmp/flaky-once; exit 3; fi; exec sleep 600'
+Restart=on-failure
+RestartSec=100ms
+"""
+CRASHLOOP_UNIT = """\
+[Unit]
+StartLimitBurst=3
+StartLimitIntervalSec=30s
+
+[Service]
+ExecStart=/bin/false
+Restart=always
+RestartSec=50ms
+"""
 BROKEN_UNIT = "[Service]\nType=oneshot\nExecStart=/bin/false\n"
 DEPENDENT_UNIT = "[Unit]\nRequires=broken.service\nAfter=broken.service\n[Service]\nExecStart=/bin/sleep 600\n"
 
@@ -190,7 +206,8 @@ DEPENDENT_UNIT = "[Unit]\nRequires=broken.service\nAfter=broken.service\n[Servic
 def make_layer(directory: Path) -> Path:
     """A hand-made image layer: a few units and their programs, enabled like `systemctl enable`."""
     units = {"web.service": WEB_UNIT, "prepare.service": PREPARE_UNIT, "kiln-daemon.service": DAEMON_UNIT,
-             "broken.service": BROKEN_UNIT, "needs-broken.service": DEPENDENT_UNIT}  # fmt: skip
+             "broken.service": BROKEN_UNIT, "needs-broken.service": DEPENDENT_UNIT, "flaky.service": FLAKY_UNIT,
+             "crashloop.service": CRASHLOOP_UNIT}  # fmt: skip
     lib = directory / "usr/lib/systemd/system"
     wants = directory / "etc/systemd/system/multi-user.target.wants"
     lib.mkdir(parents=True)
@@ -238,6 +255,16 @@ def test_units_from_a_hand_made_layer_boot_and_serve(plane: LocalDataPlane, tmp_
         assert "[DEPEND] Dependency failed for needs-broken.service: broken.service." in console
         assert (root / "var/tmp/user-data-ran").read_text() == "user data ran as root\n"
         assert "[  OK  ] Finished cloud-final.service" in console
+        # Restart=: the flaky unit comes back once; the crash loop hits its start limit.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            units = plane.status(instance)["units"]
+            if units["flaky.service"]["sub"] == "running" and units["crashloop.service"]["state"] == "failed":
+                break
+            time.sleep(0.05)
+        assert units["flaky.service"]["state"] == "active" and units["flaky.service"]["main_pid"]
+        assert units["crashloop.service"]["result"] == "start-limit-hit"
+        assert "flaky.service: main process exited with status 3" in plane.console_output(instance)
         daemon_pid = int((live / "run/kiln-daemon.pid").read_text())
         assert units["kiln-daemon.service"]["main_pid"] == daemon_pid
         plane.stop(instance)
