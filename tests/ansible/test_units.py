@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
+from unitfile import parse_unit
 
 ROLES = Path(__file__).resolve().parents[2] / "ansible/roles"
 
@@ -31,23 +32,6 @@ ALLOWED = {
     "Install": {"WantedBy"},
 }
 TYPES = {"simple", "oneshot", "forking", "notify"}
-
-
-def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        assert current is not None, f"directive outside a section: {line}"
-        key, sep, value = line.partition("=")
-        assert sep, f"not a Key=value line: {line}"
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
 
 
 def role_vars(role: str) -> dict[str, object]:
