@@ -1,0 +1,120 @@
+"""Packer: the command line and the manifest (pure), and a thin runner that streams output.
+
+Kiln never scrapes Packer's log for results: the `manifest` post-processor writes the AMI ids,
+and `parse_manifest` reads them. Lines of output are only shown to people.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from release.errors import BakeError, ToolError
+
+BUILD = "amazon-ebs.app"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    region: str
+    image_id: str
+
+
+def command_line(template_dir: Path, var_file: Path, packer: str = "packer") -> list[str]:
+    # -color=false: the output is re-printed through Kiln's UI.
+    return [packer, "build", "-color=false", "-only", BUILD, f"-var-file={var_file}", str(template_dir)]
+
+
+def var_file_text(variables: Mapping[str, Any]) -> str:
+    """A `.pkrvars.json` file: JSON keeps lists and quoting exact, with no HCL escaping to get wrong."""
+    return json.dumps(dict(variables), indent=2, sort_keys=True) + "\n"
+
+
+def parse_manifest(text: str, *, where: str = "manifest.json") -> list[Artifact]:
+    """The AMIs of the *last* run in a Packer manifest ("artifact_id": "region:ami-…,region:ami-…")."""
+    try:
+        data = json.loads(text)
+        run = data["last_run_uuid"]
+        builds = [b for b in data["builds"] if b.get("packer_run_uuid") == run]
+    except (ValueError, KeyError, TypeError) as err:
+        raise BakeError(f"unreadable Packer manifest ({err})", where=where) from None
+    artifacts = []
+    for build in builds:
+        for pair in str(build.get("artifact_id", "")).split(","):
+            region, _, image_id = pair.partition(":")
+            if not image_id.startswith("ami-"):
+                raise BakeError(f"unexpected artifact id {pair!r}", where=where)
+            artifacts.append(Artifact(region, image_id))
+    if not artifacts:
+        raise BakeError("the manifest lists no AMI for the last run", where=where)
+    return artifacts
+
+
+def parse_version(output: str) -> Version | None:
+    """`packer version` prints "Packer v1.6.6" (and maybe an update notice)."""
+    match = re.search(r"v?(\d+\.\d+\.\d+)", output)
+    try:
+        return Version(match.group(1)) if match else None
+    except InvalidVersion:
+        return None
+
+
+def check_tool(name: str, version_args: Sequence[str], parse: Callable[[str], Version | None],
+               accepted: SpecifierSet, *, config_key: str) -> Version:
+    """The tool's version, or one clear ToolError when it is missing or not accepted."""
+    path = shutil.which(name)
+    if path is None:
+        raise ToolError(f"{name} not found on PATH", hint="Run ./bootstrap (it installs it) or install it yourself.")
+    out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=60, check=False)
+    version = parse(out.stdout + out.stderr)
+    if version is None:
+        raise ToolError(f"cannot tell the version of {path}", hint=f"Check that `{name} --version` works.")
+    if version not in accepted:
+        raise ToolError(f"{name} {version} is not accepted ({config_key} = \"{accepted}\")",
+                        hint=f"Install an accepted {name}, or change {config_key} in versions.toml.")
+    return version
+
+
+def run(command: Sequence[str], *, env: Mapping[str, str], cwd: Path, on_line: Callable[[str], None]) -> int:
+    """Run Packer, handing each output line to `on_line`; the exit code."""
+    with subprocess.Popen(list(command), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            on_line(line.rstrip("\n"))
+        return proc.wait()
+
+
+# Lines like "==> amazon-ebs.app: Launching a source AWS instance..." name Packer's steps.
+_STEP = re.compile(r"^==> [\w.-]+: (.+)$")
+
+
+def step_of(line: str) -> str | None:
+    """The step a Packer output line announces, for the progress display (display only)."""
+    match = _STEP.match(line)
+    return match.group(1).rstrip(".") if match else None
+
+
+# Ansible's failure lines, to name the failing task in the error.
+_TASK = re.compile(r"TASK \[(.+?)\]")
+
+
+def failing_task(lines: Sequence[str]) -> str | None:
+    """The last Ansible task before a `fatal:` / `failed:` line, if any."""
+    task = None
+    for line in lines:
+        found = _TASK.search(line)
+        if found:
+            task = found.group(1)
+        elif ("fatal:" in line or "failed:" in line) and task:
+            return task
+    return None
