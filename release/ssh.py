@@ -359,7 +359,7 @@ class Connection:
                     out.append(channel.recv(65536))
                 while channel.recv_stderr_ready():
                     err_out.append(channel.recv_stderr(65536))
-                if channel.exit_status_ready() and channel.eof_received:
+                if channel.exit_status_ready() and (channel.eof_received or channel.closed):
                     if not channel.recv_ready() and not channel.recv_stderr_ready():
                         break
                     continue
@@ -371,6 +371,8 @@ class Connection:
                 # The channel's fileno turns readable when stdout or stderr data (or EOF) arrives.
                 select.select([channel], [], [], min(remaining, 0.5))
             status = channel.recv_exit_status()
+            if status == -1:  # paramiko's value when the channel closed without an exit status
+                raise SshError(f"connection lost while running {command!r}", where=f"ssh {self.host}")
         finally:
             channel.close()
         return CommandResult(
@@ -417,7 +419,8 @@ class Ssh:
     """How Kiln reaches instances: settings, keys, trust, and the (shared) bastion connection.
 
     `console_output(instance_id)` (e.g. Aws.console_output) is consulted for an instance's host
-    key only when the known_hosts files do not already vouch for the offered key.
+    key only when the known_hosts files do not already vouch for the offered key. It is called
+    from the audit's worker threads, so it must be thread-safe (boto3 clients are).
     """
 
     def __init__(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -222,3 +225,20 @@ def test_a_silent_server_times_out_on_the_banner(client_key: Path, known_hosts: 
             with pytest.raises(SshError, match=r"handshake failed"):
                 ssh.connect(SPARE_ADDRESS, port=port)
             assert time.monotonic() - started < 3
+
+
+def test_a_dropped_connection_during_a_command_is_an_error_not_a_timeout(
+    client_key: Path, instance: SshServer, known_hosts: Callable[..., Path], tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "orphan.pid"
+    with make_ssh(client_key, known_hosts(instance)) as ssh, ssh.connect(instance.address, port=instance.port) as conn:
+        started = time.monotonic()
+        # $PPID is the sshd process serving this connection: killing it drops the connection.
+        try:
+            with pytest.raises(SshError, match="connection lost while running") as caught:
+                conn.run(f"echo $$ > {pid_file}; kill -9 $PPID; exec sleep 5", timeout=8)
+        finally:
+            with contextlib.suppress(OSError, ValueError):  # the orphaned sleep: ours, stop it
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        assert not isinstance(caught.value, CommandTimeout)
+        assert time.monotonic() - started < 3
