@@ -10,7 +10,7 @@ instance's health with `set_health()`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -224,9 +224,3 @@ class Rig:
 
 def desired(version: str) -> dict[str, Any]:
     return {"LaunchTemplate": {"LaunchTemplateId": TEMPLATE_ID, "Version": version}}
-
-
-def with_members(fleet: FakeFleet, **changes: Any) -> None:
-    """Apply attribute changes to every current instance (e.g. protected=True)."""
-    for instance_id, instance in list(fleet.instances.items()):
-        fleet.instances[instance_id] = replace(instance, **changes)
