@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from packaging.version import InvalidVersion, Version
 
 from release.errors import DriftDetected, KilnError
-from release.model import Check
+from release.model import Check, GroupState, Lifecycle, LiveRelease
 from release.ssh import CommandResult, HttpResponse
 
 APP_ROOT = "/opt/webapp"
@@ -86,6 +86,21 @@ class FleetInstance:
     private_ip: str | None
     image_id: str
     template_version: str | None
+
+
+def expected_from_live(live: LiveRelease) -> ExpectedRelease:
+    """The release the ledger says is live, as the audit compares against it."""
+    template = str(live.template_version) if live.template_version is not None else None
+    return ExpectedRelease(live.version, live.fingerprint, live.image_id, template)
+
+
+def in_service(group: GroupState) -> list[FleetInstance]:
+    """The group's in-service instances, with the image and LT version each was launched with."""
+    return [
+        FleetInstance(i.instance_id, i.private_ip, i.image_id, i.launch_template_version)
+        for i in group.instances
+        if i.lifecycle == Lifecycle.IN_SERVICE
+    ]
 
 
 @dataclass(frozen=True)

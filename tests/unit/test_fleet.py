@@ -21,11 +21,14 @@ from release.fleet import (
     ServedVersion,
     audit,
     compare_files,
+    expected_from_live,
+    in_service,
     judge,
     parse_sha256sum,
     served_versions,
     smoke_checks,
 )
+from release.model import GroupState, InstanceState, LiveRelease
 from release.ssh import CommandResult, HttpResponse, SshError
 
 EXPECTED = ExpectedRelease(version="1.4.2", fingerprint="sha256:f00d", image_id="ami-0new", template_version="7")
@@ -320,3 +323,15 @@ def test_served_versions_asks_every_address_and_never_raises() -> None:
     assert answers["10.0.0.4"].problem == "RuntimeError: boom"
     assert answers["10.0.0.5"].problem == "GET /version answered HTTP 503: starting"
     assert served_versions(Reach({}), []) == {}
+
+
+def test_inputs_from_the_model() -> None:
+    live = LiveRelease(version="1.4.2", image_id="ami-0new", fingerprint="sha256:f00d", template_version=7)
+    assert expected_from_live(live) == EXPECTED
+    states = (
+        InstanceState("i-1", "ami-0new", "7", "InService", "Healthy", "healthy", private_ip="127.100.0.5"),
+        InstanceState("i-2", "ami-0new", "7", "Pending", "Healthy", None, private_ip="127.100.0.6"),
+        InstanceState("i-3", "ami-0old", "6", "InService", "Healthy", "healthy", private_ip=None),
+    )
+    group = GroupState("web", 2, 8, 3, "lt-1", "web", "7", states)
+    assert in_service(group) == [INSTANCE, FleetInstance("i-3", None, "ami-0old", "6")]
