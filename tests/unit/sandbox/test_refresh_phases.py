@@ -325,3 +325,17 @@ def test_rollback_after_launching_ahead_returns_to_desired_capacity() -> None:
 
     assert sorted(i.version for i in fleet.instances.values()) == ["1"] * 4
     assert min(rig.serving) >= 4
+
+
+def test_elb_failures_count_only_after_the_grace_period() -> None:
+    fleet = FakeFleet(desired=2, grace_period=30, bad_images={"ami-2"})
+    originals = set(fleet.instances)
+    rig = Rig(fleet)
+    rig.start(preferences=_halves())
+    rig.first_batch()
+    launched_at = fleet.steps
+
+    assert rig.run()["Status"] == "Failed"
+
+    first_kill = next(step for step, what, i in fleet.events if what == "terminate" and i not in originals)
+    assert first_kill - launched_at >= 30  # unhealthy targets are tolerated during the grace period
