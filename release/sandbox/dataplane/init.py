@@ -124,7 +124,10 @@ class Init:
         os.chmod(root / "run/lock", 0o1777)
         # A /dev/log that lands on the console, so sshd's and sudo's syslog lines are visible.
         self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.syslog.bind(str(dev / "log"))
+        # Bound by a relative name: a socket path may not exceed 107 bytes, a state dir might.
+        os.chdir(dev)
+        self.syslog.bind("log")
+        os.chdir("/")
         os.chmod(dev / "log", 0o666)
         self.syslog.setblocking(False)
 

@@ -391,3 +391,17 @@ def test_terminate_right_after_launch_does_not_wait_for_the_halt_timeout(plane: 
     plane.terminate(instance)
     assert time.monotonic() - started < 10
     assert_nothing_left(plane.state_dir, instance, ip)
+
+
+def test_a_long_state_dir_path_boots(tmp_path: Path, base_rootfs: Path) -> None:
+    # Unix socket paths are limited to 107 bytes; the instance's /dev/log must not depend on it.
+    state_dir = tmp_path / ("deep-" * 20) / "state"
+    dp = LocalDataPlane(state_dir, DEFAULT_CACHE_DIR)
+    dp.register_image(BASE_IMAGE, base_rootfs)
+    instance, ip = "i-0longpath0000001", "127.100.0.17"
+    dp.launch(spec(instance, ip, None))
+    try:
+        assert dp.wait_until_booted(instance)["phase"] == "running", dp.console_output(instance)
+    finally:
+        dp.terminate(instance)
+    assert_nothing_left(state_dir, instance, ip)
