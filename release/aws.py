@@ -99,6 +99,19 @@ class Aws:
                 service, region_name=region, endpoint_url=self.target.endpoint_url, config=_RETRIES)
         return self._clients[key]
 
+    def frozen_credentials(self) -> dict[str, str]:
+        """The session's current credentials as environment variables, for tools (Packer) that
+        run in their own process. Assumed-role credentials are short-lived: fetch right before use."""
+        creds = self._session.get_credentials()
+        if creds is None:
+            raise AwsError("no AWS credentials found", operation="credentials",
+                           hint="Configure credentials (aws configure / AWS_PROFILE), or use the sandbox.")
+        frozen = creds.get_frozen_credentials()
+        env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+        if frozen.token:
+            env["AWS_SESSION_TOKEN"] = frozen.token
+        return env
+
     @contextmanager
     def call(self, operation: str, resource: str | None = None, *, hint: str | None = None) -> Iterator[None]:
         """Run AWS calls; any botocore failure becomes an AwsError with a hint."""
@@ -187,6 +200,64 @@ class Cloud:
                     return None
                 raise
         return _ami_ref(images[0], self.region) if images else None
+
+    def base_image(self, *, owners: tuple[str, ...], name: str, pinned: str | None) -> AmiRef | None:
+        """The pinned AMI, or the newest available one named like `name` among `owners`."""
+        if pinned:
+            return self.image(pinned)
+        with self.aws.call("DescribeImages", f"{name} owned by {', '.join(owners)}"):
+            images = self._ec2().describe_images(
+                Owners=list(owners), Filters=[{"Name": "name", "Values": [name]},
+                                              {"Name": "state", "Values": ["available"]}])["Images"]
+        refs = sorted((_ami_ref(i, self.region) for i in images), key=lambda r: r.created_at)
+        return refs[-1] if refs else None
+
+    def tag_image(self, image_id: str, tags: dict[str, str]) -> None:
+        """Tag an AMI and its snapshots alike."""
+        with self.aws.call("DescribeImages", image_id):
+            image = self._ec2().describe_images(ImageIds=[image_id])["Images"][0]
+        snapshots = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
+                     if m.get("Ebs", {}).get("SnapshotId")]
+        with self.aws.call("CreateTags", image_id):
+            self._ec2().create_tags(Resources=[image_id, *snapshots],
+                                    Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    # Instances
+    def instances_tagged(self, tags: dict[str, str], *, states: tuple[str, ...]) -> list[str]:
+        filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
+        filters.append({"Name": "instance-state-name", "Values": list(states)})
+        with self.aws.call("DescribeInstances", ", ".join(f"{k}={v}" for k, v in tags.items())):
+            pages = self._ec2().get_paginator("describe_instances").paginate(Filters=filters)
+            return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def launch_from_template(self, template: str, image_id: str, key_name: str, tags: dict[str, str]) -> str:
+        """One instance from the template's default version with another image (the smoke test)."""
+        with self.aws.call("RunInstances", f"{image_id} from {template}"):
+            out = self._ec2().run_instances(
+                LaunchTemplate={"LaunchTemplateName": template, "Version": "$Default"}, ImageId=image_id,
+                KeyName=key_name, MinCount=1, MaxCount=1,
+                TagSpecifications=[{"ResourceType": "instance",
+                                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+        return str(out["Instances"][0]["InstanceId"])
+
+    def instance(self, instance_id: str) -> tuple[str, str | None]:
+        """(state, private IP)."""
+        with self.aws.call("DescribeInstances", instance_id):
+            r = self._ec2().describe_instances(InstanceIds=[instance_id])["Reservations"]
+        i = r[0]["Instances"][0]
+        return i["State"]["Name"], i.get("PrivateIpAddress")
+
+    def terminate(self, instance_id: str) -> None:
+        with self.aws.call("TerminateInstances", instance_id):
+            self._ec2().terminate_instances(InstanceIds=[instance_id])
+
+    def import_key_pair(self, name: str, public_key: str) -> None:
+        with self.aws.call("ImportKeyPair", name):
+            self._ec2().import_key_pair(KeyName=name, PublicKeyMaterial=public_key.encode())
+
+    def delete_key_pair(self, name: str) -> None:
+        with self.aws.call("DeleteKeyPair", name):
+            self._ec2().delete_key_pair(KeyName=name)
 
     # Launch templates
     def template_versions(self, name: str) -> list[TemplateVersion]:

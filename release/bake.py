@@ -1,0 +1,232 @@
+"""`inv bake`: fingerprint the inputs, skip when an AMI with that fingerprint exists, otherwise
+build the app's wheelhouse, run Packer (amazon-ebs + Ansible), read the manifest, tag the AMI
+with what went into it, and smoke-test it before anything may release it.
+
+Two bakes of the same version with different inputs are two AMIs with the same `kiln:version`
+and different `kiln:fingerprint`; `inv release --version` takes the newest validated one
+(see plan.choose_ami).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.version import Version
+
+from release import fingerprint as fp
+from release import packer
+from release.aws import Aws, Cloud
+from release.clock import Clock
+from release.config import Config, Environment
+from release.errors import BakeError
+from release.model import TAG_VALIDATED, TAG_VALIDATION_REASON, AmiRef, Check
+
+TAG_INPUTS = "kiln:inputs"
+
+
+@dataclass(frozen=True)
+class BakePlan:
+    version: str
+    fingerprint: fp.Fingerprint
+    base_image: AmiRef
+    existing: AmiRef | None  # an available AMI with this fingerprint: nothing to bake
+    changed: tuple[str, ...]  # inputs that differ from the newest bake of this app
+    variables: dict[str, object]
+    command: tuple[str, ...]
+
+    @property
+    def needed(self) -> bool:
+        return self.existing is None
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    plan: BakePlan
+    image_id: str
+    copies: dict[str, str]  # region -> AMI id, the home region included
+    seconds: float
+    smoke: tuple[Check, ...] = field(default=())
+
+    @property
+    def validated(self) -> bool:
+        return bool(self.smoke) and all(c.ok for c in self.smoke)
+
+
+class Baker:
+    def __init__(self, cfg: Config, env: Environment, aws: Aws, project: Path, clock: Clock,
+                 on_step: Callable[[str], None], on_line: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.aws = aws
+        self.cloud = Cloud(aws)
+        self.project = project
+        self.clock = clock
+        self.on_step = on_step
+        self.on_line = on_line
+        self.work = project / ".kiln" / "bake"
+
+    # ------------------------------------------------------------------ plan (reads only)
+    def plan(self, *, force: bool = False) -> BakePlan:
+        tools = self._check_tools()
+        base = self._base_image()
+        cfg = self.cfg
+        print_ = fp.compute(
+            self.project, base_ami=base.image_id,
+            config_keys=[cfg.app.name, str(cfg.app.version), cfg.bake.instance_type, str(cfg.bake.volume_size_gb),
+                         cfg.base_image.ssh_username],
+            tools=tools)
+        images = self.cloud.app_images(cfg.app.name)
+        existing = next((i for i in images if i.fingerprint == print_.value and i.state == "available"), None)
+        newest = images[0] if images else None
+        changed = tuple(print_.changed_since(newest.tags.get(TAG_INPUTS) if newest else None))
+        variables = self._variables(print_, base)
+        command = packer.command_line(self.project / "packer", self.work / "bake.pkrvars.json")
+        return BakePlan(version=str(cfg.app.version), fingerprint=print_, base_image=base,
+                        existing=None if force else existing, changed=changed, variables=variables,
+                        command=tuple(command))
+
+    def _check_tools(self) -> list[str]:
+        tools = self.cfg.tools
+        packer_version = packer.check_tool("packer", ["version"], packer.parse_version, tools.packer,
+                                           config_key="tools.packer")
+        ansible_version = packer.check_tool("ansible-playbook", ["--version"], _ansible_version,
+                                            tools.ansible_core, config_key="tools.ansible_core")
+        return [f"packer {packer_version}", f"ansible-core {ansible_version}"]
+
+    def _base_image(self) -> AmiRef:
+        spec = self.cfg.base_image
+        image = self.cloud.base_image(owners=spec.owners, name=spec.name, pinned=spec.ami)
+        if image is None:
+            what = spec.ami or f"{spec.name!r} owned by {', '.join(spec.owners)}"
+            hint = ("The sandbox registers its base image at `inv sandbox.up`; is it running?"
+                    if self.aws.target.is_sandbox else "Check [base_image] in versions.toml.")
+            raise BakeError(f"base image {what} not found in {self.env.region}", hint=hint)
+        return image
+
+    def _variables(self, print_: fp.Fingerprint, base: AmiRef) -> dict[str, object]:
+        cfg, env = self.cfg, self.env
+        variables: dict[str, object] = {
+            "app_name": cfg.app.name,
+            "app_version": str(cfg.app.version),
+            "fingerprint": print_.value,
+            "git_sha": _git_sha(self.project),
+            "built_at": self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "builder": os.environ.get("KILN_BUILDER") or f"{getpass.getuser()}@{socket.gethostname()}",
+            "wheelhouse": str(self.work / "wheelhouse"),
+            "manifest_path": str(self.work / "manifest.json"),
+            "region": env.region,
+            "source_ami": base.image_id,  # resolved once, so the fingerprint names exactly what is built on
+            "instance_type": cfg.bake.instance_type,
+            "root_volume_size": cfg.bake.volume_size_gb,
+            "ssh_username": cfg.base_image.ssh_username,
+            "ami_regions": list(env.ami_regions),
+            "ami_users": list(env.ami_users),
+        }
+        if env.kms_key_id:
+            variables["kms_key_id"] = env.kms_key_id
+        if self.aws.target.is_sandbox:
+            # The sandbox reports each instance's loopback address as its private IP.
+            variables["ec2_endpoint"] = self.aws.target.endpoint_url
+            variables["ssh_interface"] = "private_ip"
+        return variables
+
+    # ------------------------------------------------------------------ bake (changes things)
+    def bake(self, plan: BakePlan) -> BakeResult:
+        started = self.clock.now()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.on_step("building the app's wheelhouse")
+        self._wheelhouse(Path(str(plan.variables["wheelhouse"])))
+        var_file = self.work / "bake.pkrvars.json"
+        var_file.write_text(packer.var_file_text(plan.variables))
+        manifest = Path(str(plan.variables["manifest_path"]))
+        manifest.unlink(missing_ok=True)
+        self.on_step("packer build")
+        lines: list[str] = []
+
+        def line(text: str) -> None:
+            lines.append(text)
+            step = packer.step_of(text)
+            if step:
+                self.on_step(step)
+            self.on_line(text)
+
+        rc = packer.run(plan.command, env=self._packer_env(), cwd=self.project, on_line=line)
+        if rc != 0:
+            self._clean_up_build_instances(plan)
+            task = packer.failing_task(lines)
+            detail = f" at Ansible task [{task}]" if task else ""
+            last = next((t.strip() for t in reversed(lines) if "error" in t.lower() or "fatal" in t.lower()), "")
+            raise BakeError(f"packer build failed (exit {rc}){detail}: {last[:300]}",
+                            where=f"bake {plan.version}",
+                            hint="Nothing was registered; fix the cause and run `inv bake` again.")
+        artifacts = packer.parse_manifest(manifest.read_text(), where=str(manifest))
+        copies = {a.region: a.image_id for a in artifacts}
+        image_id = copies.get(self.env.region) or artifacts[0].image_id
+        self.cloud.tag_image(image_id, {TAG_INPUTS: plan.fingerprint.as_tag()})
+        seconds = (self.clock.now() - started).total_seconds()
+        return BakeResult(plan=plan, image_id=image_id, copies=copies, seconds=seconds)
+
+    def record_validation(self, image_id: str, checks: tuple[Check, ...]) -> None:
+        ok = bool(checks) and all(c.ok for c in checks)
+        reason = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)[:250]
+        self.cloud.tag_image(image_id, {TAG_VALIDATED: "true" if ok else "false",
+                                        TAG_VALIDATION_REASON: "passed" if ok else reason or "no checks ran"})
+
+    def _wheelhouse(self, target: Path) -> None:
+        """The app wheel and everything the image installs, pinned by constraints.txt."""
+        target.mkdir(parents=True, exist_ok=True)
+        for old in target.glob("*.whl"):
+            old.unlink()
+        with tempfile.TemporaryDirectory(prefix="kiln-app-") as scratch:
+            # Build from a copy so the source tree never gets build/ or egg-info litter.
+            subprocess.run(["cp", "-a", str(self.project / "app"), scratch], check=True)
+            cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "-c", str(self.project / "constraints.txt"),
+                   "-w", str(target), str(Path(scratch) / "app"), "boto3"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise BakeError(f"building the wheelhouse failed: {out.stderr.strip()[-400:]}",
+                            where="app/", hint="Check app/pyproject.toml and constraints.txt.")
+
+    def _packer_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # ansible-playbook from Kiln's venv
+        env["PACKER_NO_COLOR"] = "1"
+        env["ANSIBLE_HOST_KEY_CHECKING"] = "False"  # Packer's throwaway build instance, key made per build
+        credentials = self.aws.frozen_credentials()
+        env.update(credentials)
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = self.env.region
+        return env
+
+    def _clean_up_build_instances(self, plan: BakePlan) -> None:
+        """Packer terminates its build instance on failure; make sure nothing was left behind."""
+        leftovers = self.cloud.instances_tagged({"kiln:fingerprint": plan.fingerprint.value},
+                                                states=("pending", "running", "stopping", "stopped"))
+        for instance_id in leftovers:
+            self.on_step(f"terminating leftover build instance {instance_id}")
+            self.cloud.terminate(instance_id)
+
+
+def _ansible_version(output: str) -> Version | None:
+    # "ansible-playbook [core 2.19.14]"
+    match = re.search(r"core (\d+\.\d+\.\d+)", output)
+    return Version(match.group(1)) if match else None
+
+
+def _git_sha(project: Path) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app", "ansible", "packer", "versions.toml"],
+                               cwd=project, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha

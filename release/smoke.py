@@ -1,0 +1,94 @@
+"""The smoke test of a freshly baked AMI, before anything may release it.
+
+One instance is launched from the environment's launch template (its default version: the
+same user data, security groups and instance profile a real release uses) with the new image
+and a throwaway key pair. Kiln connects with strict host-key checking — the host keys come
+from the instance's console output — and checks the services, /health and /version (the baked
+version and fingerprint) and the baked files. The instance and the key pair are removed
+whatever happens.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from release import fleet
+from release.aws import Cloud
+from release.clock import Clock
+from release.config import Environment
+from release.errors import BakeError, KilnError
+from release.model import Check
+from release.ssh import Ssh, Timeouts
+
+BOOT_TIMEOUT = 300  # seconds for the instance to run and its services to pass every check
+POLL = 3
+
+
+def throwaway_key(directory: Path) -> tuple[Path, str]:
+    """An Ed25519 key pair: (private key file, OpenSSH public key)."""
+    key = Ed25519PrivateKey.generate()
+    path = directory / "smoke_ed25519"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return path, public.decode() + " kiln-smoke"
+
+
+def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fingerprint: str, clock: Clock,
+               on_step: Callable[[str], None]) -> tuple[Check, ...]:
+    name = f"kiln-smoke-{fingerprint[:8]}-{secrets.token_hex(3)}"
+    with tempfile.TemporaryDirectory(prefix="kiln-smoke-") as scratch:
+        key_file, public_key = throwaway_key(Path(scratch))
+        cloud.import_key_pair(name, public_key)
+        instance_id = None
+        try:
+            instance_id = cloud.launch_from_template(env.launch_template, image_id, name,
+                                                     {"Name": name, "kiln:smoke": fingerprint})
+            on_step(f"smoke test: launched {instance_id} from {image_id}")
+            address = _wait_running(cloud, instance_id, clock)
+            settings = env.ssh
+            with Ssh(settings, key_filename=key_file, use_agent=False, console_output=cloud.console_output,
+                     timeouts=Timeouts.from_settings(settings, command=60.0)) as ssh:
+                return _checks_until_green(ssh, fleet.FleetInstance(instance_id, address, image_id, None),
+                                           fleet.ExpectedRelease(version, fingerprint, image_id, None), clock, on_step)
+        finally:
+            if instance_id is not None:
+                cloud.terminate(instance_id)
+                on_step(f"smoke test: terminated {instance_id}")
+            cloud.delete_key_pair(name)
+
+
+def _wait_running(cloud: Cloud, instance_id: str, clock: Clock) -> str:
+    deadline = clock.now() + timedelta(seconds=BOOT_TIMEOUT)
+    while True:
+        state, address = cloud.instance(instance_id)
+        if state == "running" and address:
+            return address
+        if state in ("shutting-down", "terminated", "stopped") or clock.now() >= deadline:
+            raise BakeError(f"smoke instance {instance_id} is {state}, not running", where="smoke test",
+                            hint="See its console output (aws ec2 get-console-output).")
+        clock.sleep(POLL)
+
+
+def _checks_until_green(ssh: Ssh, instance: fleet.FleetInstance, expected: fleet.ExpectedRelease, clock: Clock,
+                        on_step: Callable[[str], None]) -> tuple[Check, ...]:
+    """Services take a moment to boot: check again until everything passes or time is up."""
+    deadline = clock.now() + timedelta(seconds=BOOT_TIMEOUT)
+    while True:
+        try:
+            checks = fleet.smoke_check(ssh, instance, expected)
+        except KilnError as err:
+            checks = (Check("ssh", False, str(err)),)
+        failing = [c for c in checks if not c.ok]
+        if not failing or clock.now() >= deadline:
+            return checks
+        on_step(f"smoke test: waiting for {failing[0].name} ({failing[0].detail[:80]})")
+        clock.sleep(POLL)
