@@ -37,6 +37,7 @@ from release.sandbox.admin import AdminApi
 from release.sandbox.contracts import DataPlane
 from release.sandbox.fleet import MotoFleet, sweep_elb_health
 from release.sandbox.patches import images, launch_templates
+from release.sandbox.patches.addresses import LoopbackAddresses
 from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
 from release.sandbox.wire import Reply, RequestContext, ServiceWire, WireError, new_request_id
 
@@ -84,6 +85,7 @@ class SandboxServer:
         time_scale: float = DEFAULT_TIME_SCALE,
         clock: Clock | None = None,
         dataplane: DataPlane | None = None,
+        addresses: LoopbackAddresses | None = None,
     ) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -92,7 +94,9 @@ class SandboxServer:
         self.lock = threading.RLock()
         self.started_at = self.clock.now()
         self.targets = TargetHealthBook(self.clock, time_scale)
-        self.runtime = patches.Runtime(clock=self.clock, time_scale=time_scale, targets=self.targets)
+        self.runtime = patches.Runtime(
+            clock=self.clock, time_scale=time_scale, targets=self.targets, addresses=addresses or LoopbackAddresses()
+        )
         patches.install(self.runtime)
         self.plug_dataplane(dataplane)
         self.moto: Callable[[dict[str, Any], StartResponse], Iterable[bytes]] = DomainDispatcherApplication(
@@ -329,7 +333,7 @@ def serve(port: int, state_dir: Path, time_scale: float, *, dataplane: DataPlane
     state_dir.mkdir(parents=True, exist_ok=True)
     # moto reads these; keep its default AMIs (the sandbox lists them like AWS's public images).
     os.environ.setdefault("MOTO_PORT", str(port))
-    app = SandboxServer(time_scale=time_scale, dataplane=dataplane)
+    app = SandboxServer(time_scale=time_scale, dataplane=dataplane, addresses=LoopbackAddresses.for_port(port))
     if dataplane is not None:
         register_base_image(app, dataplane)
     httpd = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
