@@ -30,6 +30,7 @@ from release.sandbox.dataplane.mounts import (
     MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
+    MS_RDONLY,
     MS_REC,
     mount,
 )
@@ -104,9 +105,11 @@ class Init:
     def mount_system(self) -> None:
         mount("none", Path("/"), None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
         root = self.root
-        for mount_point in ("proc", "dev", "run"):  # a hand-made rootfs may lack them
+        for mount_point in ("proc", "sys", "dev", "run"):  # a hand-made rootfs may lack them
             (root / mount_point).mkdir(mode=0o755, exist_ok=True)
         mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        # Read-only, as containers have it: fact gathering and `nproc`-style probes read it.
+        mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         dev = root / "dev"
         mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755,size=4m")
         for name, (major, minor) in DEVICES.items():

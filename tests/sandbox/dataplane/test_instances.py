@@ -70,6 +70,7 @@ def booted(plane: LocalDataPlane, ssh_key: tuple[Path, str]) -> Iterator[str]:
 def test_ssh_as_admin_with_strict_host_keys(plane: LocalDataPlane, booted: str, ssh_key: tuple[Path, str]) -> None:
     with ssh(plane, booted, SSH_IP, ssh_key[0]) as client:
         code, out = run(client, "id -un; hostname; sudo -n id -u; cat /etc/kiln/instance-metadata.json")
+        assert run(client, "test -r /sys/devices/system/cpu/online && ! sudo touch /sys/kiln 2>/dev/null")[0] == 0
     assert code == 0, out
     lines = out.splitlines()
     assert lines[:3] == ["admin", "ip-127-100-0-10", "0"]
