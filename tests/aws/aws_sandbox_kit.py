@@ -63,6 +63,5 @@ class Kit:
         return {i["InstanceId"]: i for r in reservations for i in r["Instances"]}
 
 
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
