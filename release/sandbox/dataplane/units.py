@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -156,21 +157,18 @@ def parse_environment_file(text: str) -> dict[str, str]:
 
 
 def parse_seconds(value: str | None, default: float) -> float:
-    """systemd time spans: "90", "5s", "1min 30s", "500ms", "infinity"."""
+    """systemd time spans: "90", "5s", "1min 30s", "1min30s", "500ms", "infinity"."""
     if not value:
         return default
-    if value == "infinity":
+    if value.strip() == "infinity":
         return float("inf")
-    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
-    total = 0.0
-    for part in value.replace(" ", " ").split():
-        number = part.rstrip("abcdefghijklmnopqrstuvwxyz")
-        suffix = part[len(number) :] or "s"
-        try:
-            total += float(number) * units[suffix]
-        except (ValueError, KeyError):
-            return default
-    return total
+    units = {"": 1, "ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+    parts = re.findall(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", value):
+        return default
+    if any(suffix not in units for _, suffix in parts):
+        return default
+    return sum(float(number) * units[suffix] for number, suffix in parts)
 
 
 @dataclass

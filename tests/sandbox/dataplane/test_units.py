@@ -73,8 +73,12 @@ def test_environment_lines_and_files() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"), [("90", 90), ("5s", 5), ("1min 30s", 90), ("500ms", 0.5), (None, 7), ("bogus", 7)]
-)
+    ("value", "seconds"),
+    [
+        ("90", 90), ("5s", 5), ("1min 30s", 90), ("1min30s", 90), ("500ms", 0.5), ("infinity", float("inf")),
+        (None, 7), ("bogus", 7), ("5 parsecs", 7),
+    ],
+)  # fmt: skip
 def test_time_spans(value: str | None, seconds: float) -> None:
     assert parse_seconds(value, 7) == seconds
 
