@@ -14,14 +14,15 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
+from release import commands
 from release import config as kiln_config
 from release.errors import KilnError
 from release.ui import UI
 
-CONFIG_HELP = "Path of versions.toml (default: ./versions.toml)."
-ENV_HELP = "Environment from versions.toml (default: the sandbox without AWS credentials, "
-ENV_HELP += "else default_environment)."
-JSON_HELP = "Print one JSON document on stdout instead of tables."
+CONFIG = "Path of versions.toml (default: ./versions.toml)."
+ENV = "Environment from versions.toml (default: the sandbox without AWS credentials, else default_environment)."
+JSON = "Print one JSON document on stdout (for CI) instead of tables."
+DRY_RUN = "Show what would happen and change nothing."
 
 
 @contextmanager
@@ -33,18 +34,20 @@ def kiln_errors() -> Iterator[None]:
         raise Exit(f"kiln: {err}", code=err.exit_code) from None
 
 
-def load_config(path: str | None) -> kiln_config.Config:
-    return kiln_config.load(Path(path) if path else kiln_config.DEFAULT_PATH)
+def open_context(env: str | None, config: str | None, json: bool) -> commands.Context:
+    ui = UI(json_mode=json)
+    cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
+    return commands.open_context(cfg, env, ui)
 
 
-@task(help={"config": CONFIG_HELP, "env": ENV_HELP, "json": JSON_HELP})
+@task(help={"config": CONFIG, "env": ENV, "json": JSON})
 def show_config(c: Context, env: str | None = None, config: str | None = None, json: bool = False) -> None:
     """Validate versions.toml and show what one environment resolves to."""
     from release.aws import credentials_configured
 
     ui = UI(json_mode=json)
     with kiln_errors():
-        cfg = load_config(config)
+        cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
         environment, why = kiln_config.select_environment(
             cfg, env, aws_credentials=bool(env) or credentials_configured())
         if why:
@@ -64,4 +67,53 @@ def show_config(c: Context, env: str | None = None, config: str | None = None, j
         ui.result({"app": cfg.app, "environment": environment})
 
 
-ns = Collection(show_config)
+@task(help={"env": ENV, "config": CONFIG, "json": JSON, "dry_run": "Print the fingerprint, whether a bake is "
+            "needed and the exact Packer command.", "force": "Bake even when an AMI with this fingerprint exists.",
+            "if_changed": "Bake only when the fingerprint is new (say which input changed); the default too."})
+def bake(c: Context, env: str | None = None, config: str | None = None, json: bool = False, dry_run: bool = False,
+         force: bool = False, if_changed: bool = False) -> None:
+    """Bake the AMI for versions.toml's [app] version with Packer + Ansible, then smoke-test it."""
+    with kiln_errors():
+        commands.bake(open_context(env, config, json), force=force, dry_run=dry_run, if_changed=if_changed)
+
+
+@task(help={"version": "The version to release (PEP 440), baked and validated.", "env": ENV, "config": CONFIG,
+            "json": JSON, "dry_run": DRY_RUN + " Prints the plan.",
+            "allow_downgrade": "Allow releasing a version older than the live one.",
+            "force": "Accept an unvalidated or deprecated AMI, or one that skipped lower environments.",
+            "break_lock": "Break a stale release lock first (its holder is shown)."})
+def release(c: Context, version: str, env: str | None = None, config: str | None = None, json: bool = False,
+            dry_run: bool = False, allow_downgrade: bool = False, force: bool = False,
+            break_lock: bool = False) -> None:
+    """Release a baked version: new LT version, gated instance refresh, automatic rollback."""
+    with kiln_errors():
+        wanted = commands.parse_version(version)  # bad input first: before touching anything
+        commands.release(open_context(env, config, json), wanted, dry_run=dry_run, allow_downgrade=allow_downgrade,
+                         force=force, break_lock=break_lock)
+
+
+@task(help={"env": ENV, "config": CONFIG, "json": JSON, "dry_run": DRY_RUN,
+            "to": "Roll back to this version instead of the previous good one."})
+def rollback(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
+             dry_run: bool = False, to: str | None = None) -> None:
+    """Go back to the previous good release, through the same gated path."""
+    with kiln_errors():
+        commands.rollback(open_context(env, config, json), to=to, dry_run=dry_run)
+
+
+@task(help={"env": ENV, "config": CONFIG, "json": JSON})
+def status(c: Context, env: str | None = None, config: str | None = None, json: bool = False) -> None:
+    """What is live, what is in progress, and each instance's version and health."""
+    with kiln_errors():
+        commands.status(open_context(env, config, json))
+
+
+@task(help={"env": ENV, "config": CONFIG, "json": JSON, "limit": "How many records (newest first)."})
+def history(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
+            limit: int = 20) -> None:
+    """The release history of an environment, from the ledger."""
+    with kiln_errors():
+        commands.history(open_context(env, config, json), limit=limit)
+
+
+ns = Collection(show_config, bake, release, rollback, status, history)

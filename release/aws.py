@@ -405,7 +405,7 @@ class Cloud:
 
     def console_output(self, instance_id: str) -> str:
         with self.aws.call("GetConsoleOutput", instance_id):
-            out = self._ec2().get_console_output(InstanceId=instance_id, Latest=True)
+            out = self._ec2().get_console_output(InstanceId=instance_id)
         return str(out.get("Output") or "")
 
 

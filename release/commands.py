@@ -1,0 +1,332 @@
+"""What each `inv` command does, behind the thin tasks: wire config, AWS, ledger, clock and UI
+together, and render results. Every user mistake is a KilnError (one line, an exit code)."""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import json
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from release import fleet
+from release.aws import Aws, Cloud, Target, credentials_configured
+from release.bake import BakePlan, Baker, BakeResult
+from release.clock import Clock, SystemClock
+from release.config import Config, Environment, select_environment
+from release.errors import KilnError, SandboxError, UsageError
+from release.ledger import Ledger, Outcome, ReleaseRecord
+from release.machine import Event, Probes, Releaser
+from release.model import InstanceState
+from release.plan import Observed, Plan, Request, make_plan
+from release.smoke import smoke_test
+from release.ssh import Ssh
+from release.ui import UI
+
+SANDBOX_DIR = Path(os.environ.get("KILN_SANDBOX_DIR", "/var/lib/kiln/sandbox"))
+LB_SAMPLES = 8
+
+
+@dataclass
+class Context:
+    """One command's world: the config, the chosen environment, AWS, the clock and the printer."""
+
+    cfg: Config
+    env: Environment
+    aws: Aws
+    ui: UI
+    clock: Clock
+    project: Path
+
+    @property
+    def cloud(self) -> Cloud:
+        return Cloud(self.aws)
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.aws, self.env.ledger_table)
+
+
+def open_context(cfg: Config, env_name: str | None, ui: UI, *, clock: Clock | None = None,
+                 project: Path | None = None) -> Context:
+    env, why = select_environment(cfg, env_name, aws_credentials=bool(env_name) or credentials_configured())
+    if why:
+        ui.once(why)
+    return Context(cfg, env, Aws(target_for(env)), ui, clock or SystemClock(), project or cfg.path.parent.resolve())
+
+
+def target_for(env: Environment) -> Target:
+    if not env.sandbox:
+        return Target(region=env.region, profile=env.profile, role_arn=env.role_arn)
+    from release.sandbox import lifecycle  # the sandbox is only loaded when it is used
+
+    info = lifecycle.status(SANDBOX_DIR)
+    if info is None:
+        raise SandboxError(f"environment {env.name!r} is the sandbox, and the sandbox is not running",
+                           hint="Start it with `inv sandbox.up`.")
+    return Target(region=env.region, endpoint_url=info.endpoint)
+
+
+def actor() -> str:
+    return os.environ.get("KILN_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+# ---------------------------------------------------------------------------------------------- bake
+
+
+def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeResult | BakePlan:
+    ui = ctx.ui
+    baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: ui.note(f"  {s}"),
+                  on_line=lambda line: None)
+    plan = baker.plan(force=force)
+    fp = plan.fingerprint.value
+    ui.info(f"{ctx.cfg.app.name} {plan.version}: fingerprint {fp}, base image {plan.base_image.image_id}")
+    if not plan.needed:
+        assert plan.existing is not None
+        ui.success(f"nothing changed: {plan.existing.image_id} ({plan.existing.name}) already has fingerprint {fp}")
+        ui.result({"needed": False, "fingerprint": fp, "image_id": plan.existing.image_id, "version": plan.version})
+        return plan
+    ui.info(f"inputs changed since the newest bake: {', '.join(plan.changed)}")
+    if dry_run:
+        ui.info("would run: " + " ".join(plan.command))
+        ui.result({"needed": True, "fingerprint": fp, "changed": plan.changed, "command": plan.command,
+                   "variables": plan.variables})
+        return plan
+    del if_changed  # the fingerprint check above is what --if-changed asks for; baking is the default
+    with ui.progress(f"baking {plan.version}") as status:
+        baker.on_step = lambda s: status.update(f"baking {plan.version}: {s}")
+        result = baker.bake(plan)
+        ui.success(f"packer built {result.image_id} in {result.seconds:.0f} s")
+        status.update(f"smoke-testing {result.image_id}")
+        checks = smoke_test(ctx.cloud, ctx.env, result.image_id, plan.version, fp, ctx.clock,
+                            on_step=lambda s: status.update(s))
+    baker.record_validation(result.image_id, checks)
+    for check in checks:
+        ui.check(bool(check.ok), check.name, check.detail)
+    validated = bool(checks) and all(c.ok for c in checks)
+    summary = {"needed": True, "version": plan.version, "fingerprint": fp, "image_id": result.image_id,
+               "copies": result.copies, "seconds": round(result.seconds, 1), "validated": validated}
+    ui.table(["region", "AMI"], sorted(result.copies.items()), title=f"{ctx.cfg.app.name} {plan.version} ({fp})")
+    ui.result(summary)
+    if not validated:
+        raise KilnError(f"{result.image_id} failed its smoke test and is tagged kiln:validated=false",
+                        hint="Fix the image and bake again; `inv release` refuses it unless --force.")
+    ui.success(f"{result.image_id} validated")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- release
+
+
+def observe_for_plan(ctx: Context, version: Version) -> Observed:
+    env, cloud, ledger = ctx.env, ctx.cloud, ctx.ledger
+    images = cloud.app_images(ctx.cfg.app.name)
+    chosen = [i for i in images if i.version == version]
+    live = ledger.live(env.name)
+    fingerprint = chosen[0].fingerprint if chosen else None
+    return Observed(
+        images=images,
+        template_versions=cloud.template_versions(env.launch_template),
+        group=cloud.group(env.asg, env.target_groups),
+        active_refresh=cloud.active_refresh(env.asg),
+        live=live.as_live() if live else None,
+        lock=ledger.lock(env.name),
+        passed_environments=ledger.passed_environments(fingerprint, {i.image_id for i in chosen},
+                                                       list(env.requires)) if env.requires else frozenset(),
+    )
+
+
+def parse_version(text: str) -> Version:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        raise UsageError(f"--version {text!r} is not a PEP 440 version", hint='Use e.g. --version 1.4.2.') from None
+
+
+def release(ctx: Context, version: Version, *, dry_run: bool, allow_downgrade: bool, force: bool,
+            break_lock: bool, kind: str = "release") -> ReleaseRecord | Plan:
+    ui = ctx.ui
+    resumed = _resume_if_interrupted(ctx)
+    if resumed is not None:
+        return resumed
+    if break_lock and not dry_run:
+        broken = ctx.ledger.break_lock(ctx.env.name)
+        ui.warn(f"broke the lock held by {broken.holder}" if broken else "there was no lock to break")
+    observed = observe_for_plan(ctx, version)
+    plan = make_plan(ctx.env, Request(version, ctx.clock.now(), allow_downgrade=allow_downgrade, force=force),
+                     observed)
+    show_plan(ui, plan)
+    if dry_run or not plan.ok or plan.noop:
+        ui.result({"plan": plan})
+        if not plan.ok:
+            raise UsageError(plan.blockers[0])
+        return plan
+    record = _releaser(ctx).release(plan, kind=kind)
+    ui.success(f"{kind} of {record.version} to {ctx.env.name} succeeded: {record.reason or record.journal[-1].message}")
+    ui.result({"record": record})
+    return record
+
+
+def rollback(ctx: Context, *, to: str | None, dry_run: bool) -> ReleaseRecord | Plan:
+    """A new gated release of the previous good version (or --to VERSION)."""
+    history = ctx.ledger.history(ctx.env.name, limit=200)
+    good = [r for r in history if r.outcome is Outcome.SUCCEEDED]
+    if to is not None:
+        target = parse_version(to)
+    else:
+        if len(good) < 2:
+            raise UsageError(f"no previous good release in {ctx.env.name} to roll back to",
+                             hint="See `inv history`; pass --to VERSION to choose one.")
+        live = good[0]
+        previous = next((r for r in good[1:] if r.version != live.version), None)
+        if previous is None:
+            raise UsageError(f"every good release in {ctx.env.name} is {live.version}",
+                             hint="Pass --to VERSION.")
+        target = Version(previous.version)
+    ctx.ui.info(f"rolling {ctx.env.name} back to {target}")
+    return release(ctx, target, dry_run=dry_run, allow_downgrade=True, force=False, break_lock=False, kind="rollback")
+
+
+def _resume_if_interrupted(ctx: Context) -> ReleaseRecord | None:
+    record = ctx.ledger.in_progress(ctx.env.name)
+    if record is None:
+        return None
+    ctx.ui.warn(f"found an unfinished {record.kind} of {record.version} ({record.release_id}, phase {record.phase}); "
+                "resuming it — Kiln never starts a second refresh over a running one")
+    done = _releaser(ctx).resume(record)
+    ctx.ui.success(f"resumed {record.kind} of {record.version}: {done.outcome}")
+    ctx.ui.result({"record": done})
+    return done
+
+
+def _releaser(ctx: Context) -> Releaser:
+    return Releaser(ctx.env, ctx.cloud, ctx.ledger, ctx.clock, probes_for(ctx), _printer(ctx.ui), actor=actor())
+
+
+def probes_for(ctx: Context) -> Probes:
+    ssh = Ssh(ctx.env.ssh, console_output=ctx.cloud.console_output)
+    lb = ctx.cloud.load_balancer_url(ctx.env.target_groups)
+    if lb is not None and ctx.aws.target.is_sandbox:
+        _require_loopback(lb)
+
+    def served(instance: InstanceState) -> str | None:
+        if not instance.private_ip:
+            return None
+        answer = fleet.served_versions(ssh, [instance.private_ip])[instance.private_ip]
+        return answer.version
+
+    def through_lb() -> dict[str, int]:
+        return sample_versions(lb, LB_SAMPLES) if lb else {"(no load balancer)": 1}
+
+    return Probes(served, through_lb)
+
+
+def sample_versions(url: str, count: int) -> dict[str, int]:
+    """GET /version `count` times through the load balancer: version -> how often it answered."""
+    seen: Counter[str] = Counter()
+    for _ in range(count):
+        try:
+            with urllib.request.urlopen(f"{url}/version", timeout=5) as response:
+                seen[str(json.loads(response.read()).get("version"))] += 1
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            seen[f"error: {type(err).__name__}"] += 1
+    return dict(seen)
+
+
+def _require_loopback(url: str) -> None:
+    host = urllib.parse.urlparse(url).hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SandboxError(f"the sandbox's load balancer answers at {url}, which is not a loopback address",
+                           hint="Restart the sandbox (inv sandbox.reset); Kiln never dials outside loopback.")
+
+
+def _printer(ui: UI) -> Callable[[Event], None]:
+    """Print phase changes as lines and gate verdicts as notes, skipping repeats."""
+    last: dict[str, str] = {}
+
+    def on_event(event: Event) -> None:
+        text = event.message
+        if event.snapshot is not None and event.verdict is not None:
+            group = event.snapshot.group
+            by_image = Counter(i.image_id for i in group.instances if i.lifecycle == "InService")
+            text = (f"[{event.at:%H:%M:%S}] {event.verdict.kind}: {event.verdict.reason} "
+                    f"| in service: {', '.join(f'{n}×{img}' for img, n in sorted(by_image.items()))}")
+        if last.get("text") == text:
+            return
+        last["text"] = text
+        if event.verdict is not None:
+            ui.note(text)
+        else:
+            ui.info(f"[{event.at:%H:%M:%S}] {text}")
+
+    return on_event
+
+
+def show_plan(ui: UI, plan: Plan) -> None:
+    ami = plan.ami.image_id if plan.ami else "—"
+    ui.info(f"Plan: {plan.version} to {plan.environment} ({ami})")
+    rows = [("live", f"{plan.live.version} ({plan.live.image_id})" if plan.live else plan.previous_version or "—"),
+            ("launch template", f"v{plan.base_template.number} → v{plan.new_template_number}"
+             if plan.base_template else "—"),
+            *[(f"change {c.field}", f"{c.old} → {c.new}") for c in plan.changes],
+            ("batches", " + ".join(map(str, plan.batches)) or "—"),
+            ("expected duration", f"~{plan.expected_seconds // 60} min {plan.expected_seconds % 60} s (on AWS)"),
+            ("gate", "; ".join(plan.gate_checks)),
+            ("on failure", plan.on_failure)]
+    ui.table(["", ""], rows)
+    for note in plan.notes:
+        ui.note(note)
+    for warning in plan.warnings:
+        ui.warn(warning)
+    for blocker in plan.blockers:
+        ui.failure(blocker)
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def status(ctx: Context) -> None:
+    env, cloud, ledger, ui = ctx.env, ctx.cloud, ctx.ledger, ctx.ui
+    live = ledger.live(env.name)
+    running = ledger.in_progress(env.name)
+    group = cloud.group(env.asg, env.target_groups)
+    refresh = cloud.active_refresh(env.asg)
+    versions = {i.image_id: str(i.version) for i in cloud.app_images(ctx.cfg.app.name)}
+    ui.check(live is not None, "live release", f"{live.version} ({live.image_id}, {live.ended_at:%Y-%m-%d %H:%M})"
+             if live and live.ended_at else "none recorded")
+    ui.check(running is None, "no release in progress",
+             f"{running.kind} {running.version} in phase {running.phase}: `inv release` resumes it" if running else "")
+    ui.check(refresh is None, "no instance refresh running",
+             f"{refresh.refresh_id} {refresh.status} {refresh.percentage_complete}%" if refresh else "")
+    if group is None:
+        ui.failure(f"Auto Scaling group {env.asg} not found")
+        ui.result({"live": live, "group": None})
+        return
+    rows = [(i.instance_id, i.private_ip, versions.get(i.image_id, i.image_id), i.launch_template_version,
+             i.lifecycle, i.asg_health, i.target_health) for i in group.instances]
+    ui.table(["instance", "address", "version", "LT", "lifecycle", "ASG health", "target"], rows,
+             title=f"{env.asg}: desired {group.desired_capacity}, LT {group.launch_template_name} "
+                   f"v{group.launch_template_version}")
+    ui.result({"live": live, "in_progress": running, "refresh": refresh, "group": group})
+
+
+def history(ctx: Context, *, limit: int) -> None:
+    records = ctx.ledger.history(ctx.env.name, limit=limit)
+    rows = [(r.started_at, r.kind, r.version, r.image_id, f"v{r.template_before} → v{r.template_after}",
+             r.outcome.value, r.actor, (r.reason or "")[:60]) for r in records]
+    ctx.ui.table(["started", "kind", "version", "AMI", "LT", "outcome", "who", "reason"], rows,
+                 title=f"history of {ctx.env.name}")
+    ctx.ui.result({"history": records})
