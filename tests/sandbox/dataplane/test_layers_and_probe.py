@@ -14,6 +14,7 @@ import pytest
 from dataplane_helpers import requires_root
 
 from release.errors import SandboxError
+from release.sandbox.dataplane.baseimage import build_base_image
 from release.sandbox.dataplane import plane as plane_module
 from release.sandbox.dataplane.instance import OVERLAY_OPTIONS
 from release.sandbox.dataplane.layers import InstanceSpecific, copy_layer
@@ -131,3 +132,13 @@ def test_data_plane_refuses_to_run_without_root(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SandboxError, match="needs root on Linux"):
         plane_module.LocalDataPlane(tmp_path)
     assert not (tmp_path / "instances").exists()
+
+
+@pytest.mark.root
+def test_a_failed_base_image_build_leaves_no_half_built_image(tmp_path: Path) -> None:
+    requires_root()
+    # Port 9 (discard) on loopback: nothing serves a Debian archive there, so debootstrap fails fast.
+    with pytest.raises(SandboxError, match="debootstrap failed"):
+        build_base_image(tmp_path, mirror="http://127.0.0.1:9/debian")
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+    assert not mounts_under(tmp_path)
