@@ -14,8 +14,8 @@ import pytest
 from dataplane_helpers import requires_root
 
 from release.errors import SandboxError
-from release.sandbox.dataplane.baseimage import build_base_image
 from release.sandbox.dataplane import plane as plane_module
+from release.sandbox.dataplane.baseimage import build_base_image
 from release.sandbox.dataplane.instance import OVERLAY_OPTIONS
 from release.sandbox.dataplane.layers import InstanceSpecific, copy_layer
 from release.sandbox.dataplane.mounts import mount, mounts_under, unmount_tree
