@@ -157,6 +157,7 @@ def build_base_image(cache_dir: Path = DEFAULT_CACHE_DIR, *, mirror: str | None 
                 unmount_tree(work)
             size = tree_size(rootfs)
             (work / "SOURCE").write_text(f"debootstrap --variant=minbase {SUITE} {mirror}\n")
+            work.chmod(0o755)  # mkdtemp made it private; the finished image is not
             os.rename(work, entry)
         except BaseException:
             _kill_strays(work)
