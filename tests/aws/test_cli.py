@@ -57,6 +57,54 @@ def test_cli_describes_the_group_and_creates_a_version_from_a_source(kit: Kit, s
     assert data["SecurityGroupIds"] == [seed.security_group_ids["app"]]
 
 
+def test_cli_only_release_with_a_refresh_in_batches(kit: Kit, seed: SeedResources) -> None:
+    image = aws(kit, "ec2", "register-image", "--name", f"{seed.asg_name}-1.1.0", "--root-device-name", "/dev/xvda")
+    version = aws(
+        kit,
+        "ec2",
+        "create-launch-template-version",
+        "--launch-template-id",
+        seed.launch_template_id,
+        "--source-version",
+        "1",
+        "--launch-template-data",
+        json.dumps({"ImageId": image["ImageId"]}),
+    )["LaunchTemplateVersion"]["VersionNumber"]
+    started = aws(
+        kit,
+        "autoscaling",
+        "start-instance-refresh",
+        "--auto-scaling-group-name",
+        seed.asg_name,
+        "--preferences",
+        json.dumps({"MinHealthyPercentage": 50, "InstanceWarmup": 40}),
+        "--desired-configuration",
+        json.dumps({"LaunchTemplate": {"LaunchTemplateId": seed.launch_template_id, "Version": str(version)}}),
+    )
+    statuses: list[str] = []
+    mixes: set[tuple[str, ...]] = set()
+    for _ in range(60):
+        [refresh] = aws(kit, "autoscaling", "describe-instance-refreshes", "--auto-scaling-group-name", seed.asg_name)[
+            "InstanceRefreshes"
+        ]
+        assert refresh["InstanceRefreshId"] == started["InstanceRefreshId"]
+        if not statuses or statuses[-1] != refresh["Status"]:
+            statuses.append(refresh["Status"])
+        if refresh["Status"] == "Successful":
+            break
+        group = aws(kit, "autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names", seed.asg_name)
+        mixes.add(tuple(sorted(i["LaunchTemplate"]["Version"] for i in group["AutoScalingGroups"][0]["Instances"])))
+    assert statuses[-1] == "Successful" and "InProgress" in statuses, statuses
+    assert set(statuses) <= {"Pending", "InProgress", "Successful"}
+    assert ("1", "1", str(version), str(version)) in mixes, mixes  # two at a time: 50 % stay healthy
+
+    group = aws(kit, "autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names", seed.asg_name)
+    members = group["AutoScalingGroups"][0]["Instances"]
+    assert {m["LaunchTemplate"]["Version"] for m in members} == {str(version)}
+    described = aws(kit, "ec2", "describe-instances", "--instance-ids", *[m["InstanceId"] for m in members])
+    assert {i["ImageId"] for r in described["Reservations"] for i in r["Instances"]} == {image["ImageId"]}
+
+
 def test_cli_starts_and_describes_an_instance_refresh(kit: Kit, seed: SeedResources) -> None:
     started = aws(
         kit,
