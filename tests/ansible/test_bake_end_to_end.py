@@ -131,6 +131,7 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bake]:
                 timeout=1200,
             )
             seconds = time.monotonic() - started
+            (workdir / "packer.log").write_text(result.stdout + result.stderr)
             assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
             manifest = json.loads((workdir / "manifest.json").read_text())
             artifact = manifest["builds"][-1]["artifact_id"]
@@ -147,6 +148,9 @@ def in_root(bake: Bake, *argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_bake_produces_a_tagged_ami_and_a_manifest(bake: Bake) -> None:
     print(f"packer build with the real playbook: {bake.seconds:.0f} s")
+    for line in bake.log.splitlines():
+        if "WARNING" in line or "ok=" in line:
+            print(line)
     build = bake.manifest["builds"][-1]  # type: ignore[index]
     assert build["custom_data"]["version"] == VERSION
     assert build["custom_data"]["fingerprint"] == FINGERPRINT
