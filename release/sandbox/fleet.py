@@ -139,17 +139,36 @@ class MotoFleet:
         return {name: str(alarms[name].state_value) for name in names if name in alarms}
 
 
-def sweep_elb_health(group: Any, targets: TargetHealthBook, clock: Clock, time_scale: float) -> None:
-    """AWS Auto Scaling with HealthCheckType ELB: once the grace period has passed, an instance
-    whose target is unhealthy is marked Unhealthy in the group (Auto Scaling user guide, "Health
-    checks for instances in an Auto Scaling group"). Replacing it is the data plane's issue."""
-    if group.health_check_type != "ELB" or not group.target_group_arns:
-        return
+def sweep_elb_health(
+    group: Any, targets: TargetHealthBook, clock: Clock, time_scale: float, *, replace: bool = True
+) -> list[str]:
+    """Auto Scaling health checks with HealthCheckType ELB (Auto Scaling user guide, "Health checks
+    for instances in an Auto Scaling group"): once the grace period has passed, an instance whose
+    target is `unhealthy` is marked Unhealthy, and Unhealthy InService instances (also those set by
+    SetInstanceHealth) are terminated and replaced from the group's launch template. Returns the
+    ids replaced. `replace=False` only marks (the server passes it while a refresh runs on the
+    group: the refresh engine decides about the instances it is replacing)."""
     grace = timedelta(seconds=float(group.health_check_grace_period or 0) * time_scale)
     now = clock.now()
-    for state in group.instance_states:
-        launched = getattr(state.instance, "kiln_launched_at", None)
-        if launched is None or now < launched + grace:
-            continue
-        if targets.state_of(group.target_group_arns, state.instance.id) == "unhealthy":
-            state.health_status = "Unhealthy"
+    if group.health_check_type == "ELB" and group.target_group_arns:
+        for state in group.instance_states:
+            launched = getattr(state.instance, "kiln_launched_at", None)
+            if launched is None or now < launched + grace:
+                continue
+            if targets.state_of(group.target_group_arns, state.instance.id) == "unhealthy":
+                state.health_status = "Unhealthy"
+    if not replace or group.ec2_launch_template is None:
+        return []
+    sick = [s for s in group.instance_states if s.health_status == "Unhealthy" and s.lifecycle_state == "InService"]
+    if not sick:
+        return []
+    backend = group.autoscaling_backend
+    for state in sick:
+        for arn in group.target_group_arns:
+            target_group = backend.elbv2_backend.target_groups.get(arn)
+            if target_group is not None and state.instance.id in target_group.targets:
+                target_group.deregister([{"Id": state.instance.id}])
+        group.instance_states.remove(state)
+        backend.ec2_backend.terminate_instances([state.instance.id])
+    launch_into_group(group, len(sick))
+    return [s.instance.id for s in sick]

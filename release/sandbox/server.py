@@ -60,7 +60,12 @@ SERVICES: dict[tuple[str, str | None], str] = {
 
 def _backends(backend_dict: Any) -> list[Any]:
     """Every backend moto has created so far (never creates one for an unused region)."""
-    return [backend for _, _, backend in backend_dict.iter_backends()]
+    return [backend for _, _, backend in _located_backends(backend_dict)]
+
+
+def _located_backends(backend_dict: Any) -> list[tuple[str, str, Any]]:
+    """(account id, region, backend) of every backend moto has created so far."""
+    return [(str(account), str(region), backend) for account, region, backend in backend_dict.iter_backends()]
 
 
 def _credential_scope(environ: dict[str, Any]) -> tuple[str, str] | None:
@@ -197,9 +202,21 @@ class SandboxServer:
         results = self.targets.run_probes(due)
         with self.lock:
             self.targets.record(results)
-            for backend in _backends(autoscaling_backends):
+            for account, region, backend in _located_backends(autoscaling_backends):
                 for group in list(backend.autoscaling_groups.values()):
-                    sweep_elb_health(group, self.targets, self.clock, self.time_scale)
+                    refreshing = self._refreshing(account, region, group.name)
+                    replaced = sweep_elb_health(
+                        group, self.targets, self.clock, self.time_scale, replace=not refreshing
+                    )
+                    if replaced:
+                        log.info("%s: replaced unhealthy instances %s", group.name, ", ".join(replaced))
+
+    def _refreshing(self, account_id: str, region: str, group_name: str) -> bool:
+        engine = self.engines.get((account_id, region))
+        if engine is None:
+            return False
+        active = ("Pending", "InProgress", "Baking", "Cancelling", "RollbackInProgress")
+        return any(r["Status"] in active for r in engine.describe(group_name))
 
     def start_ticker(self, interval: float = TICK_SECONDS) -> None:
         def run() -> None:

@@ -45,21 +45,22 @@ def test_a_failing_instance_turns_unhealthy_with_aws_reason(kit: Kit, seed: Seed
     assert state["Reason"] == "Target.ResponseCodeMismatch"
     assert state["Description"] == "Health checks failed with these codes: [503]"
     assert all(kit.target_states(seed.target_group_arn)[o]["State"] == "healthy" for o in others)
-    # ELB health checks: after the grace period (60 s x 0.1) the group marks it Unhealthy too.
-    kit.wait_for(
-        "ASG health Unhealthy",
-        lambda: any(
-            m["InstanceId"] == sick and m["HealthStatus"] == "Unhealthy" for m in kit.group(seed.asg_name)["Instances"]
-        ),
-    )
+    # ELB health checks: after the grace period (60 s x 0.1) the group replaces it, as AWS does.
+    kit.wait_for("the sick instance to be replaced", lambda: sick not in (ids := members(kit, seed)) and len(ids) == 4)
+    assert kit.target_states(seed.target_group_arn)[sick]["State"] == "draining"
+    described = kit.instances([sick])[sick]
+    assert described["State"]["Name"] == "terminated"
 
 
 def test_every_instance_of_an_image_can_be_marked_unhealthy(kit: Kit, seed: SeedResources) -> None:
+    # A group whose ELB health checks would replace them is switched to EC2 health checks first.
+    kit.client("autoscaling").update_auto_scaling_group(AutoScalingGroupName=seed.asg_name, HealthCheckType="EC2")
     kit.admin("POST", "target-health", {"image_id": seed.base_image_id, "healthy": False})
     kit.wait_for(
         "all unhealthy",
         lambda: {s["State"] for s in kit.target_states(seed.target_group_arn).values()} == {"unhealthy"},
     )
+    assert {m["HealthStatus"] for m in kit.group(seed.asg_name)["Instances"]} == {"Healthy"}
     kit.admin("POST", "target-health", {"image_id": seed.base_image_id, "healthy": True})
     kit.wait_for(
         "all healthy again",
