@@ -39,6 +39,7 @@ from release.sandbox.fleet import MotoFleet, sweep_elb_health
 from release.sandbox.patches import images, launch_templates
 from release.sandbox.patches.addresses import LoopbackAddresses
 from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
+from release.sandbox.refresh import RefreshEngine, RefreshError
 from release.sandbox.wire import Reply, RequestContext, ServiceWire, WireError, new_request_id
 
 log = logging.getLogger("kiln.sandbox")
@@ -110,7 +111,7 @@ class SandboxServer:
         self.wires = {name: ServiceWire(name) for name in set(SERVICES.values())}
         self.handlers: dict[tuple[str, str], Handler] = {}
         self.admin = AdminApi(health=self.health, policy=self.targets.policy)
-        self.engines: dict[tuple[str, str], Any] = {}
+        self.engines: dict[tuple[str, str], RefreshEngine] = {}
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self.register("ec2", "DeleteLaunchTemplateVersions", launch_templates.delete_launch_template_versions)
@@ -142,9 +143,7 @@ class SandboxServer:
     # ---- instance refresh ---------------------------------------------------------------------
 
     def _register_refresh_operations(self) -> None:
-        from release.sandbox.refresh import RefreshError
-
-        def guarded(call: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Handler:
+        def guarded(call: Callable[[RefreshEngine, dict[str, Any]], dict[str, Any]]) -> Handler:
             def handler(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
                 try:
                     return call(self.engine(ctx.account_id, ctx.region), params)
@@ -153,7 +152,7 @@ class SandboxServer:
 
             return handler
 
-        def start(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+        def start(engine: RefreshEngine, p: dict[str, Any]) -> dict[str, Any]:
             refresh_id = engine.start(
                 p["AutoScalingGroupName"],
                 strategy=p.get("Strategy", "Rolling"),
@@ -162,14 +161,14 @@ class SandboxServer:
             )
             return {"InstanceRefreshId": refresh_id}
 
-        def describe(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+        def describe(engine: RefreshEngine, p: dict[str, Any]) -> dict[str, Any]:
             found = engine.describe(p["AutoScalingGroupName"], tuple(p.get("InstanceRefreshIds", ())))
             return {"InstanceRefreshes": found[: int(p.get("MaxRecords", 50))]}
 
-        def cancel(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+        def cancel(engine: RefreshEngine, p: dict[str, Any]) -> dict[str, Any]:
             return {"InstanceRefreshId": engine.cancel(p["AutoScalingGroupName"])}
 
-        def rollback(engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+        def rollback(engine: RefreshEngine, p: dict[str, Any]) -> dict[str, Any]:
             return {"InstanceRefreshId": engine.rollback(p["AutoScalingGroupName"])}
 
         self.register("autoscaling", "StartInstanceRefresh", guarded(start))
@@ -177,9 +176,8 @@ class SandboxServer:
         self.register("autoscaling", "CancelInstanceRefresh", guarded(cancel))
         self.register("autoscaling", "RollbackInstanceRefresh", guarded(rollback))
 
-    def engine(self, account_id: str, region: str) -> Any:
-        from release.sandbox.refresh import RefreshEngine
-
+    def engine(self, account_id: str, region: str) -> RefreshEngine:
+        """The refresh engine of one account and region (made on first use)."""
         key = (account_id, region)
         if key not in self.engines:
             fleet = MotoFleet(account_id, region, clock=self.clock, time_scale=self.time_scale, targets=self.targets)
