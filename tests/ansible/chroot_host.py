@@ -30,7 +30,10 @@ def sh(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 def base_rootfs() -> Path:
-    """The cached base rootfs, built on first use (about a minute)."""
+    """The cached base rootfs, built on first use (one to three minutes). KILN_TEST_BASE_ROOTFS
+    names another one to provision instead, e.g. the sandbox's base image; it is only read."""
+    if os.environ.get("KILN_TEST_BASE_ROOTFS"):
+        return Path(os.environ["KILN_TEST_BASE_ROOTFS"])
     if (BASE / "etc/kiln-test-base").exists():
         return BASE
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -103,6 +106,8 @@ def chroot_host(workdir: Path, address: str = "127.0.0.1") -> Iterator[Host]:
         (ssh_dir / "authorized_keys").write_text(public_key)
         sh("chroot", root, "chown", "-R", "admin:admin", "/home/admin/.ssh")
         (root / "run/sshd").mkdir(mode=0o755)
+        # Host keys, when the image has none (the sandbox writes them at launch).
+        sh("chroot", root, "ssh-keygen", "-A")
 
         port = free_port(address)
         argv = ["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-o", f"ListenAddress={address}:{port}"]
