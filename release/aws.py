@@ -434,7 +434,7 @@ def _ami_ref(image: dict[str, Any], region: str) -> AmiRef:
         image_id=image["ImageId"], name=image.get("Name", ""), region=region, state=image.get("State", "unknown"),
         created_at=_parse_time(image.get("CreationDate")) or datetime.min.replace(tzinfo=UTC),
         version=version, fingerprint=tags.get(TAG_FINGERPRINT), validated=validated,
-        deprecation_time=_parse_time(deprecation), tags=tags)
+        deprecation_time=_parse_time(deprecation), tags=tags, root_device_name=image.get("RootDeviceName"))
 
 
 def _parse_time(value: object) -> datetime | None:

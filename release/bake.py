@@ -125,6 +125,8 @@ class Baker:
             "manifest_path": str(self.work / "manifest.json"),
             "region": env.region,
             "source_ami": base.image_id,  # resolved once, so the fingerprint names exactly what is built on
+            # The launch mapping must name the base image's real root device to encrypt it.
+            "root_device_name": base.root_device_name or "/dev/xvda",
             "instance_type": cfg.bake.instance_type,
             "root_volume_size": cfg.bake.volume_size_gb,
             "ssh_username": cfg.base_image.ssh_username,
@@ -200,6 +202,7 @@ class Baker:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # ansible-playbook from Kiln's venv
         env["PACKER_NO_COLOR"] = "1"
+        env["CHECKPOINT_DISABLE"] = "1"  # Packer must not phone home for version checks
         env["ANSIBLE_HOST_KEY_CHECKING"] = "False"  # Packer's throwaway build instance, key made per build
         credentials = self.aws.frozen_credentials()
         env.update(credentials)

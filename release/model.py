@@ -36,6 +36,7 @@ class AmiRef:
     validated: bool | None  # None: not smoke-tested yet
     deprecation_time: datetime | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    root_device_name: str | None = None
 
     def deprecated(self, now: datetime) -> bool:
         return self.deprecation_time is not None and self.deprecation_time <= now
