@@ -116,4 +116,46 @@ def history(c: Context, env: str | None = None, config: str | None = None, json:
         commands.history(open_context(env, config, json), limit=limit)
 
 
+@task(name="cleanup", help={"env": ENV, "config": CONFIG, "json": JSON, "keep": "How many app versions to keep "
+                             "(besides everything still referenced).", "dry_run": DRY_RUN + " Prints keep/delete "
+                             "with the reason for each AMI."})
+def ami_cleanup(c: Context, env: str | None = None, config: str | None = None, json: bool = False, keep: int = 3,
+                dry_run: bool = False) -> None:
+    """Deregister AMIs nothing needs (and their snapshots), in every region they were copied to."""
+    with kiln_errors():
+        commands.cleanup(open_context(env, config, json), keep=keep, dry_run=dry_run)
+
+
+@task(name="deprecate", help={"version": "The version whose AMIs to deprecate.", "reason": "Why (kept in a tag "
+                               "and the ledger).", "env": ENV, "config": CONFIG, "json": JSON})
+def ami_deprecate(c: Context, version: str, reason: str = "deprecated by hand", env: str | None = None,
+                  config: str | None = None, json: bool = False) -> None:
+    """Mark a bad version's AMIs deprecated: release refuses them unless forced; rollback skips them."""
+    with kiln_errors():
+        wanted = commands.parse_version(version)
+        commands.deprecate(open_context(env, config, json), wanted, reason=reason)
+
+
+@task(name="promote", help={"version": "The version to promote: the exact AMI that passed in --env.",
+                             "to": "The environment to promote to.", "env": "The environment it passed in.",
+                             "config": CONFIG, "json": JSON})
+def ami_promote(c: Context, version: str, to: str, env: str | None = None, config: str | None = None,
+                json: bool = False) -> None:
+    """Copy (and share, and re-key) the AMI that passed in one environment to another. Never a rebake."""
+    with kiln_errors():
+        wanted = commands.parse_version(version)
+        commands.promote(open_context(env, config, json), wanted, to=to)
+
+
+@task(name="verify", help={"env": ENV, "config": CONFIG, "json": JSON, "parallel": "How many instances at once.",
+                            "key": "Private key for the instances (default: ssh-agent; the sandbox's own key)."})
+def fleet_verify(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
+                 parallel: int = 8, key: str | None = None) -> None:
+    """Prove every in-service instance is what was baked (image, /version, files, services) over SSH."""
+    with kiln_errors():
+        commands.verify_fleet(open_context(env, config, json), parallel=parallel, key=Path(key) if key else None)
+
+
 ns = Collection(show_config, bake, release, rollback, status, history)
+ns.add_collection(Collection("ami", ami_cleanup, ami_deprecate, ami_promote))
+ns.add_collection(Collection("fleet", fleet_verify))

@@ -214,13 +214,99 @@ class Cloud:
 
     def tag_image(self, image_id: str, tags: dict[str, str]) -> None:
         """Tag an AMI and its snapshots alike."""
-        with self.aws.call("DescribeImages", image_id):
-            image = self._ec2().describe_images(ImageIds=[image_id])["Images"][0]
-        snapshots = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
-                     if m.get("Ebs", {}).get("SnapshotId")]
+        snapshots = self.snapshots_of(image_id)
         with self.aws.call("CreateTags", image_id):
             self._ec2().create_tags(Resources=[image_id, *snapshots],
                                     Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    def snapshots_of(self, image_id: str) -> tuple[str, ...]:
+        with self.aws.call("DescribeImages", image_id):
+            images = self._ec2().describe_images(ImageIds=[image_id], IncludeDeprecated=True)["Images"]
+        return _snapshot_ids(images[0]) if images else ()
+
+    def catalogue(self, app: str) -> list[tuple[AmiRef, tuple[str, ...]]]:
+        """Every Kiln AMI of the app in this region, with its snapshots."""
+        with self.aws.call("DescribeImages", f"{app} images in {self.region}"):
+            images = self._ec2().describe_images(Owners=["self"], IncludeDeprecated=True,
+                                                 Filters=[{"Name": "tag:" + TAG_APP, "Values": [app]}])["Images"]
+        return [(_ami_ref(i, self.region), _snapshot_ids(i)) for i in images]
+
+    def delete_image(self, image_id: str, snapshot_ids: tuple[str, ...]) -> None:
+        """Deregister the AMI, then delete its snapshots (AWS keeps them otherwise)."""
+        with self.aws.call("DeregisterImage", image_id):
+            self._ec2().deregister_image(ImageId=image_id)
+        for snapshot in snapshot_ids:
+            with self.aws.call("DeleteSnapshot", snapshot):
+                self._ec2().delete_snapshot(SnapshotId=snapshot)
+
+    def deprecate_image(self, image_id: str, at: datetime) -> None:
+        with self.aws.call("EnableImageDeprecation", image_id):
+            self._ec2().enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
+
+    def copy_image(self, source: AmiRef, kms_key_id: str | None) -> str:
+        """Copy an AMI into this region with its tags; encrypted with the key when one is named."""
+        args: dict[str, Any] = {"SourceRegion": source.region, "SourceImageId": source.image_id,
+                                "Name": source.name, "CopyImageTags": True}
+        if kms_key_id:
+            args.update(Encrypted=True, KmsKeyId=kms_key_id)
+        with self.aws.call("CopyImage", f"{source.image_id} from {source.region} to {self.region}"):
+            return str(self._ec2().copy_image(**args)["ImageId"])
+
+    def share_image(self, image_id: str, account_id: str) -> None:
+        with self.aws.call("ModifyImageAttribute", f"{image_id} launch permission for {account_id}"):
+            self._ec2().modify_image_attribute(ImageId=image_id,
+                                               LaunchPermission={"Add": [{"UserId": account_id}]})
+
+    def image_references(self) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
+        """Who uses which AMI in this region: (launch template versions, instances, SSM parameters).
+
+        Launch template versions count when an Auto Scaling group uses them, or they are the
+        template's default or latest version (what $Default / $Latest would launch)."""
+        templates: dict[str, list[str]] = {}
+        with self.aws.call("DescribeAutoScalingGroups", f"all groups in {self.region}"):
+            pages = self._asg().get_paginator("describe_auto_scaling_groups").paginate()
+            groups = [g for page in pages for g in page["AutoScalingGroups"]]
+        used: dict[str, set[str]] = {}
+        for g in groups:
+            lt = g.get("LaunchTemplate") or {}
+            if lt.get("LaunchTemplateName"):
+                used.setdefault(lt["LaunchTemplateName"], set()).add(str(lt.get("Version") or "$Default"))
+        with self.aws.call("DescribeLaunchTemplates", f"all templates in {self.region}"):
+            pages = self._ec2().get_paginator("describe_launch_templates").paginate()
+            launch_templates = [t for page in pages for t in page["LaunchTemplates"]]
+        for t in launch_templates:
+            name = t["LaunchTemplateName"]
+            wanted = {str(t["DefaultVersionNumber"]): "default", str(t["LatestVersionNumber"]): "latest"}
+            for ref in used.get(name, ()):
+                number = {"$Default": str(t["DefaultVersionNumber"]), "$Latest": str(t["LatestVersionNumber"])}.get(
+                    ref, ref)
+                wanted[number] = "used by an Auto Scaling group"
+            for v in self.template_versions(name):
+                if str(v.number) in wanted and v.image_id:
+                    templates.setdefault(v.image_id, []).append(f"{name} v{v.number} ({wanted[str(v.number)]})")
+        instances: dict[str, list[str]] = {}
+        with self.aws.call("DescribeInstances", f"all instances in {self.region}"):
+            pages = self._ec2().get_paginator("describe_instances").paginate(
+                Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+            for page in pages:
+                for r in page["Reservations"]:
+                    for i in r["Instances"]:
+                        instances.setdefault(i["ImageId"], []).append(i["InstanceId"])
+        return templates, instances, self._ssm_image_parameters()
+
+    def _ssm_image_parameters(self) -> dict[str, list[str]]:
+        ssm = self.aws.client("ssm")
+        with self.aws.call("DescribeParameters", f"all parameters in {self.region}"):
+            pages = ssm.get_paginator("describe_parameters").paginate()
+            names = [p["Name"] for page in pages for p in page["Parameters"]]
+        found: dict[str, list[str]] = {}
+        for start in range(0, len(names), 10):  # GetParameters takes at most 10 names
+            with self.aws.call("GetParameters", ", ".join(names[start:start + 3])):
+                params = ssm.get_parameters(Names=names[start:start + 10])["Parameters"]
+            for p in params:
+                if str(p.get("Value", "")).startswith("ami-"):
+                    found.setdefault(p["Value"], []).append(p["Name"])
+        return found
 
     # Instances
     def instances_tagged(self, tags: dict[str, str], *, states: tuple[str, ...]) -> list[str]:
@@ -416,6 +502,11 @@ def _worst(states: list[str]) -> str | None:
     if not states:
         return None
     return min(states, key=lambda s: _HEALTH_ORDER.index(s) if s in _HEALTH_ORDER else -1)
+
+
+def _snapshot_ids(image: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
+                 if m.get("Ebs", {}).get("SnapshotId"))
 
 
 def _tags(raw: list[dict[str, str]] | None) -> dict[str, str]:

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
@@ -21,12 +21,13 @@ from packaging.version import InvalidVersion, Version
 from release import fleet
 from release.aws import Aws, Cloud, Target, credentials_configured
 from release.bake import BakePlan, Baker, BakeResult
+from release.catalogue import Action, CatalogueImage, Decision, References, decide
 from release.clock import Clock, SystemClock
 from release.config import Config, Environment, select_environment
-from release.errors import KilnError, SandboxError, UsageError
+from release.errors import KilnError, NotFound, SandboxError, UsageError
 from release.ledger import Ledger, Outcome, ReleaseRecord
 from release.machine import Event, Probes, Releaser
-from release.model import InstanceState
+from release.model import TAG_DEPRECATED_REASON, InstanceState
 from release.plan import Observed, Plan, Request, make_plan
 from release.smoke import smoke_test
 from release.ssh import Ssh
@@ -140,9 +141,18 @@ def observe_for_plan(ctx: Context, version: Version) -> Observed:
         active_refresh=cloud.active_refresh(env.asg),
         live=live.as_live() if live else None,
         lock=ledger.lock(env.name),
-        passed_environments=ledger.passed_environments(fingerprint, {i.image_id for i in chosen},
-                                                       list(env.requires)) if env.requires else frozenset(),
+        passed_environments=_passed(ctx, fingerprint, {i.image_id for i in chosen}),
     )
+
+
+def _passed(ctx: Context, fingerprint: str | None, image_ids: set[str]) -> frozenset[str]:
+    """The environments of `requires` whose own ledgers record a success with this AMI's lineage."""
+    passed: set[str] = set()
+    for name in ctx.env.requires:
+        lower = ctx.cfg.environment(name)
+        ledger = Ledger(Aws(target_for(lower)), lower.ledger_table)
+        passed |= ledger.passed_environments(fingerprint, image_ids, [name])
+    return frozenset(passed)
 
 
 def parse_version(text: str) -> Version:
@@ -187,13 +197,19 @@ def rollback(ctx: Context, *, to: str | None, dry_run: bool) -> ReleaseRecord | 
             raise UsageError(f"no previous good release in {ctx.env.name} to roll back to",
                              hint="See `inv history`; pass --to VERSION to choose one.")
         live = good[0]
-        previous = next((r for r in good[1:] if r.version != live.version), None)
+        previous = next((r for r in good[1:] if r.version != live.version and not _deprecated(ctx, r.version)), None)
         if previous is None:
-            raise UsageError(f"every good release in {ctx.env.name} is {live.version}",
-                             hint="Pass --to VERSION.")
+            raise UsageError(f"no earlier good, undeprecated release than {live.version} in {ctx.env.name}",
+                             hint="See `inv history`; pass --to VERSION.")
         target = Version(previous.version)
     ctx.ui.info(f"rolling {ctx.env.name} back to {target}")
     return release(ctx, target, dry_run=dry_run, allow_downgrade=True, force=False, break_lock=False, kind="rollback")
+
+
+def _deprecated(ctx: Context, version: str) -> bool:
+    """Rollback never picks a version whose AMIs are all deprecated."""
+    images = [i for i in ctx.cloud.app_images(ctx.cfg.app.name, version) if i.state == "available"]
+    return bool(images) and all(i.deprecated(ctx.clock.now()) for i in images)
 
 
 def _resume_if_interrupted(ctx: Context) -> ReleaseRecord | None:
@@ -330,3 +346,166 @@ def history(ctx: Context, *, limit: int) -> None:
     ctx.ui.table(["started", "kind", "version", "AMI", "LT", "outcome", "who", "reason"], rows,
                  title=f"history of {ctx.env.name}")
     ctx.ui.result({"history": records})
+
+
+# ---------------------------------------------------------------------------------------------- AMIs
+
+
+def related_contexts(ctx: Context) -> list[Context]:
+    """Every environment reachable with this one's credentials: same sandbox-ness and account."""
+    out = []
+    for env in ctx.cfg.environments.values():
+        if env.sandbox == ctx.env.sandbox and env.account_id == ctx.env.account_id:
+            out.append(ctx if env.name == ctx.env.name else
+                       Context(ctx.cfg, env, Aws(target_for(env)), ctx.ui, ctx.clock, ctx.project))
+    return out
+
+
+def release_references(contexts: list[Context]) -> dict[str, list[str]]:
+    """image id -> "live in prod" / "previous in dev": what each environment may need to return to."""
+    refs: dict[str, list[str]] = {}
+    for c in contexts:
+        good = [r for r in c.ledger.history(c.env.name, limit=200) if r.outcome is Outcome.SUCCEEDED]
+        for label, record in zip(("live", "previous"), _distinct_images(good), strict=False):
+            refs.setdefault(record.image_id, []).append(f"{label} in {c.env.name}")
+    return refs
+
+
+def _distinct_images(records: list[ReleaseRecord]) -> list[ReleaseRecord]:
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.image_id not in seen:
+            seen.add(r.image_id)
+            out.append(r)
+    return out
+
+
+def cleanup(ctx: Context, *, keep: int, dry_run: bool) -> list[Decision]:
+    if keep < 1:
+        raise UsageError(f"--keep {keep}: keep at least 1 version", hint="Use --keep 3 (the default) or more.")
+    contexts = related_contexts(ctx)
+    regions = sorted({r for c in contexts for r in (c.env.region, *c.env.ami_regions)})
+    clouds = {region: Cloud(Aws(replace(ctx.aws.target, region=region))) for region in regions}
+    images = []
+    templates: dict[str, list[str]] = {}
+    instances: dict[str, list[str]] = {}
+    parameters: dict[str, list[str]] = {}
+    for cloud in clouds.values():
+        images += [CatalogueImage(ami, snaps) for ami, snaps in cloud.catalogue(ctx.cfg.app.name)]
+        t, i, p = cloud.image_references()
+        for table, found in ((templates, t), (instances, i), (parameters, p)):
+            for image_id, why in found.items():
+                table.setdefault(image_id, []).extend(why)
+    refs = References(_frozen(release_references(contexts)), _frozen(templates), _frozen(instances),
+                      _frozen(parameters))
+    decisions = decide(images, refs, keep=keep)
+    ctx.ui.table(["action", "AMI", "region", "version", "created", "why"],
+                 [(d.action.value, d.image.ami.image_id, d.image.ami.region, d.image.ami.version,
+                   d.image.ami.created_at, "; ".join(d.reasons)) for d in decisions],
+                 title=f"AMI catalogue of {ctx.cfg.app.name} (keep {keep} versions)")
+    doomed = [d for d in decisions if d.action is Action.DELETE]
+    if dry_run or not doomed:
+        ctx.ui.info(f"{len(doomed)} AMI(s) would be deleted" if dry_run else "nothing to delete")
+        ctx.ui.result({"dry_run": dry_run, "decisions": decisions})
+        return decisions
+    for d in doomed:
+        ami = d.image.ami
+        clouds[ami.region].delete_image(ami.image_id, d.image.snapshot_ids)
+        ctx.ledger.record_event("ami-deleted", ami.image_id, ctx.clock.now(),
+                                {"region": ami.region, "version": str(ami.version), "snapshots": d.image.snapshot_ids,
+                                 "reason": d.reasons[0], "by": actor()})
+        ctx.ui.success(f"deleted {ami.image_id} ({ami.region}, {ami.version}) and {len(d.image.snapshot_ids)} "
+                       "snapshot(s)")
+    ctx.ui.result({"dry_run": False, "decisions": decisions})
+    return decisions
+
+
+def _frozen(table: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    return {k: tuple(v) for k, v in table.items()}
+
+
+def deprecate(ctx: Context, version: Version, *, reason: str) -> list[str]:
+    regions = sorted({ctx.env.region, *ctx.env.ami_regions})
+    done = []
+    for region in regions:
+        cloud = Cloud(Aws(replace(ctx.aws.target, region=region)))
+        for ami in cloud.app_images(ctx.cfg.app.name, str(version)):
+            cloud.deprecate_image(ami.image_id, ctx.clock.now())
+            cloud.tag_image(ami.image_id, {TAG_DEPRECATED_REASON: reason[:250]})
+            ctx.ledger.record_event("ami-deprecated", ami.image_id, ctx.clock.now(),
+                                    {"region": region, "version": str(version), "reason": reason, "by": actor()})
+            ctx.ui.success(f"deprecated {ami.image_id} ({region}): {reason}")
+            done.append(ami.image_id)
+    if not done:
+        raise NotFound(f"no AMI for {version} in {', '.join(regions)}", hint="See `inv ami.cleanup --dry-run`.")
+    ctx.ui.result({"deprecated": done, "version": str(version), "reason": reason})
+    return done
+
+
+def promote(ctx: Context, version: Version, *, to: str) -> str:
+    """Give environment `to` the exact AMI that passed in this one: copied to its region (tags kept,
+    re-keyed when it names a KMS key) and shared with its account. Never a rebake."""
+    target_env = ctx.cfg.environment(to)
+    passed = [r for r in ctx.ledger.history(ctx.env.name, limit=200)
+              if r.outcome is Outcome.SUCCEEDED and r.version == str(version)]
+    if not passed:
+        raise UsageError(f"{version} was never released successfully in {ctx.env.name}",
+                         hint=f"Release it there first: inv release --env {ctx.env.name} --version {version}.")
+    source = ctx.cloud.image(passed[0].image_id)
+    if source is None or source.state != "available":
+        raise NotFound(f"the AMI {passed[0].image_id} that passed in {ctx.env.name} is gone")
+    target = Context(ctx.cfg, target_env, Aws(target_for(target_env)), ctx.ui, ctx.clock, ctx.project)
+    if target_env.account_id and target_env.account_id != ctx.env.account_id:
+        ctx.cloud.share_image(source.image_id, target_env.account_id)
+        ctx.ui.success(f"shared {source.image_id} with account {target_env.account_id}")
+    existing = [i for i in target.cloud.app_images(ctx.cfg.app.name, str(version))
+                if i.fingerprint == source.fingerprint]
+    if target_env.region == source.region and not target_env.kms_key_id:
+        image_id = source.image_id
+    elif existing:
+        image_id = existing[0].image_id
+        ctx.ui.note(f"{image_id} in {target_env.region} is already a copy of {source.image_id}")
+    else:
+        image_id = target.cloud.copy_image(source, target_env.kms_key_id)
+        ctx.ui.success(f"copied {source.image_id} ({source.region}) to {image_id} ({target_env.region})")
+    details = {"from": ctx.env.name, "to": to, "version": str(version), "source": source.image_id,
+               "image_id": image_id, "fingerprint": source.fingerprint, "by": actor()}
+    for c in (ctx, target):
+        c.ledger.record_event("ami-promoted", image_id, ctx.clock.now(), details)
+    ctx.ui.result(details)
+    return image_id
+
+
+# ---------------------------------------------------------------------------------------------- fleet
+
+
+KNOWN_HOSTS = Path(os.environ.get("KILN_KNOWN_HOSTS", "~/.kiln/known_hosts")).expanduser()
+
+
+def sandbox_key() -> Path | None:
+    """The sandbox's launch template key pair, saved by `inv sandbox.up` (None when absent)."""
+    path = SANDBOX_DIR / "keys" / "instances.pem"
+    return path if path.exists() else None
+
+
+def verify_fleet(ctx: Context, *, parallel: int, key: Path | None) -> fleet.FleetReport:
+    live = ctx.ledger.live(ctx.env.name)
+    if live is None:
+        raise UsageError(f"nothing has been released to {ctx.env.name} yet", hint="Release first: inv release.")
+    group = ctx.cloud.group(ctx.env.asg, ctx.env.target_groups)
+    if group is None:
+        raise NotFound(f"Auto Scaling group {ctx.env.asg!r} not found in {ctx.env.region}")
+    key = key or (sandbox_key() if ctx.env.sandbox else None)
+    instances = fleet.in_service(group)
+    ctx.ui.info(f"auditing {len(instances)} in-service instance(s) of {ctx.env.asg} against {live.version} "
+                f"({live.image_id}, fingerprint {live.fingerprint})")
+    with Ssh(ctx.env.ssh, key_filename=key, console_output=ctx.cloud.console_output, record_to=KNOWN_HOSTS) as ssh:
+        report = fleet.audit(ssh, fleet.expected_from_live(live.as_live()), instances, parallel=parallel)
+    ctx.ui.table(*report.table(), title=f"fleet of {ctx.env.name}")
+    ctx.ui.result(report.to_json())
+    error = report.error()
+    if error is not None:
+        raise error
+    ctx.ui.success(f"all {len(instances)} instances are what was baked")
+    return report

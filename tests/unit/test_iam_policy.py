@@ -30,6 +30,7 @@ RECEIVERS = [
     (r"client\(['\"]cloudwatch['\"]\)", "cloudwatch"),
     (r"^self\.db$", "dynamodb"),
     (r"^sts$", "sts"),
+    (r"^ssm$", "ssm"),
     (r"^client$", "secretsmanager"),  # the boot script's one Secrets Manager client
 ]
 IAM_PREFIX = {"elbv2": "elasticloadbalancing"}
