@@ -4,6 +4,8 @@
   GET    /_kiln/target-health   the admin health policy: unhealthy instance and image ids
   POST   /_kiln/target-health   {"instance_id": "i-…"} or {"image_id": "ami-…"}, "healthy": bool
   DELETE /_kiln/target-health   every target healthy again
+  GET    /_kiln/load-balancers  the local ALB listeners: name, listener port, target group, URL
+                                (only with a data plane; an empty list otherwise)
 
 Target health set here feeds the default health check (patches.targets.AdminHealthPolicy): the
 target's state still moves through AWS's thresholds and intervals, exactly as with real probes.
@@ -24,9 +26,16 @@ Json = dict[str, Any]
 
 
 class AdminApi:
-    def __init__(self, *, health: Callable[[], Json], policy: AdminHealthPolicy) -> None:
+    def __init__(
+        self,
+        *,
+        health: Callable[[], Json],
+        policy: AdminHealthPolicy,
+        load_balancers: Callable[[], list[Json]] = list,
+    ) -> None:
         self._health = health
         self._policy = policy
+        self._load_balancers = load_balancers
 
     def handles(self, path: str) -> bool:
         return path.startswith(PREFIX)
@@ -35,6 +44,8 @@ class AdminApi:
         route = path[len(PREFIX) :].strip("/")
         if route == "health" and method == "GET":
             return 200, self._health()
+        if route == "load-balancers" and method == "GET":
+            return 200, {"load_balancers": self._load_balancers()}
         if route == "target-health":
             if method == "GET":
                 return 200, dict(self._policy.snapshot())

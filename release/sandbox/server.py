@@ -38,6 +38,8 @@ from release.sandbox.contracts import DataPlane
 from release.sandbox.fleet import MotoFleet, sweep_elb_health
 from release.sandbox.patches import images, launch_templates
 from release.sandbox.patches.addresses import LoopbackAddresses
+from release.sandbox.patches.cloudwatch import AlarmEvaluator
+from release.sandbox.patches.loadbalancers import LoadBalancers
 from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
 from release.sandbox.refresh import RefreshEngine, RefreshError
 from release.sandbox.wire import Reply, RequestContext, ServiceWire, WireError, new_request_id
@@ -100,9 +102,15 @@ class SandboxServer:
         self.lock = threading.RLock()
         self.started_at = self.clock.now()
         self.targets = TargetHealthBook(self.clock, time_scale)
+        self.alarms = AlarmEvaluator(self.clock, time_scale)
         self.runtime = patches.Runtime(
-            clock=self.clock, time_scale=time_scale, targets=self.targets, addresses=addresses or LoopbackAddresses()
+            clock=self.clock,
+            time_scale=time_scale,
+            targets=self.targets,
+            alarms=self.alarms,
+            addresses=addresses or LoopbackAddresses(),
         )
+        self.load_balancers = LoadBalancers(self.clock, time_scale, self.targets.tracker)
         patches.install(self.runtime)
         self.plug_dataplane(dataplane)
         self.moto: Callable[[dict[str, Any], StartResponse], Iterable[bytes]] = DomainDispatcherApplication(
@@ -110,7 +118,9 @@ class SandboxServer:
         )
         self.wires = {name: ServiceWire(name) for name in set(SERVICES.values())}
         self.handlers: dict[tuple[str, str], Handler] = {}
-        self.admin = AdminApi(health=self.health, policy=self.targets.policy)
+        self.admin = AdminApi(
+            health=self.health, policy=self.targets.policy, load_balancers=self.describe_load_balancers
+        )
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -189,6 +199,8 @@ class SandboxServer:
     def tick(self) -> None:
         """One step of everything time drives. Probes run outside the lock (they may be HTTP)."""
         from moto.autoscaling.models import autoscaling_backends
+        from moto.cloudwatch.models import cloudwatch_backends
+        from moto.elbv2.models import elbv2_backends
 
         with self.lock:
             for engine in list(self.engines.values()):
@@ -196,6 +208,13 @@ class SandboxServer:
                     engine.tick()
                 except Exception:  # one broken refresh must not stop the others
                     log.exception("refresh engine tick failed")
+            if self.runtime.dataplane is not None:  # without real targets a proxy has nowhere to go
+                self.load_balancers.sync(
+                    _backends(elbv2_backends), lambda b: cloudwatch_backends[b.account_id][b.region_name]
+                )
+                self.load_balancers.publish()
+            for account, region, backend in _located_backends(cloudwatch_backends):
+                self.alarms.evaluate_due(account, region, list(backend.alarms.values()))
             due = self.targets.collect_due()
         results = self.targets.run_probes(due)
         with self.lock:
@@ -228,11 +247,18 @@ class SandboxServer:
         self._ticker.start()
 
     def stop_ticker(self) -> None:
+        """Stop the background loop and the load balancers' listeners."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
+        with self.lock:
+            self.load_balancers.stop_all()
 
     # ---- admin ------------------------------------------------------------------------------
+
+    def describe_load_balancers(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.load_balancers.describe()
 
     def health(self) -> dict[str, Any]:
         from moto.autoscaling.models import autoscaling_backends

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +54,15 @@ def test_group_instances_boot_from_the_base_image_and_down_leaves_nothing(state_
         )
 
     seed = provision(client, "us-east-1")
+    # EC2 health checks: the group must not replace the instances this test watches (the base
+    # image has no app, so ELB health checks would have them replaced over and over).
+    boto3.client(
+        "autoscaling",
+        region_name="us-east-1",
+        endpoint_url=info.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).update_auto_scaling_group(AutoScalingGroupName=seed.asg_name, HealthCheckType="EC2")
     ec2 = boto3.client(
         "ec2",
         region_name="us-east-1",
@@ -79,6 +91,31 @@ def test_group_instances_boot_from_the_base_image_and_down_leaves_nothing(state_
 
     ec2.terminate_instances(InstanceIds=[first["InstanceId"]])
     assert not answers_ssh(first["PrivateIpAddress"])
+
+    # The ALB's listener is a real proxy. The base image serves nothing on port 80, so the targets
+    # fail their (real) health checks, the proxy answers 502 itself, and UnHealthyHostCount
+    # reaches CloudWatch and raises the seed's unhealthy-hosts alarm.
+    with urllib.request.urlopen(f"{info.endpoint}/_kiln/load-balancers", timeout=5) as response:
+        [listener] = json.loads(response.read())["load_balancers"]
+    assert listener["load_balancer_arn"] == seed.load_balancer_arn and listener["listener_port"] == 80
+    with pytest.raises(urllib.error.HTTPError) as proxied:
+        urllib.request.urlopen(listener["url"] + "/version", timeout=5)
+    assert proxied.value.code in (502, 503) and proxied.value.headers["Server"] == "awselb/2.0"
+    cloudwatch = boto3.client(
+        "cloudwatch",
+        region_name="us-east-1",
+        endpoint_url=info.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    deadline = time.monotonic() + 60
+    state = None
+    while time.monotonic() < deadline:
+        state = cloudwatch.describe_alarms(AlarmNames=[seed.alarm_names[1]])["MetricAlarms"][0]["StateValue"]
+        if state == "ALARM":
+            break
+        time.sleep(0.5)
+    assert state == "ALARM"
 
     lifecycle.down(state_dir)
     assert not Path(f"/proc/{info.pid}").exists()

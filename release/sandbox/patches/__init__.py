@@ -17,6 +17,7 @@ from release.clock import Clock
 from release.errors import SandboxError
 from release.sandbox.contracts import DataPlane
 from release.sandbox.patches.addresses import LoopbackAddresses
+from release.sandbox.patches.cloudwatch import AlarmEvaluator
 from release.sandbox.patches.targets import TargetHealthBook
 
 MOTO_VERSION = "5.2.5"
@@ -27,6 +28,7 @@ class Runtime:
     clock: Clock
     time_scale: float
     targets: TargetHealthBook
+    alarms: AlarmEvaluator
     addresses: LoopbackAddresses = field(default_factory=LoopbackAddresses)
     dataplane: DataPlane | None = None
 
@@ -54,8 +56,9 @@ def install(rt: Runtime) -> None:
     _runtime = rt
     if _installed:
         return
-    from release.sandbox.patches import autoscaling, images, instances, launch_templates, targets
+    from release.sandbox.patches import autoscaling, cloudwatch, images, instances, launch_templates, targets
 
+    cloudwatch.apply()
     launch_templates.apply()
     autoscaling.apply()
     images.apply()

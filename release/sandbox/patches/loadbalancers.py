@@ -1,0 +1,167 @@
+"""Give every Application Load Balancer's HTTP listener a data path: a `LocalLoadBalancer` proxy.
+
+moto's elbv2 is configuration only. With real instances behind EC2 (a data plane), each HTTP
+listener whose default action forwards to a target group gets a real reverse proxy on a loopback
+port (not the listener's port: several sandboxes, and 80 may be taken), routing to the target
+group's routable targets as the health tracker sees them (healthy ones; all unhealthy ones when
+none is healthy — ALB fails open). Its metrics, and the target group's HealthyHostCount and
+UnHealthyHostCount once per period, go into CloudWatch under namespace AWS/ApplicationELB with
+the LoadBalancer and the TargetGroup+LoadBalancer dimensions, as ELB publishes them, where the
+alarm evaluator sees them. The proxies' URLs are listed by the admin API (/_kiln/load-balancers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from release.clock import Clock
+from release.sandbox.alb import LocalLoadBalancer, MetricDatum
+from release.sandbox.health import TargetHealthTracker
+
+log = logging.getLogger("kiln.sandbox.alb")
+
+NAMESPACE = "AWS/ApplicationELB"
+PERIOD_AWS_SECONDS = 60
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def lb_dimension(load_balancer_arn: str) -> str:
+    """CloudWatch's LoadBalancer dimension value: app/<name>/<id>."""
+    return load_balancer_arn.split(":loadbalancer/", 1)[1]
+
+
+def tg_dimension(target_group_arn: str) -> str:
+    """CloudWatch's TargetGroup dimension value: targetgroup/<name>/<id>."""
+    return target_group_arn.rsplit(":", 1)[1]
+
+
+def forwarded_group(listener: Any) -> str | None:
+    for action in listener.default_actions:
+        data = action.data
+        if data.get("Type") != "forward":
+            continue
+        if data.get("TargetGroupArn"):
+            return str(data["TargetGroupArn"])
+        groups = (data.get("ForwardConfig") or {}).get("TargetGroups") or []
+        if groups:
+            return str(groups[0]["TargetGroupArn"])
+    return None
+
+
+@dataclass
+class _Proxy:
+    balancer: LocalLoadBalancer
+    load_balancer_arn: str
+    load_balancer_name: str
+    listener_port: int
+    target_group_arn: str
+    cloudwatch: Any  # the moto CloudWatch backend of the load balancer's account and region
+    last_host_count_period: int = -1
+
+
+class LoadBalancers:
+    def __init__(self, clock: Clock, time_scale: float, tracker: TargetHealthTracker) -> None:
+        self.clock = clock
+        self.time_scale = time_scale
+        self.tracker = tracker
+        self._proxies: dict[str, _Proxy] = {}  # listener ARN -> proxy
+
+    def _routable(self, target_group_arn: str) -> list[tuple[str, int]]:
+        try:
+            return self.tracker.routing_targets(target_group_arn)
+        except KeyError:  # no target registered yet
+            return []
+
+    def _router(self, target_group_arn: str) -> Callable[[], list[tuple[str, int]]]:
+        return lambda: self._routable(target_group_arn)
+
+    def sync(self, elbv2_backends: list[Any], cloudwatch_of: Any) -> None:
+        """Start proxies for new HTTP forward listeners, stop those whose listener is gone."""
+        seen: set[str] = set()
+        for backend in elbv2_backends:
+            for lb in list(backend.load_balancers.values()):
+                if lb.type != "application":
+                    continue
+                for listener in list(lb.listeners.values()):
+                    target_group = forwarded_group(listener)
+                    if listener.protocol != "HTTP" or target_group is None:
+                        continue
+                    seen.add(listener.arn)
+                    proxy = self._proxies.get(listener.arn)
+                    if proxy is not None and proxy.target_group_arn == target_group:
+                        continue
+                    if proxy is not None:
+                        proxy.balancer.stop()
+                    balancer = LocalLoadBalancer(
+                        self._router(target_group),
+                        self.clock,
+                        period_seconds=PERIOD_AWS_SECONDS * self.time_scale,
+                    )
+                    balancer.start()
+                    self._proxies[listener.arn] = _Proxy(
+                        balancer, lb.arn, lb.name, int(listener.port), target_group, cloudwatch_of(backend)
+                    )
+                    log.info("load balancer %s:%s listens on %s", lb.name, listener.port, balancer.url)
+        for arn in [a for a in self._proxies if a not in seen]:
+            self._proxies.pop(arn).balancer.stop()
+
+    def publish(self) -> None:
+        """Put finished periods' metrics into CloudWatch (moto's, which feeds the evaluator)."""
+        now = self.clock.now()
+        period = timedelta(seconds=PERIOD_AWS_SECONDS * self.time_scale)
+        for proxy in self._proxies.values():
+            lb_dims = [{"Name": "LoadBalancer", "Value": lb_dimension(proxy.load_balancer_arn)}]
+            both = [{"Name": "TargetGroup", "Value": tg_dimension(proxy.target_group_arn)}, *lb_dims]
+            data: list[dict[str, Any]] = []
+            for datum in proxy.balancer.drain_metrics():
+                data += [_as_api(datum, lb_dims), _as_api(datum, both)]
+            index = int((now - _EPOCH) / period)
+            if index != proxy.last_host_count_period:
+                proxy.last_host_count_period = index
+                try:
+                    healthy, unhealthy = self.tracker.host_counts(proxy.target_group_arn)
+                except KeyError:
+                    healthy, unhealthy = 0, 0
+                for name, value in (("HealthyHostCount", healthy), ("UnHealthyHostCount", unhealthy)):
+                    data.append(
+                        {"MetricName": name, "Dimensions": both, "Timestamp": now, "Value": value, "Unit": "Count"}
+                    )
+            for start in range(0, len(data), 1000):  # PutMetricData takes at most 1000 datums
+                proxy.cloudwatch.put_metric_data(NAMESPACE, data[start : start + 1000])
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "load_balancer": proxy.load_balancer_name,
+                "load_balancer_arn": proxy.load_balancer_arn,
+                "listener_port": proxy.listener_port,
+                "target_group_arn": proxy.target_group_arn,
+                "url": proxy.balancer.url,
+            }
+            for proxy in self._proxies.values()
+        ]
+
+    def stop_all(self) -> None:
+        for proxy in self._proxies.values():
+            proxy.balancer.stop()
+        self._proxies.clear()
+
+
+def _as_api(datum: MetricDatum, dimensions: list[dict[str, str]]) -> dict[str, Any]:
+    stats = datum.statistics
+    return {
+        "MetricName": datum.metric_name,
+        "Dimensions": dimensions,
+        "Timestamp": datum.timestamp,
+        "StatisticValues": {
+            "SampleCount": stats.sample_count,
+            "Sum": stats.sum,
+            "Minimum": stats.minimum,
+            "Maximum": stats.maximum,
+        },
+        "Unit": datum.unit,
+    }
