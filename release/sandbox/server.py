@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from release.clock import Clock, SystemClock
+from release.errors import KilnError
 from release.sandbox import patches
 from release.sandbox.admin import AdminApi
 from release.sandbox.contracts import DataPlane
@@ -333,6 +334,10 @@ class SandboxServer:
         except (KeyError, TypeError) as exc:
             log.exception("bad %s %s request", service, operation)
             return wire.render_error(WireError("ValidationError", f"Invalid request: {exc}"), ctx.request_id)
+        except Exception:  # a bug in the sandbox: say so the way AWS does, keep serving
+            log.exception("%s %s failed", service, operation)
+            failure = WireError("InternalFailure", "The sandbox failed to process the request.", 500, sender=False)
+            return wire.render_error(failure, ctx.request_id)
 
     @staticmethod
     def _send(start_response: StartResponse, reply: Reply) -> list[bytes]:
@@ -422,12 +427,17 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.Formatter.converter = time.gmtime
-    dataplane = None
-    if args.dataplane:
-        from release.sandbox.dataplane import LocalDataPlane
+    try:
+        dataplane = None
+        if args.dataplane:
+            from release.sandbox.dataplane import LocalDataPlane
 
-        dataplane = LocalDataPlane(args.state_dir / "dataplane", aws_endpoint_url=f"http://127.0.0.1:{args.port}")
-    serve(args.port, args.state_dir, args.time_scale, dataplane=dataplane)
+            endpoint = f"http://127.0.0.1:{args.port}"
+            dataplane = LocalDataPlane(args.state_dir / "dataplane", aws_endpoint_url=endpoint)
+        serve(args.port, args.state_dir, args.time_scale, dataplane=dataplane)
+    except KilnError as err:  # one clear line in server.log, which `up` shows
+        log.error("%s", err)
+        return err.exit_code
     return 0
 
 
