@@ -173,12 +173,20 @@ def status(state_dir: Path) -> SandboxInfo | None:
 
 
 def up(
-    state_dir: Path, *, port: int | None = None, time_scale: float = DEFAULT_TIME_SCALE, dataplane: bool = False
+    state_dir: Path,
+    *,
+    port: int | None = None,
+    time_scale: float = DEFAULT_TIME_SCALE,
+    dataplane: bool = False,
+    base_image_name: str | None = None,
+    base_image_owner: str | None = None,
 ) -> SandboxInfo:
     """Start the sandbox server (or return the running one) and wait until it answers.
 
     `dataplane=True` runs real instances (root on Linux); the first start then also builds the
-    Debian base image (minutes; cached per machine afterwards)."""
+    Debian base image (minutes; cached per machine afterwards). The server publishes its base AMI
+    under `base_image_name`, owned by `base_image_owner` (versions.toml's [base_image] name and
+    owners[0]); the defaults are provision.BASE_IMAGE_NAME and DEBIAN_OWNER_ID."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     running = status(state_dir)
@@ -203,6 +211,8 @@ def up(
         "--time-scale",
         repr(time_scale),
         *(["--dataplane"] if dataplane else []),
+        *(["--base-image-name", base_image_name] if base_image_name else []),
+        *(["--base-image-owner", base_image_owner] if base_image_owner else []),
     ]
     project_root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)

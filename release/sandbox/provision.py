@@ -22,9 +22,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from release.errors import SandboxError
+
 ClientFactory = Callable[[str, str], Any]
 
 BASE_IMAGE_NAME = "debian-12-amd64-sandbox"
+DEBIAN_OWNER_ID = "136693071363"  # the account Debian publishes its AMIs from
 VPC_CIDR = "10.40.0.0/16"
 SUBNETS = {  # name suffix -> (AZ index, CIDR, public?)
     "public-a": (0, "10.40.0.0/24", True),
@@ -47,7 +50,8 @@ class SeedNames:
     alarm_target_5xx: str = "web-sandbox-target-5xx"
     alarm_unhealthy_hosts: str = "web-sandbox-unhealthy-hosts"
     network: str = "web-sandbox"  # Name tag prefix of the VPC, subnets and security groups
-    base_image: str = BASE_IMAGE_NAME
+    base_image: str = BASE_IMAGE_NAME  # published by the sandbox server, like Debian's AMIs
+    base_image_owner: str = DEBIAN_OWNER_ID
     instance_type: str = "t3.micro"
 
 
@@ -221,26 +225,18 @@ def _load_balancing(elbv2: Any, names: SeedNames, vpc_id: str, public: list[str]
 
 
 def _base_image(ec2: Any, names: SeedNames) -> str:
-    """The sandbox's Debian base image, registered (once) as an AMI this account owns."""
-    found = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [names.base_image]}])["Images"]
-    if found:
-        return str(found[0]["ImageId"])
-    return str(
-        ec2.register_image(
-            Name=names.base_image,
-            Description="Debian 12 (bookworm) amd64 base image of the Kiln sandbox",
-            Architecture="x86_64",
-            RootDeviceName="/dev/xvda",
-            VirtualizationType="hvm",
-            EnaSupport=True,
-            TagSpecifications=[
-                {
-                    "ResourceType": "image",
-                    "Tags": _tags(names.base_image, **{"kiln:role": "base-image", "kiln:os": "debian-12"}),
-                }
-            ],
-        )["ImageId"]
-    )
+    """The base AMI the sandbox server publishes (owned by Debian's account, as on AWS)."""
+    found = ec2.describe_images(
+        Owners=[names.base_image_owner], Filters=[{"Name": "name", "Values": [names.base_image]}]
+    )["Images"]
+    if not found:
+        raise SandboxError(
+            f"the sandbox publishes no base image {names.base_image} owned by {names.base_image_owner}",
+            where="sandbox provisioning",
+            hint="Restart the sandbox (`inv sandbox.reset`) with the base image settings of versions.toml.",
+        )
+    newest = max(found, key=lambda image: str(image.get("CreationDate", "")))
+    return str(newest["ImageId"])
 
 
 def _launch_template(ec2: Any, names: SeedNames, image_id: str, app_sg: str) -> tuple[str, str]:

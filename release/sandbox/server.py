@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -42,6 +43,7 @@ from release.sandbox.patches.addresses import LoopbackAddresses
 from release.sandbox.patches.cloudwatch import AlarmEvaluator
 from release.sandbox.patches.loadbalancers import LoadBalancers
 from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
+from release.sandbox.provision import BASE_IMAGE_NAME, DEBIAN_OWNER_ID
 from release.sandbox.refresh import RefreshEngine, RefreshError
 from release.sandbox.wire import Reply, RequestContext, ServiceWire, WireError, new_request_id
 
@@ -50,6 +52,17 @@ log = logging.getLogger("kiln.sandbox")
 DEFAULT_TIME_SCALE = 0.1
 TICK_SECONDS = 0.2
 DEFAULT_ACCOUNT_ID = "123456789012"  # moto's account for any access key it does not know
+DEFAULT_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """The base AMI the sandbox publishes in every region (versions.toml [base_image] finds it)."""
+
+    name: str = BASE_IMAGE_NAME
+    owner: str = DEBIAN_OWNER_ID
+    description: str = "Debian 12 (bookworm) amd64, the Kiln sandbox's base image"
+
 
 Handler = Callable[[RequestContext, dict[str, Any]], dict[str, Any]]
 StartResponse = Callable[..., Any]
@@ -95,6 +108,7 @@ class SandboxServer:
         clock: Clock | None = None,
         dataplane: DataPlane | None = None,
         addresses: LoopbackAddresses | None = None,
+        base_image: BaseImage | None = None,
     ) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -123,6 +137,9 @@ class SandboxServer:
             health=self.health, policy=self.targets.policy, load_balancers=self.describe_load_balancers
         )
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
+        self.base_image = base_image or BaseImage()
+        self._base_rootfs: Path | None = None
+        self._published: dict[str, str] = {}  # region -> base AMI id
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self.register("ec2", "DeleteLaunchTemplateVersions", launch_templates.delete_launch_template_versions)
@@ -150,6 +167,46 @@ class SandboxServer:
         """Replace what one target health check does (health.Probe -> (status, timed_out))."""
         with self.lock:
             self.targets.probe = probe
+
+    # ---- the base image -----------------------------------------------------------------------
+
+    def prepare_base_image(self) -> None:
+        """With a data plane: build (first time) or reuse its Debian root filesystem."""
+        dataplane = self.runtime.dataplane
+        ensure = getattr(dataplane, "ensure_base_image", None)
+        if callable(ensure):
+            built = ensure()
+            self._base_rootfs = Path(built.rootfs)
+            log.info("base image rootfs %s%s", built.rootfs, " (built now)" if built.built else "")
+
+    def publish_base_image(self, region: str) -> str | None:
+        """Publish the base AMI in `region` (once): owned by its publisher's account and public,
+        as Debian publishes its AMIs in every region; backed by the data plane's rootfs if any."""
+        if region in self._published:
+            return self._published[region]
+        from moto.ec2.models import ec2_backends
+
+        with self.lock:
+            if region in self._published:
+                return self._published[region]
+            account: Any = ec2_backends[DEFAULT_ACCOUNT_ID]
+            if region not in account.regions:
+                return None
+            backend: Any = account[region]
+            wanted = self.base_image
+            ami: Any = next(
+                (a for a in backend.amis.values() if a.name == wanted.name and a.owner_id == wanted.owner), None
+            )
+            if ami is None:
+                ami = backend.register_image(None, wanted.description)
+                ami.name, ami.owner_id = wanted.name, wanted.owner
+                ami.architecture, ami.virtualization_type, ami.root_device_name = "x86_64", "hvm", "/dev/xvda"
+                ami.launch_permissions.append({"Group": "all"})
+            if self._base_rootfs is not None and self.runtime.dataplane is not None:
+                self.runtime.dataplane.register_image(str(ami.id), self._base_rootfs)
+            self._published[region] = str(ami.id)
+            log.info("base image %s published in %s as %s", wanted.name, region, ami.id)
+            return self._published[region]
 
     # ---- instance refresh ---------------------------------------------------------------------
 
@@ -285,6 +342,9 @@ class SandboxServer:
             body = self._read_body(environ)
             status, payload = self.admin.handle(environ.get("REQUEST_METHOD", "GET"), path, body)
             return self._send(start_response, Reply(status, json.dumps(payload).encode(), "application/json"))
+        scope = _credential_scope(environ)
+        if scope is not None:
+            self.publish_base_image(scope[0])
         routed = self._route(environ)
         if routed is not None:
             service, operation, params_form, scope = routed
@@ -349,28 +409,14 @@ class SandboxServer:
         return [reply.body]
 
 
-def register_base_image(app: SandboxServer, dataplane: Any, region: str = "us-east-1") -> str:
-    """Build (or reuse) the data plane's Debian root filesystem and register it as the sandbox's
-    base AMI, the one `provision` and versions.toml's [base_image] find by name."""
-    from moto.ec2.models import ec2_backends
-
-    from release.sandbox.provision import BASE_IMAGE_NAME
-
-    built = dataplane.ensure_base_image()
-    with app.lock:
-        backend: Any = ec2_backends[DEFAULT_ACCOUNT_ID][region]
-        ami: Any = next((a for a in backend.amis.values() if a.name == BASE_IMAGE_NAME), None)
-        if ami is None:
-            ami = backend.register_image(BASE_IMAGE_NAME, "Debian 12 (bookworm) amd64 base image of the Kiln sandbox")
-            ami.architecture, ami.virtualization_type, ami.root_device_name = "x86_64", "hvm", "/dev/xvda"
-            tags = {"Name": BASE_IMAGE_NAME, "kiln:role": "base-image", "kiln:os": "debian-12"}
-            backend.create_tags([ami.id], tags)
-    dataplane.register_image(str(ami.id), built.rootfs)
-    log.info("base image %s (%s) = %s%s", BASE_IMAGE_NAME, ami.id, built.rootfs, " (built)" if built.built else "")
-    return str(ami.id)
-
-
-def serve(port: int, state_dir: Path, time_scale: float, *, dataplane: DataPlane | None = None) -> None:
+def serve(
+    port: int,
+    state_dir: Path,
+    time_scale: float,
+    *,
+    dataplane: DataPlane | None = None,
+    base_image: BaseImage | None = None,
+) -> None:
     """Run the sandbox in this process until SIGTERM/SIGINT; the data plane, if any, is shut down
     with it (its `terminate_all`, when it has one)."""
     from moto.moto_server.werkzeug_app import MotoRequestHandler
@@ -379,9 +425,14 @@ def serve(port: int, state_dir: Path, time_scale: float, *, dataplane: DataPlane
     state_dir.mkdir(parents=True, exist_ok=True)
     # moto reads these; keep its default AMIs (the sandbox lists them like AWS's public images).
     os.environ.setdefault("MOTO_PORT", str(port))
-    app = SandboxServer(time_scale=time_scale, dataplane=dataplane, addresses=LoopbackAddresses.for_port(port))
-    if dataplane is not None:
-        register_base_image(app, dataplane)
+    app = SandboxServer(
+        time_scale=time_scale,
+        dataplane=dataplane,
+        addresses=LoopbackAddresses.for_port(port),
+        base_image=base_image or BaseImage(),
+    )
+    app.prepare_base_image()  # with a data plane, a cold start builds the Debian rootfs here
+    app.publish_base_image(DEFAULT_REGION)
     httpd = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
 
     def stop(signum: int, frame: Any) -> None:
@@ -413,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TIME_SCALE,
         help=f"real seconds per AWS second for warmups, checks, delays (default {DEFAULT_TIME_SCALE})",
     )
+    parser.add_argument("--base-image-name", default=BASE_IMAGE_NAME, help="name of the published base AMI")
+    parser.add_argument("--base-image-owner", default=DEBIAN_OWNER_ID, help="account that owns the published base AMI")
     parser.add_argument(
         "--dataplane",
         action="store_true",
@@ -434,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
 
             endpoint = f"http://127.0.0.1:{args.port}"
             dataplane = LocalDataPlane(args.state_dir / "dataplane", aws_endpoint_url=endpoint)
-        serve(args.port, args.state_dir, args.time_scale, dataplane=dataplane)
+        base_image = BaseImage(name=args.base_image_name, owner=args.base_image_owner)
+        serve(args.port, args.state_dir, args.time_scale, dataplane=dataplane, base_image=base_image)
     except KilnError as err:  # one clear line in server.log, which `up` shows
         log.error("%s", err)
         return err.exit_code

@@ -6,7 +6,7 @@ import json
 
 from aws_sandbox_kit import Kit
 
-from release.sandbox.provision import SeedNames, SeedResources, provision
+from release.sandbox.provision import DEBIAN_OWNER_ID, SeedNames, SeedResources, provision
 
 
 def test_seed_architecture_matches_the_spec(kit: Kit, seed: SeedResources) -> None:
@@ -23,8 +23,7 @@ def test_seed_architecture_matches_the_spec(kit: Kit, seed: SeedResources) -> No
     assert listener["DefaultActions"][0]["TargetGroupArn"] == seed.target_group_arn
 
     base = ec2.describe_images(ImageIds=[seed.base_image_id])["Images"][0]
-    assert base["Name"] == "debian-12-amd64-sandbox"
-    assert {"Key": "kiln:role", "Value": "base-image"} in base["Tags"]
+    assert (base["Name"], base["OwnerId"], base["Public"]) == ("debian-12-amd64-sandbox", DEBIAN_OWNER_ID, True)
 
     group = kit.group(seed.asg_name)
     assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 4, 8)
@@ -55,3 +54,12 @@ def test_provision_is_idempotent(kit: Kit, seed: SeedResources, seed_names: Seed
     assert again == seed
     assert kit.client("secretsmanager").get_secret_value(SecretId=seed.secret_arn)["SecretString"] == secret_before
     assert len(kit.group(seed.asg_name)["Instances"]) == 4
+
+
+def test_the_base_image_is_published_in_every_region_like_debians(kit: Kit) -> None:
+    """versions.toml's [base_image] (owners + name filter, newest) finds it in any region."""
+    for region in ("us-east-1", "eu-central-1"):
+        images = kit.client("ec2", region).describe_images(
+            Owners=[DEBIAN_OWNER_ID], Filters=[{"Name": "name", "Values": ["debian-12-amd64-*"]}]
+        )["Images"]
+        assert [i["Name"] for i in images] == ["debian-12-amd64-sandbox"]
