@@ -6,14 +6,17 @@ objects it reads and changes are consistent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from release.clock import Clock
 from release.sandbox.contracts import GroupView, Member
-from release.sandbox.patches.autoscaling import LT_VERSION_TAG, launch_into_group
+from release.sandbox.patches.autoscaling import LT_VERSION_TAG, LaunchFailed, launch_into_group
 from release.sandbox.patches.targets import TargetHealthBook
+
+log = logging.getLogger("kiln.sandbox.fleet")
 
 
 class MotoFleet:
@@ -170,5 +173,8 @@ def sweep_elb_health(
                 target_group.deregister([{"Id": state.instance.id}])
         group.instance_states.remove(state)
         backend.ec2_backend.terminate_instances([state.instance.id])
-    launch_into_group(group, len(sick))
+    try:
+        launch_into_group(group, len(sick))
+    except LaunchFailed as exc:  # the group stays below capacity, as after a failed scaling activity
+        log.warning("%s", exc)
     return [s.instance.id for s in sick]

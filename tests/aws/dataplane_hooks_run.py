@@ -22,8 +22,11 @@ class RecordingDataPlane:
     def __init__(self) -> None:
         self.events: list[list[Any]] = []
         self.failing_ips: set[str] = set()
+        self.broken_images: set[str] = set()
 
     def launch(self, spec: LaunchedInstance) -> None:
+        if spec.image_id in self.broken_images:
+            raise RuntimeError(f"RunInstances: image {spec.image_id} has no root filesystem")
         self.events.append(
             [
                 "launch",
@@ -134,6 +137,23 @@ def main() -> None:
             time.sleep(0.1)
         out["health"] = health
         ec2.terminate_instances(InstanceIds=[a, b])
+
+        broken = ec2.register_image(Name="broken", RootDeviceName="/dev/xvda")["ImageId"]
+        plane.broken_images.add(broken)
+        [failed] = ec2.run_instances(ImageId=broken, MinCount=1, MaxCount=1)["Instances"]
+        described = ec2.describe_instances(InstanceIds=[failed["InstanceId"]])["Reservations"][0]["Instances"][0]
+        out["failed_launch"] = [described["State"]["Name"], described["StateReason"]["Code"]]
+        template = ec2.create_launch_template(LaunchTemplateName="broken", LaunchTemplateData={"ImageId": broken})
+        autoscaling = boto3.client("autoscaling", **kw)
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName="broken",
+            LaunchTemplate={"LaunchTemplateId": template["LaunchTemplate"]["LaunchTemplateId"], "Version": "1"},
+            MinSize=1,
+            MaxSize=2,
+            VPCZoneIdentifier=subnets[0],
+        )
+        group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["broken"])["AutoScalingGroups"][0]
+        out["broken_group_members"] = len(group["Instances"])
         out.update(
             ids=[a, b],
             image=image,

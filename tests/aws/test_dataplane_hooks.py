@@ -6,13 +6,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
-def test_ec2_calls_reach_the_data_plane_and_probes_drive_target_health() -> None:
+@pytest.fixture(scope="module")
+def seen() -> dict[str, Any]:
+    """What the recording data plane saw while boto3 drove a server in its own process."""
     script = Path(__file__).with_name("dataplane_hooks_run.py")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_ec2_calls_reach_the_data_plane_and_probes_drive_target_health(seen: dict[str, Any]) -> None:
     a, b = seen["ids"]
     events = [e for e in seen["events"] if e[0] != "probe"]
     launches = [e for e in events if e[0] == "launch"]
@@ -39,3 +48,8 @@ def test_ec2_calls_reach_the_data_plane_and_probes_drive_target_health() -> None
         "Reason": "Target.ResponseCodeMismatch",
         "Description": "Health checks failed with these codes: [500]",
     }
+
+
+def test_an_instance_the_data_plane_cannot_start_ends_terminated(seen: dict[str, Any]) -> None:
+    assert seen["failed_launch"] == ["terminated", "Server.InternalError"]
+    assert seen["broken_group_members"] == 0  # the API call succeeds; the launch activity fails

@@ -17,13 +17,20 @@ AWS balances a group across its AZs.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
 from release.sandbox.patches._replace import replace
 
+log = logging.getLogger("kiln.sandbox.autoscaling")
+
 LT_ID_TAG = "aws:ec2launchtemplate:id"
 LT_VERSION_TAG = "aws:ec2launchtemplate:version"
+
+
+class LaunchFailed(RuntimeError):
+    """The data plane could not start any of the instances asked for."""
 
 
 def _pick_subnet(group: Any) -> tuple[str | None, str]:
@@ -44,7 +51,8 @@ def launch_into_group(
     group: Any, count: int, *, template_id: str | None = None, version: str | None = None
 ) -> list[Any]:
     """Launch `count` instances into the group from one numbered version of its (or the given)
-    launch template, add them to the group and register them in its target groups."""
+    launch template, add them to the group and register them in its target groups. Instances the
+    data plane could not start stay out of the group (LaunchFailed when none started)."""
     from moto.autoscaling.models import ASG_NAME_TAG, InstanceState
 
     from release.sandbox.patches import runtime
@@ -56,6 +64,7 @@ def launch_into_group(
     tags = group.get_propagated_tags()
     tags[ASG_NAME_TAG] = group.name
     launched = []
+    failures: list[str] = []
     for _ in range(count):
         subnet_id, zone = _pick_subnet(group)
         reservation = ec2.run_instances(
@@ -71,6 +80,9 @@ def launch_into_group(
             subnet_id=subnet_id,
         )
         for instance in reservation.instances:
+            if instance.state == "terminated":  # the data plane could not start it
+                failures.append(getattr(instance, "kiln_launch_error", "the instance could not be started"))
+                continue
             instance.autoscaling_group = group
             instance.kiln_launched_at = runtime().clock.now()
             group.instance_states.append(
@@ -79,6 +91,8 @@ def launch_into_group(
             launched.append(instance)
     if group.name in backend.autoscaling_groups:
         backend.update_attached_target_groups(group.name)
+    if failures and not launched:
+        raise LaunchFailed(f"no instance could be launched into {group.name}: {failures[0]}")
     return launched
 
 
@@ -91,7 +105,10 @@ def apply() -> None:
         if self.ec2_launch_template is None:  # launch configurations: moto's own path
             original_replace(self, count_needed, propagated_tags)
             return
-        launch_into_group(self, count_needed)
+        try:
+            launch_into_group(self, count_needed)
+        except LaunchFailed as exc:  # AWS: the API call succeeds, the scaling activity fails
+            log.warning("%s", exc)
 
     def launch_template(self: Any) -> dict[str, Any] | None:
         ec2 = self.instance.ec2_backend

@@ -7,6 +7,8 @@
   nothing on this machine such an address could reach. Use the private IP (documented).
 - RunInstances, StopInstances, StartInstances and TerminateInstances call the data plane, when one
   is plugged in, after moto has recorded the change. Without one the sandbox is control plane only.
+  An instance the data plane cannot start (e.g. its AMI has no root filesystem) ends `terminated`
+  with StateReason Server.InternalError, as EC2 reports instances it could not launch.
 - GetConsoleOutput returns the data plane's console text (base64, as EC2 sends it); without a
   data plane, moto's sample text.
 """
@@ -14,10 +16,13 @@
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 from release.sandbox.contracts import LaunchedInstance
 from release.sandbox.patches._replace import replace
+
+log = logging.getLogger("kiln.sandbox.instances")
 
 
 def _runtime() -> Any:
@@ -59,7 +64,7 @@ def _launched(backend: Any, instance: Any) -> LaunchedInstance:
 
 
 def apply() -> None:
-    from moto.ec2.models.instances import Instance, InstanceBackend
+    from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
     from moto.ec2.responses.general import General
 
     original_prep_nics: Any = Instance.prep_nics
@@ -88,7 +93,14 @@ def apply() -> None:
         dataplane = _runtime().dataplane
         if dataplane is not None:
             for instance in reservation.instances:
-                dataplane.launch(_launched(self, instance))
+                try:
+                    dataplane.launch(_launched(self, instance))
+                except Exception as exc:  # e.g. an AMI with no root filesystem behind it
+                    # As EC2 does when it cannot start an instance: it ends terminated, with the reason.
+                    log.warning("instance %s could not be launched: %s", instance.id, exc)
+                    instance.terminate()
+                    instance.state_reason = StateReason(f"Server.InternalError: {exc}", "Server.InternalError")
+                    instance.kiln_launch_error = str(exc)
         return reservation
 
     def stop_instances(self: Any, instance_ids: list[str]) -> Any:
