@@ -1,16 +1,19 @@
 """The sandbox control plane: moto's multi-service app plus what moto lacks, in one process.
 
-    python -m release.sandbox.server --port N --state-dir DIR [--time-scale F]
+    python -m release.sandbox.server --port N --state-dir DIR [--time-scale F] [--dataplane]
 
 Requests first meet `SandboxServer` (a WSGI middleware). It serves:
 - /_kiln/… — the admin API (admin.py);
 - the AWS operations moto lacks (instance refresh, DeleteLaunchTemplateVersions, image
   deprecation), parsed and rendered from botocore's models by wire.py, over the same wire as AWS;
 - everything else goes to moto, whose behaviour patches/ corrects in place.
+It also publishes the base AMI in each region on first use (like Debian's public AMIs).
 
-One lock serialises request handling and the background ticker (refresh engine, target health
-checks, ELB health of group members), so every request sees a consistent world. Time in the
-sandbox is AWS time multiplied by `time_scale` (0.1: a 300 s instance warmup takes 30 s).
+One lock serialises request handling and the background ticker (refresh engines, local ALB
+listeners and their metrics, alarm evaluation, target health checks, ELB health of group
+members), so every request sees a consistent world. Time in the sandbox is AWS time multiplied
+by `time_scale` (0.1: a 300 s instance warmup takes 30 s). With `--dataplane`, instances are real
+(docs/dataplane.md). The fidelity record is docs/sandbox.md.
 
 Binds 127.0.0.1 only.
 """
