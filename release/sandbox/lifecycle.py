@@ -12,6 +12,8 @@ checking, in /proc, that it is this state dir's sandbox server — never a recyc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +53,8 @@ class SandboxInfo:
     state_dir: Path
     region: str = REGION
     dataplane: bool = False  # real instances behind EC2 (else control plane only)
+    base_image_name: str | None = None  # None: the server's defaults
+    base_image_owner: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -69,6 +74,18 @@ def _state_file(state_dir: Path) -> Path:
 
 def log_file(state_dir: Path) -> Path:
     return state_dir / "server.log"
+
+
+@contextlib.contextmanager
+def _exclusive(state_dir: Path) -> Iterator[None]:
+    """One up/down/reset at a time per state dir (two `up`s must not start two servers)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "lifecycle.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _free_port() -> int:
@@ -127,6 +144,8 @@ def _read_info(state_dir: Path) -> SandboxInfo | None:
             state_dir=state_dir,
             region=str(raw.get("region", REGION)),
             dataplane=bool(raw.get("dataplane", False)),
+            base_image_name=raw.get("base_image_name"),
+            base_image_owner=raw.get("base_image_owner"),
         )
     except FileNotFoundError:
         return None
@@ -147,6 +166,8 @@ def _write_info(info: SandboxInfo) -> None:
         "time_scale": info.time_scale,
         "region": info.region,
         "dataplane": info.dataplane,
+        "base_image_name": info.base_image_name,
+        "base_image_owner": info.base_image_owner,
     }
     target = _state_file(info.state_dir)
     temporary = target.with_suffix(".json.tmp")
@@ -188,7 +209,26 @@ def up(
     under `base_image_name`, owned by `base_image_owner` (versions.toml's [base_image] name and
     owners[0]); the defaults are provision.BASE_IMAGE_NAME and DEBIAN_OWNER_ID."""
     state_dir = state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(state_dir):
+        return _up(
+            state_dir,
+            port=port,
+            time_scale=time_scale,
+            dataplane=dataplane,
+            base_image_name=base_image_name,
+            base_image_owner=base_image_owner,
+        )
+
+
+def _up(
+    state_dir: Path,
+    *,
+    port: int | None = None,
+    time_scale: float = DEFAULT_TIME_SCALE,
+    dataplane: bool = False,
+    base_image_name: str | None = None,
+    base_image_owner: str | None = None,
+) -> SandboxInfo:
     running = status(state_dir)
     if running is not None:
         return running
@@ -241,7 +281,15 @@ def up(
         health = _health(endpoint, timeout=0.5)
         if health is not None and health.get("pid") == child.pid:
             info = SandboxInfo(
-                endpoint, chosen, child.pid, datetime.now(UTC), time_scale, state_dir, dataplane=dataplane
+                endpoint,
+                chosen,
+                child.pid,
+                datetime.now(UTC),
+                time_scale,
+                state_dir,
+                dataplane=dataplane,
+                base_image_name=base_image_name,
+                base_image_owner=base_image_owner,
             )
             _write_info(info)
             return info
@@ -257,6 +305,13 @@ def up(
 def down(state_dir: Path) -> bool:
     """Stop the sandbox server of `state_dir`; True if one was running. Waits until it is gone."""
     state_dir = state_dir.resolve()
+    if not state_dir.exists():
+        return False
+    with _exclusive(state_dir):
+        return _down(state_dir)
+
+
+def _down(state_dir: Path) -> bool:
     info = _read_info(state_dir)
     if info is None:
         return False
@@ -275,7 +330,14 @@ def reset(state_dir: Path, *, port: int | None = None, time_scale: float | None 
     down(state_dir)
     keep_port = port or (previous.port if previous else None)
     scale = time_scale or (previous.time_scale if previous else DEFAULT_TIME_SCALE)
-    return up(state_dir, port=keep_port, time_scale=scale, dataplane=bool(previous and previous.dataplane))
+    return up(
+        state_dir,
+        port=keep_port,
+        time_scale=scale,
+        dataplane=bool(previous and previous.dataplane),
+        base_image_name=previous.base_image_name if previous else None,
+        base_image_owner=previous.base_image_owner if previous else None,
+    )
 
 
 def _stop_pid(pid: int) -> None:

@@ -98,3 +98,21 @@ def test_reset_gives_an_empty_cloud_on_the_same_port(state_dir: Path) -> None:
     assert not Path(f"/proc/{info.pid}").exists()
     vpcs = ec2(fresh.endpoint).describe_vpcs()["Vpcs"]  # type: ignore[attr-defined]
     assert vpc not in {v["VpcId"] for v in vpcs}
+
+
+def test_concurrent_ups_start_one_server(state_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first, second = pool.map(lambda _: lifecycle.up(state_dir), range(2))
+    assert first.pid == second.pid
+    servers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_server_of(p, state_dir)]
+    assert len(servers) == 1
+
+
+def _is_server_of(proc: Path, state_dir: Path) -> bool:
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"release.sandbox.server" in argv and str(state_dir.resolve()).encode() in argv
