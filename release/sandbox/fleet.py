@@ -145,14 +145,18 @@ class MotoFleet:
 def sweep_elb_health(
     group: Any, targets: TargetHealthBook, clock: Clock, time_scale: float, *, replace: bool = True
 ) -> list[str]:
-    """Auto Scaling health checks with HealthCheckType ELB (Auto Scaling user guide, "Health checks
-    for instances in an Auto Scaling group"): once the grace period has passed, an instance whose
-    target is `unhealthy` is marked Unhealthy, and Unhealthy InService instances (also those set by
-    SetInstanceHealth) are terminated and replaced from the group's launch template. Returns the
+    """Auto Scaling health checks (Auto Scaling user guide, "Health checks for instances in an Auto
+    Scaling group"): an instance in any EC2 state but running is Unhealthy; with HealthCheckType
+    ELB, once the grace period has passed, so is one whose target is `unhealthy`. Unhealthy
+    InService instances (also those set by SetInstanceHealth) are terminated and replaced from the
+    group's launch template. Returns the
     ids replaced. `replace=False` only marks (the server passes it while a refresh runs on the
     group: the refresh engine decides about the instances it is replacing)."""
     grace = timedelta(seconds=float(group.health_check_grace_period or 0) * time_scale)
     now = clock.now()
+    for state in group.instance_states:  # EC2 health: any instance state but running is unhealthy
+        if state.lifecycle_state == "InService" and state.instance.state != "running":
+            state.health_status = "Unhealthy"
     if group.health_check_type == "ELB" and group.target_group_arns:
         for state in group.instance_states:
             launched = getattr(state.instance, "kiln_launched_at", None)

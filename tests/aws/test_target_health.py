@@ -70,7 +70,7 @@ def test_every_instance_of_an_image_can_be_marked_unhealthy(kit: Kit, seed: Seed
 
 def test_deregistered_targets_drain_and_stopped_ones_are_unused(kit: Kit, seed: SeedResources) -> None:
     elbv2, ec2 = kit.client("elbv2"), kit.client("ec2")
-    leaving, stopping, *_ = members(kit, seed)
+    leaving = members(kit, seed)[0]
     elbv2.deregister_targets(TargetGroupArn=seed.target_group_arn, Targets=[{"Id": leaving}])
     draining = kit.target_states(seed.target_group_arn)[leaving]
     assert draining == {
@@ -83,9 +83,18 @@ def test_deregistered_targets_drain_and_stopped_ones_are_unused(kit: Kit, seed: 
     named = elbv2.describe_target_health(TargetGroupArn=seed.target_group_arn, Targets=[{"Id": leaving}])
     assert named["TargetHealthDescriptions"][0]["TargetHealth"]["Reason"] == "Target.NotRegistered"
 
-    ec2.stop_instances(InstanceIds=[stopping])
-    stopped = kit.target_states(seed.target_group_arn)[stopping]
+    loner = ec2.run_instances(ImageId=seed.base_image_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    elbv2.register_targets(TargetGroupArn=seed.target_group_arn, Targets=[{"Id": loner}])
+    ec2.stop_instances(InstanceIds=[loner])
+    stopped = kit.target_states(seed.target_group_arn)[loner]
     assert (stopped["State"], stopped["Reason"]) == ("unused", "Target.InvalidState")
+
+
+def test_a_stopped_group_member_is_replaced(kit: Kit, seed: SeedResources) -> None:
+    stopping = members(kit, seed)[0]
+    kit.client("ec2").stop_instances(InstanceIds=[stopping])
+    kit.wait_for("a replacement", lambda: stopping not in (ids := members(kit, seed)) and len(ids) == 4)
+    assert kit.instances([stopping])[stopping]["State"]["Name"] == "terminated"
 
 
 def test_a_target_group_without_a_load_balancer_is_not_in_use(kit: Kit, seed: SeedResources) -> None:
