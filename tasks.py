@@ -156,6 +156,43 @@ def fleet_verify(c: Context, env: str | None = None, config: str | None = None, 
         commands.verify_fleet(open_context(env, config, json), parallel=parallel, key=Path(key) if key else None)
 
 
+@task(name="up", help={"config": CONFIG, "json": JSON,
+                       "time_scale": "How long one AWS second lasts in the sandbox (0.1: ten times faster).",
+                       "instances": "Run real instances (needs root on Linux). --no-instances: control plane "
+                                    "only."})
+def sandbox_up(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1,
+               instances: bool = True) -> None:
+    """Start the sandbox (idempotent) and provision every sandbox environment; print how to reach it."""
+    with kiln_errors():
+        cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
+        commands.sandbox_up(cfg, UI(json_mode=json), time_scale=time_scale, instances=instances)
+
+
+@task(name="status", help={"json": JSON})
+def sandbox_status(c: Context, json: bool = False) -> None:
+    """Is the sandbox running, where, and with which load balancers."""
+    with kiln_errors():
+        commands.sandbox_status(UI(json_mode=json))
+
+
+@task(name="down", help={"json": JSON})
+def sandbox_down(c: Context, json: bool = False) -> None:
+    """Stop the sandbox: its server, every instance, PostgreSQL. Leaves nothing running."""
+    with kiln_errors():
+        commands.sandbox_down(UI(json_mode=json))
+
+
+@task(name="reset", help={"config": CONFIG, "json": JSON, "time_scale": "As for sandbox.up."})
+def sandbox_reset(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1) -> None:
+    """An empty sandbox: stop it, then start and provision it again (the base image cache stays)."""
+    with kiln_errors():
+        cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
+        ui = UI(json_mode=json)
+        commands.sandbox_down(ui)
+        commands.sandbox_up(cfg, ui, time_scale=time_scale, instances=True)
+
+
 ns = Collection(show_config, bake, release, rollback, status, history)
+ns.add_collection(Collection("sandbox", sandbox_up, sandbox_status, sandbox_down, sandbox_reset))
 ns.add_collection(Collection("ami", ami_cleanup, ami_deprecate, ami_promote))
 ns.add_collection(Collection("fleet", fleet_verify))

@@ -230,9 +230,7 @@ def _releaser(ctx: Context) -> Releaser:
 
 def probes_for(ctx: Context) -> Probes:
     ssh = Ssh(ctx.env.ssh, console_output=ctx.cloud.console_output)
-    lb = ctx.cloud.load_balancer_url(ctx.env.target_groups)
-    if lb is not None and ctx.aws.target.is_sandbox:
-        _require_loopback(lb)
+    lb = _load_balancer_url(ctx)
 
     def served(instance: InstanceState) -> str | None:
         if not instance.private_ip:
@@ -244,6 +242,20 @@ def probes_for(ctx: Context) -> Probes:
         return sample_versions(lb, LB_SAMPLES) if lb else {"(no load balancer)": 1}
 
     return Probes(served, through_lb)
+
+
+def _load_balancer_url(ctx: Context) -> str | None:
+    if not ctx.aws.target.is_sandbox:
+        return ctx.cloud.load_balancer_url(ctx.env.target_groups)
+    # The sandbox's ALB DNS names are made up; its listeners really answer on loopback ports.
+    from release.sandbox import stack
+
+    assert ctx.aws.target.endpoint_url is not None
+    url = stack.load_balancer_url(ctx.aws.target.endpoint_url, ctx.env.target_groups[0]) \
+        if ctx.env.target_groups else None
+    if url is not None:
+        _require_loopback(url)
+    return url
 
 
 def sample_versions(url: str, count: int) -> dict[str, int]:
@@ -485,7 +497,9 @@ KNOWN_HOSTS = Path(os.environ.get("KILN_KNOWN_HOSTS", "~/.kiln/known_hosts")).ex
 
 def sandbox_key() -> Path | None:
     """The sandbox's launch template key pair, saved by `inv sandbox.up` (None when absent)."""
-    path = SANDBOX_DIR / "keys" / "instances.pem"
+    from release.sandbox.stack import key_file
+
+    path = key_file(SANDBOX_DIR)
     return path if path.exists() else None
 
 
@@ -509,3 +523,50 @@ def verify_fleet(ctx: Context, *, parallel: int, key: Path | None) -> fleet.Flee
         raise error
     ctx.ui.success(f"all {len(instances)} instances are what was baked")
     return report
+
+
+# ---------------------------------------------------------------------------------------------- sandbox
+
+
+def sandbox_up(cfg: Config, ui: UI, *, time_scale: float, instances: bool) -> None:
+    from release.sandbox import stack
+
+    with ui.progress("starting the sandbox") as progress:
+        info = stack.up(cfg, SANDBOX_DIR, time_scale=time_scale, dataplane=instances,
+                        on_step=lambda s: progress.update(f"sandbox: {s}"))
+    _show_sandbox(ui, info)
+
+
+def sandbox_status(ui: UI) -> None:
+    from release.sandbox import stack
+
+    info = stack.status(SANDBOX_DIR)
+    if info is None:
+        ui.check(False, "sandbox", f"not running (state in {SANDBOX_DIR}); start it with `inv sandbox.up`")
+        ui.result({"running": False})
+        raise SandboxError("the sandbox is not running", hint="Start it with `inv sandbox.up`.")
+    _show_sandbox(ui, info)
+
+
+def sandbox_down(ui: UI) -> None:
+    from release.sandbox import stack
+
+    stopped = stack.down(SANDBOX_DIR)
+    ui.success("sandbox stopped" if stopped else "the sandbox was not running")
+    ui.result({"stopped": stopped})
+
+
+def _show_sandbox(ui: UI, info: object) -> None:
+    from release.sandbox.stack import StackInfo
+
+    assert isinstance(info, StackInfo)
+    ui.success(f"sandbox running at {info.endpoint} ({'real instances' if info.dataplane else 'control plane only'})")
+    rows = [("environments", ", ".join(f"{n} ({r})" for n, r in info.environments.items())),
+            ("database", info.database_url.split("@")[-1]),
+            ("instance SSH key", info.key_file),
+            *[(f"load balancer {lb['load_balancer']}", lb["url"]) for lb in info.load_balancers]]
+    ui.table(["", ""], rows)
+    ui.info("Point the AWS CLI or boto3 at it:")
+    for key, value in info.env.items():
+        ui.info(f"  export {key}={value}")
+    ui.result(info)

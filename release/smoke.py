@@ -16,37 +16,24 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from release import fleet
 from release.aws import Cloud
 from release.clock import Clock
 from release.config import Environment
 from release.errors import BakeError, KilnError
 from release.model import Check
-from release.ssh import Ssh, Timeouts
+from release.ssh import Ssh, Timeouts, new_key_pair
 
 BOOT_TIMEOUT = 300  # seconds for the instance to run and its services to pass every check
 POLL = 3
-
-
-def throwaway_key(directory: Path) -> tuple[Path, str]:
-    """An Ed25519 key pair: (private key file, OpenSSH public key)."""
-    key = Ed25519PrivateKey.generate()
-    path = directory / "smoke_ed25519"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return path, public.decode() + " kiln-smoke"
 
 
 def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fingerprint: str, clock: Clock,
                on_step: Callable[[str], None]) -> tuple[Check, ...]:
     name = f"kiln-smoke-{fingerprint[:8]}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="kiln-smoke-") as scratch:
-        key_file, public_key = throwaway_key(Path(scratch))
+        key_file = Path(scratch) / "smoke_ed25519"
+        public_key = new_key_pair(key_file, "kiln-smoke")
         cloud.import_key_pair(name, public_key)
         instance_id = None
         try:

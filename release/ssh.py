@@ -557,3 +557,18 @@ def _http_get_over(sock: Any, address: str, port: int, path: str) -> HttpRespons
         response.close()
     return HttpResponse(response.status, body, {k.lower(): v for k, v in response.getheaders()})
 
+
+
+def new_key_pair(path: Path, comment: str) -> str:
+    """Write a new Ed25519 private key (OpenSSH format, 0600) to `path`; its public key line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{public.decode()} {comment}"

@@ -14,6 +14,7 @@ factory `(service, region) -> client`, so this module never imports boto3 itself
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class SeedNames:
     base_image: str = BASE_IMAGE_NAME  # published by the sandbox server, like Debian's AMIs
     base_image_owner: str = DEBIAN_OWNER_ID
     instance_type: str = "t3.micro"
+    key_name: str | None = None  # an imported key pair the launch template authorises for SSH
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,13 @@ def _base_image(ec2: Any, names: SeedNames) -> str:
     return str(newest["ImageId"])
 
 
-def _launch_template(ec2: Any, names: SeedNames, image_id: str, app_sg: str) -> tuple[str, str]:
+def _user_data(names: SeedNames, region: str) -> str:
+    """What the image's boot unit (webapp-boot) reads: where its secret is. Base64, as EC2 wants."""
+    document = json.dumps({"secret_id": names.secret, "region": region})
+    return base64.b64encode(document.encode()).decode()
+
+
+def _launch_template(ec2: Any, names: SeedNames, image_id: str, app_sg: str, region: str) -> tuple[str, str]:
     try:
         template = ec2.describe_launch_templates(LaunchTemplateNames=[names.launch_template])["LaunchTemplates"][0]
         return str(template["LaunchTemplateId"]), str(template["DefaultVersionNumber"])
@@ -255,6 +263,8 @@ def _launch_template(ec2: Any, names: SeedNames, image_id: str, app_sg: str) -> 
             "SecurityGroupIds": [app_sg],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": _tags(names.asg)}],
+            "UserData": _user_data(names, region),
+            **({"KeyName": names.key_name} if names.key_name else {}),
         },
     )["LaunchTemplate"]
     return str(template["LaunchTemplateId"]), str(template["DefaultVersionNumber"])
@@ -371,7 +381,7 @@ def provision(
     private = [subnets["private-a"], subnets["private-b"]]
     tg_arn, alb_arn, listener_arn = _load_balancing(elbv2, names, vpc_id, public, groups["alb"])
     image_id = base_image_id or _base_image(ec2, names)
-    template_id, version = _launch_template(ec2, names, image_id, groups["app"])
+    template_id, version = _launch_template(ec2, names, image_id, groups["app"], region)
     _group(clients("autoscaling", region), names, template_id, version, private, tg_arn)
     _alarms(clients("cloudwatch", region), names, alb_arn, tg_arn)
     _table(clients("dynamodb", region), names)

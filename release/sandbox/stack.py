@@ -1,0 +1,182 @@
+"""The whole sandbox behind `inv sandbox.*`: the cloud server, the app's PostgreSQL, the instances'
+SSH key, and the seed architecture of every sandbox environment in versions.toml.
+
+Everything lives in one directory (KILN_SANDBOX_DIR, default /var/lib/kiln/sandbox):
+
+    server.json, server.log   the control plane process (lifecycle.py)
+    dataplane/                instances' root filesystems and the image table (root only)
+    postgres/                 the PostgreSQL cluster behind the app's DATABASE_URL
+    keys/instances.pem        the private key the launch templates authorise (user admin)
+    stack.json                what `up` provisioned: endpoint, database, load balancers
+
+The base image cache is shared by every sandbox on the machine: /var/cache/kiln/images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from release.aws import Aws, Target, client_factory
+from release.config import Config, Environment
+from release.errors import SandboxError
+from release.sandbox import lifecycle
+from release.sandbox.postgres import PostgresServer
+from release.sandbox.provision import SeedNames, provision
+from release.ssh import new_key_pair
+
+KEY_NAME = "kiln-sandbox"
+DATABASE = "webapp"
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    endpoint: str
+    env: dict[str, str]
+    dataplane: bool
+    database_url: str
+    key_file: str
+    environments: dict[str, str]  # sandbox environment -> region
+    load_balancers: list[dict[str, Any]]
+
+
+def key_file(state_dir: Path) -> Path:
+    return state_dir / "keys" / "instances.pem"
+
+
+def can_run_instances() -> bool:
+    return platform.system() == "Linux" and os.geteuid() == 0
+
+
+def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TIME_SCALE,
+       dataplane: bool | None = None, on_step: Callable[[str], None] = lambda s: None) -> StackInfo:
+    """Start (or reuse) everything and provision every sandbox environment. Idempotent."""
+    environments = [e for e in cfg.environments.values() if e.sandbox]
+    if not environments:
+        raise SandboxError("no environment in versions.toml has sandbox = true",
+                           hint="Add [environments.sandbox] with sandbox = true (see README).")
+    real = can_run_instances() if dataplane is None else dataplane
+    if real and not can_run_instances():
+        raise SandboxError("real sandbox instances need root on Linux (chroot, overlayfs, loopback addresses)",
+                           hint="Run as root, or start a control-plane-only sandbox with --no-instances.")
+    on_step("starting the control plane" + (" and the data plane (first run builds the base image)" if real else ""))
+    info = lifecycle.up(state_dir, time_scale=time_scale, dataplane=real,
+                        base_image_name=cfg.base_image.name.replace("*", "sandbox"),
+                        base_image_owner=cfg.base_image.owners[0] if cfg.base_image.owners else None)
+    on_step("starting PostgreSQL for the app")
+    database_url = _database(state_dir)
+    key = key_file(state_dir)
+    public_key = new_key_pair(key, "kiln-sandbox") if not key.exists() else None
+    for env in environments:
+        on_step(f"provisioning {env.name} in {env.region}")
+        aws = Aws(Target(region=env.region, endpoint_url=info.endpoint))
+        _import_key(aws, key, public_key)
+        provision(client_factory(aws), env.region, seed_names(env, cfg), database_url=database_url)
+    stack = StackInfo(endpoint=info.endpoint, env=info.env, dataplane=info.dataplane, database_url=database_url,
+                      key_file=str(key), environments={e.name: e.region for e in environments},
+                      load_balancers=load_balancers(info.endpoint))
+    (state_dir / "stack.json").write_text(json.dumps(asdict(stack), indent=2))
+    return stack
+
+
+def down(state_dir: Path) -> bool:
+    """Stop the server (instances with it) and PostgreSQL; True when something was running."""
+    stopped = lifecycle.down(state_dir)
+    pg_dir = state_dir / "postgres"
+    if (pg_dir / "port").exists():
+        PostgresServer(pg_dir, int((pg_dir / "port").read_text())).stop()
+    (state_dir / "stack.json").unlink(missing_ok=True)
+    return stopped
+
+
+def status(state_dir: Path) -> StackInfo | None:
+    if lifecycle.status(state_dir) is None:
+        return None
+    try:
+        data = json.loads((state_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+    data["load_balancers"] = load_balancers(data["endpoint"])
+    return StackInfo(**data)
+
+
+def seed_names(env: Environment, cfg: Config) -> SeedNames:
+    alarms = [*env.alarms, "", ""]
+    defaults = SeedNames()
+    return SeedNames(
+        asg=env.asg, launch_template=env.launch_template,
+        target_group=env.target_groups[0] if env.target_groups else defaults.target_group,
+        load_balancer=env.target_groups[0] if env.target_groups else defaults.load_balancer,
+        table=env.ledger_table, secret=env.secret_id,
+        alarm_target_5xx=alarms[0] or defaults.alarm_target_5xx,
+        alarm_unhealthy_hosts=alarms[1] or defaults.alarm_unhealthy_hosts,
+        network=env.asg, base_image=cfg.base_image.name.replace("*", "sandbox"),
+        base_image_owner=cfg.base_image.owners[0] if cfg.base_image.owners else defaults.base_image_owner,
+        key_name=KEY_NAME)
+
+
+def load_balancers(endpoint: str) -> list[dict[str, Any]]:
+    """The local ALB listeners (name, target group, URL) from the sandbox's admin API."""
+    try:
+        with urllib.request.urlopen(f"{endpoint}/_kiln/load-balancers", timeout=5) as response:
+            return list(json.loads(response.read())["load_balancers"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as err:
+        raise SandboxError(f"the sandbox at {endpoint} did not list its load balancers ({err})",
+                           hint="Is it running? inv sandbox.status") from None
+
+
+def load_balancer_url(endpoint: str, target_group: str) -> str | None:
+    """The loopback URL of the local ALB that serves `target_group` (a name or ARN)."""
+    for lb in load_balancers(endpoint):
+        arn = str(lb.get("target_group_arn", ""))
+        if arn == target_group or arn.split("/")[-2:-1] == [target_group]:
+            return str(lb["url"])
+    return None
+
+
+def _database(state_dir: Path) -> str:
+    """Start the sandbox's PostgreSQL (same port as before when there was one) and its app database."""
+    pg_dir = state_dir / "postgres"
+    pg_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(pg_dir, 0o755)  # the postgres user must be able to enter it
+    port_file, password_file = pg_dir / "port", pg_dir / "webapp.password"
+    port = int(port_file.read_text()) if port_file.exists() else _free_port()
+    password = password_file.read_text().strip() if password_file.exists() else secrets.token_urlsafe(18)
+    server = PostgresServer(pg_dir, port)
+    server.start()
+    port_file.write_text(str(port))
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password)
+    return server.create_database(DATABASE, DATABASE, password)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _import_key(aws: Aws, key: Path, public_key: str | None) -> None:
+    """Authorise the sandbox key in this region (re-derive the public half when it already exists)."""
+    ec2 = aws.client("ec2")
+    with aws.call("DescribeKeyPairs", KEY_NAME):
+        existing = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [KEY_NAME]}])["KeyPairs"]
+    if existing:
+        return
+    if public_key is None:
+        import paramiko
+
+        loaded = paramiko.Ed25519Key.from_private_key_file(str(key))
+        public_key = f"{loaded.get_name()} {loaded.get_base64()} kiln-sandbox"
+    with aws.call("ImportKeyPair", KEY_NAME):
+        ec2.import_key_pair(KeyName=KEY_NAME, PublicKeyMaterial=public_key.encode())
