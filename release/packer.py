@@ -7,9 +7,11 @@ and `parse_manifest` reads them. Lines of output are only shown to people.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,8 @@ def parse_version(output: str) -> Version | None:
 def check_tool(name: str, version_args: Sequence[str], parse: Callable[[str], Version | None],
                accepted: SpecifierSet, *, config_key: str) -> Version:
     """The tool's version, or one clear ToolError when it is missing or not accepted."""
-    path = shutil.which(name)
+    # Kiln's own virtualenv first: ansible-core is installed there.
+    path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if path is None:
         raise ToolError(f"{name} not found on PATH", hint="Run ./bootstrap (it installs it) or install it yourself.")
     out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=60, check=False)

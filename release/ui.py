@@ -30,6 +30,8 @@ class UI:
         human = stderr or sys.stderr if json_mode else stdout or sys.stdout
         self.console = Console(file=human, highlight=False, soft_wrap=True,
                                no_color=color is False, force_terminal=color or None)
+        if not self.console.is_terminal:
+            self.console.width = 200  # logs and CI: no terminal to fit, keep ids whole
         self._said_once: set[str] = set()
 
     # Lines for people
