@@ -153,23 +153,27 @@ class Baker:
         manifest.unlink(missing_ok=True)
         self.on_step("packer build")
         lines: list[str] = []
+        log_path = self.work / "packer.log"
+        log = log_path.open("w")
 
         def line(text: str) -> None:
             lines.append(text)
+            log.write(text + "\n")
             step = packer.step_of(text)
             if step:
                 self.on_step(step)
             self.on_line(text)
 
-        rc = packer.run(plan.command, env=self._packer_env(), cwd=self.project, on_line=line)
+        with log:
+            rc = packer.run(plan.command, env=self._packer_env(), cwd=self.project, on_line=line)
         if rc != 0:
             self._clean_up_build_instances(plan)
             task = packer.failing_task(lines)
             detail = f" at Ansible task [{task}]" if task else ""
-            last = next((t.strip() for t in reversed(lines) if "error" in t.lower() or "fatal" in t.lower()), "")
-            raise BakeError(f"packer build failed (exit {rc}){detail}: {last[:300]}",
+            raise BakeError(f"packer build failed (exit {rc}){detail}: {packer.first_error(lines)[:300]}",
                             where=f"bake {plan.version}",
-                            hint="Nothing was registered; fix the cause and run `inv bake` again.")
+                            hint=f"Nothing was registered. Full output: {log_path}. Fix the cause and run "
+                                 "`inv bake` again.")
         artifacts = packer.parse_manifest(manifest.read_text(), where=str(manifest))
         copies = {a.region: a.image_id for a in artifacts}
         image_id = copies.get(self.env.region) or artifacts[0].image_id

@@ -121,3 +121,12 @@ def failing_task(lines: Sequence[str]) -> str | None:
         elif ("fatal:" in line or "failed:" in line) and task:
             return task
     return None
+
+
+def first_error(lines: Sequence[str]) -> str:
+    """The most telling line of a failed build: Packer's own error, else Ansible's fatal line."""
+    for marker in ("Build 'amazon-ebs.app' errored", "fatal:", "Error:", "error"):
+        found = next((t.strip() for t in lines if marker in t), None)
+        if found:
+            return found
+    return lines[-1].strip() if lines else "no output"

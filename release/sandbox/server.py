@@ -204,6 +204,7 @@ class SandboxServer:
                 ami = backend.register_image(None, wanted.description)
                 ami.name, ami.owner_id = wanted.name, wanted.owner
                 ami.architecture, ami.virtualization_type, ami.root_device_name = "x86_64", "hvm", "/dev/xvda"
+                ami.root_device_type = "ebs"  # like Debian's AMIs; Packer's amazon-ebs refuses anything else
                 ami.launch_permissions.append({"Group": "all"})
             if self._base_rootfs is not None and self.runtime.dataplane is not None:
                 self.runtime.dataplane.register_image(str(ami.id), self._base_rootfs)
