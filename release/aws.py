@@ -62,6 +62,8 @@ class Target:
     profile: str | None = None
     role_arn: str | None = None
     session_name: str = "kiln"
+    # How long one AWS second lasts here: 1 on AWS; the sandbox runs its clocks faster.
+    time_scale: float = 1.0
 
     @property
     def is_sandbox(self) -> bool:
@@ -386,31 +388,32 @@ class Cloud:
             "LaunchTemplate", {}).get("LaunchTemplateSpecification", {})
         health = self.target_health(target_groups or tuple(g.get("TargetGroupARNs", [])))
         ids = [i["InstanceId"] for i in g.get("Instances", [])]
-        addresses = self.private_addresses(ids)
+        described = self.describe_instances(ids)
         instances = tuple(
             InstanceState(
                 instance_id=i["InstanceId"],
-                image_id=addresses.get(i["InstanceId"], ("", ""))[1],
+                image_id=described.get(i["InstanceId"], {}).get("ImageId", ""),
                 launch_template_version=(i.get("LaunchTemplate") or {}).get("Version"),
                 lifecycle=i["LifecycleState"],
                 asg_health=i["HealthStatus"],
                 target_health=_worst(health.get(i["InstanceId"], [])) if health else None,
-                private_ip=addresses.get(i["InstanceId"], ("", ""))[0] or None,
+                private_ip=described.get(i["InstanceId"], {}).get("PrivateIpAddress") or None,
+                launched_at=_parse_time(described.get(i["InstanceId"], {}).get("LaunchTime")),
             )
             for i in g.get("Instances", []))
         return GroupState(name=name, min_size=g["MinSize"], max_size=g["MaxSize"],
                           desired_capacity=g["DesiredCapacity"], launch_template_id=lt.get("LaunchTemplateId"),
                           launch_template_name=lt.get("LaunchTemplateName"),
-                          launch_template_version=lt.get("Version"), instances=instances)
+                          launch_template_version=lt.get("Version"), instances=instances,
+                          health_check_grace_period=int(g.get("HealthCheckGracePeriod") or 0))
 
-    def private_addresses(self, instance_ids: list[str]) -> dict[str, tuple[str, str]]:
-        """instance id -> (private IP, image id) as EC2 reports them."""
+    def describe_instances(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """instance id -> EC2's description of it."""
         if not instance_ids:
             return {}
         with self.aws.call("DescribeInstances", ", ".join(instance_ids[:3])):
             pages = self._ec2().get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
-            return {i["InstanceId"]: (i.get("PrivateIpAddress", ""), i.get("ImageId", ""))
-                    for page in pages for r in page["Reservations"] for i in r["Instances"]}
+            return {i["InstanceId"]: i for page in pages for r in page["Reservations"] for i in r["Instances"]}
 
     def target_health(self, target_groups: tuple[str, ...]) -> dict[str, list[str]]:
         """instance id -> its state in each target group."""

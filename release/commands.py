@@ -74,7 +74,7 @@ def target_for(env: Environment) -> Target:
     if info is None:
         raise SandboxError(f"environment {env.name!r} is the sandbox, and the sandbox is not running",
                            hint="Start it with `inv sandbox.up`.")
-    return Target(region=env.region, endpoint_url=info.endpoint)
+    return Target(region=env.region, endpoint_url=info.endpoint, time_scale=info.time_scale)
 
 
 def actor() -> str:
@@ -225,7 +225,8 @@ def _resume_if_interrupted(ctx: Context) -> ReleaseRecord | None:
 
 
 def _releaser(ctx: Context) -> Releaser:
-    return Releaser(ctx.env, ctx.cloud, ctx.ledger, ctx.clock, probes_for(ctx), _printer(ctx.ui), actor=actor())
+    return Releaser(ctx.env, ctx.cloud, ctx.ledger, ctx.clock, probes_for(ctx), _printer(ctx.ui), actor=actor(),
+                    time_scale=ctx.aws.target.time_scale)
 
 
 def probes_for(ctx: Context) -> Probes:

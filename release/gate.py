@@ -38,6 +38,12 @@ class Expectation:
     # The refresh status that means "done". Waiting out AWS's own rollback of a refresh
     # expects RollbackSuccessful instead.
     done_status: str = SUCCESSFUL
+    # A new instance failing ELB health checks counts only after this long since its launch (the
+    # group's health check grace period, in this clock's seconds): it may still be booting.
+    grace_seconds: float = 0.0
+    # False when going back to a configuration that was never a Kiln release (the seed's bare
+    # image): its health is not Kiln's to promise, only that the fleet is back on it.
+    health_required: bool = True
 
 
 def judge(snapshot: Snapshot, expect: Expectation, deadline: datetime) -> Verdict:
@@ -64,8 +70,8 @@ def _checks(snap: Snapshot, expect: Expectation) -> tuple[Check, ...]:
         refresh_check,
         _alarms(snap),
         _on_new_image(in_service, new, refresh_done),
-        _asg_health(new, refresh_done, len(in_service)),
-        _target_health(new, refresh_done, len(in_service)),
+        _asg_health(new, refresh_done, len(in_service), expect),
+        _target_health(new, refresh_done, len(in_service), expect, snap.at),
         _served_by_instances(new, expect.version, refresh_done, len(in_service)),
         _served_by_lb(snap, expect.version),
     )
@@ -110,19 +116,30 @@ def _on_new_image(in_service: list[InstanceState], new: list[InstanceState], ref
     return Check("new image", None, detail)
 
 
-def _asg_health(new: list[InstanceState], refresh_done: bool, total: int) -> Check:
+def _asg_health(new: list[InstanceState], refresh_done: bool, total: int, expect: Expectation) -> Check:
+    if not expect.health_required:
+        return Check("ASG health", True, "not checked: going back to a configuration Kiln did not release")
     sick = sorted(i.instance_id for i in new if i.asg_health != "Healthy")
     if sick:
         return Check("ASG health", False, f"new instance {', '.join(sick)} is Unhealthy")
     return _progress("ASG health", len(new), total, refresh_done, "Healthy")
 
 
-def _target_health(new: list[InstanceState], refresh_done: bool, total: int) -> Check:
-    sick = sorted(i.instance_id for i in new if i.target_health == "unhealthy")
+def _target_health(new: list[InstanceState], refresh_done: bool, total: int, expect: Expectation,
+                   now: datetime) -> Check:
+    if not expect.health_required:
+        return Check("target health", True, "not checked: going back to a configuration Kiln did not release")
+    sick = sorted(i.instance_id for i in new if i.target_health == "unhealthy" and _past_grace(i, now, expect))
     if sick:
         return Check("target health", False, f"new instance {', '.join(sick)} is unhealthy in its target group")
     healthy = [i for i in new if i.target_health in (None, "healthy")]
     return _progress("target health", len(healthy), total, refresh_done, "healthy")
+
+
+def _past_grace(instance: InstanceState, now: datetime, expect: Expectation) -> bool:
+    if instance.launched_at is None:
+        return True
+    return (now - instance.launched_at).total_seconds() >= expect.grace_seconds
 
 
 def _served_by_instances(new: list[InstanceState], version: str | None, refresh_done: bool, total: int) -> Check:

@@ -109,7 +109,7 @@ class Probes:
 
 class Releaser:
     def __init__(self, env: Environment, cloud: CloudPort, ledger: LedgerPort, clock: Clock, probes: Probes,
-                 on_event: Callable[[Event], None], *, actor: str) -> None:
+                 on_event: Callable[[Event], None], *, actor: str, time_scale: float = 1.0) -> None:
         self.env = env
         self.cloud = cloud
         self.ledger = ledger
@@ -117,6 +117,7 @@ class Releaser:
         self.probes = probes
         self.on_event = on_event
         self.actor = actor
+        self.time_scale = time_scale  # AWS seconds -> this clock's seconds (the sandbox runs faster)
         self.record: ReleaseRecord | None = None
 
     # ------------------------------------------------------------------ entry points
@@ -169,7 +170,7 @@ class Releaser:
     # ------------------------------------------------------------------ the gate
     def _gate_and_finish(self) -> ReleaseRecord:
         record = self._current()
-        expect = Expectation(record.version, record.image_id)
+        expect = Expectation(record.version, record.image_id, grace_seconds=self._grace())
         deadline = self.clock.now() + timedelta(seconds=self.env.gate.timeout)
         self._step(Phase.GATING, f"watching the refresh (gate times out at {deadline:%H:%M:%S} UTC)")
         verdict = self._watch(expect, deadline, record.refresh_id)
@@ -179,6 +180,13 @@ class Releaser:
             self._finish(Phase.SUCCEEDED, verdict.reason)
             return self._current()
         return self._roll_back(verdict.reason)
+
+    def _grace(self) -> float:
+        """How long a new instance may fail ELB health checks while it boots: the group's grace
+        period (or the refresh's warmup, when longer), in this clock's seconds."""
+        group = self.cloud.group(self.env.asg, self.env.target_groups)
+        grace = group.health_check_grace_period if group else 0
+        return max(grace, self.env.refresh.instance_warmup or 0) * self.time_scale
 
     def _watch(self, expect: Expectation, deadline: datetime, refresh_id: str | None) -> Verdict:
         while True:
@@ -232,20 +240,26 @@ class Releaser:
         """Ask AWS to roll back while the refresh is in progress; otherwise (ended, or AWS refuses
         because the group used an alias) refresh back to the previous numbered version."""
         assert record.template_before is not None and record.previous_image_id is not None
-        previous = record.previous_version
+
+        def back(done: str) -> Expectation:
+            # Going back to what was live before; a seed image Kiln never released is only
+            # expected to be back, not healthy.
+            return Expectation(record.previous_version, str(record.previous_image_id), done,
+                               grace_seconds=self._grace(), health_required=record.previous_version is not None)
+
         if record.rollback_refresh_id:  # resumed after the rollback started
             done = "RollbackSuccessful" if record.rollback_refresh_id == record.refresh_id else "Successful"
-            return Expectation(previous, record.previous_image_id, done), record.rollback_refresh_id
+            return back(done), record.rollback_refresh_id
         refresh = self.cloud.refresh(self.env.asg, record.refresh_id) if record.refresh_id else None
         if refresh is not None and refresh.status in ("RollbackInProgress", "RollbackSuccessful"):
             self._step(Phase.ROLLING_BACK, f"AWS is rolling back {refresh.refresh_id} itself (AutoRollback)",
                        rollback_refresh_id=refresh.refresh_id)
-            return Expectation(previous, record.previous_image_id, "RollbackSuccessful"), refresh.refresh_id
+            return back("RollbackSuccessful"), refresh.refresh_id
         if refresh is not None and refresh.status in IN_PROGRESS:
             try:
                 rolled = self.cloud.rollback_refresh(self.env.asg)
                 self._step(Phase.ROLLING_BACK, f"RollbackInstanceRefresh {rolled}", rollback_refresh_id=rolled)
-                return Expectation(previous, record.previous_image_id, "RollbackSuccessful"), rolled
+                return back("RollbackSuccessful"), rolled
             except AwsError as err:
                 self._emit(Phase.ROLLING_BACK, f"AWS cannot roll back ({err.code}); cancelling and refreshing back")
                 self.cloud.cancel_refresh(self.env.asg)
@@ -254,7 +268,7 @@ class Releaser:
                                           self._rollback_preferences())
         self._step(Phase.ROLLING_BACK, f"started refresh {new_id} back to v{record.template_before}",
                    rollback_refresh_id=new_id)
-        return Expectation(previous, record.previous_image_id), new_id
+        return back("Successful"), new_id
 
     def _rollback_preferences(self) -> dict[str, Any]:
         # Going back must not itself be rolled back by an alarm that is still firing.

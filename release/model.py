@@ -70,6 +70,7 @@ class InstanceState:
     target_health: str | None  # worst elbv2 state across target groups; None without any
     private_ip: str | None = None
     served_version: str | None = None  # what /version on the instance says; None: not probed
+    launched_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class GroupState:
     launch_template_name: str | None
     launch_template_version: str | None  # as set on the group: "7", "$Latest", "$Default"
     instances: tuple[InstanceState, ...]
+    health_check_grace_period: int = 0  # seconds (AWS's), before ELB health counts for a new instance
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,7 @@ def _group(autoscaling: Any, names: SeedNames, template_id: str, version: str, p
         VPCZoneIdentifier=",".join(private),
         TargetGroupARNs=[tg_arn],
         HealthCheckType="ELB",
-        HealthCheckGracePeriod=60,
+        HealthCheckGracePeriod=300,  # AWS console default; scaled like every sandbox duration
         Tags=[{"Key": "Name", "Value": names.asg, "PropagateAtLaunch": True}],
     )
 

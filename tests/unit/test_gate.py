@@ -25,7 +25,8 @@ def snapshot(case: dict[str, Any]) -> Snapshot:
     instances = tuple(
         InstanceState(instance_id=i["id"], image_id=i["image"], launch_template_version="2",
                       lifecycle=i["lifecycle"], asg_health=i["asg_health"], target_health=i["target_health"],
-                      served_version=i["served"])
+                      served_version=i["served"],
+                      launched_at=NOW - timedelta(seconds=i["launched_ago"]) if "launched_ago" in i else None)
         for i in case["instances"])
     group = GroupState(name="web", min_size=2, max_size=4, desired_capacity=len(instances),
                        launch_template_id="lt-1", launch_template_name="web", launch_template_version="1",
@@ -37,7 +38,8 @@ def snapshot(case: dict[str, Any]) -> Snapshot:
 def test_gate_case(path: Path) -> None:
     case = json.loads(path.read_text())
     deadline = NOW - timedelta(seconds=1) if case["past_deadline"] else NOW + timedelta(minutes=10)
-    expect = Expectation(EXPECT.version, EXPECT.image_id, case.get("done_status", "Successful"))
+    expect = Expectation(EXPECT.version, EXPECT.image_id, case.get("done_status", "Successful"),
+                         grace_seconds=case.get("grace", 0), health_required=case.get("health_required", True))
     verdict = judge(snapshot(case), expect, deadline)
     assert verdict.kind == VerdictKind(case["verdict"]), verdict
     assert case["reason_contains"] in verdict.reason, verdict.reason
