@@ -25,9 +25,17 @@ from release.catalogue import Action, CatalogueImage, Decision, References, deci
 from release.clock import Clock, SystemClock
 from release.config import Config, Environment, select_environment
 from release.errors import KilnError, NotFound, SandboxError, UsageError
-from release.ledger import Ledger, Outcome, ReleaseRecord
+from release.ledger import Ledger, Outcome, ReleaseRecord, new_release_id
 from release.machine import Event, Probes, Releaser
-from release.model import TAG_DEPRECATED_REASON, InstanceState
+from release.model import (
+    TAG_APP,
+    TAG_DEPRECATED_REASON,
+    TAG_FINGERPRINT,
+    TAG_VALIDATED,
+    TAG_VALIDATION_REASON,
+    TAG_VERSION,
+    InstanceState,
+)
 from release.plan import Observed, Plan, Request, make_plan
 from release.smoke import smoke_test
 from release.ssh import Ssh
@@ -535,6 +543,12 @@ def sandbox_up(cfg: Config, ui: UI, *, time_scale: float, instances: bool) -> No
     with ui.progress("starting the sandbox") as progress:
         info = stack.up(cfg, SANDBOX_DIR, time_scale=time_scale, dataplane=instances,
                         on_step=lambda s: progress.update(f"sandbox: {s}"))
+    if info.dataplane:
+        # The seeded fleet runs the legacy app; adopt it as release 0, as a user would (README).
+        for name in info.environments:
+            ctx = open_context(cfg, name, ui)
+            if not ctx.ledger.history(name, limit=1):
+                adopt(ctx, Version(stack.LEGACY_VERSION))
     _show_sandbox(ui, info)
 
 
@@ -571,3 +585,38 @@ def _show_sandbox(ui: UI, info: object) -> None:
     for key, value in info.env.items():
         ui.info(f"  export {key}={value}")
     ui.result(info)
+
+
+# ---------------------------------------------------------------------------------------------- adoption
+
+
+def adopt(ctx: Context, version: Version, *, force: bool = False) -> ReleaseRecord:
+    """Make what the group runs now release `version` in the ledger (release 0 of a fleet Kiln did
+    not build): tag its AMI as the app's, validated by adoption, and record a successful release."""
+    env = ctx.env
+    if ctx.ledger.history(env.name, limit=1) and not force:
+        raise UsageError(f"{env.name} already has a release history; adoption is for a fleet Kiln never released",
+                         hint="See `inv history`; pass --force to adopt anyway.")
+    group = ctx.cloud.group(env.asg, env.target_groups)
+    versions = ctx.cloud.template_versions(env.launch_template)
+    if group is None or not versions:
+        raise NotFound(f"Auto Scaling group {env.asg!r} or launch template {env.launch_template!r} not found",
+                       hint=f"Check [environments.{env.name}] in versions.toml.")
+    ref = group.launch_template_version
+    current = next((v for v in versions if str(v.number) == ref), None) or \
+        next((v for v in versions if v.is_default), versions[-1])
+    now = ctx.clock.now()
+    ctx.cloud.tag_image(current.image_id, {
+        TAG_APP: ctx.cfg.app.name, TAG_VERSION: str(version), TAG_FINGERPRINT: f"adopted-{current.image_id}",
+        TAG_VALIDATED: "true", TAG_VALIDATION_REASON: f"adopted as release {version} on {now:%Y-%m-%d}"})
+    record = ReleaseRecord(
+        release_id=new_release_id(), environment=env.name, kind="adopt", version=str(version),
+        image_id=current.image_id, fingerprint=f"adopted-{current.image_id}", actor=actor(), started_at=now,
+        outcome=Outcome.SUCCEEDED, phase="succeeded", template_before=current.number, template_after=current.number,
+        ended_at=now).noted(now, "succeeded", f"adopted {env.launch_template} v{current.number} "
+                                              f"({current.image_id}) as release {version}")
+    ctx.ledger.save(record)
+    ctx.ui.success(f"adopted {current.image_id} ({env.launch_template} v{current.number}) as release {version} "
+                   f"of {env.name}")
+    ctx.ui.result({"record": record})
+    return record

@@ -19,6 +19,7 @@ import os
 import platform
 import secrets
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -80,7 +81,12 @@ def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TI
         on_step(f"provisioning {env.name} in {env.region}")
         aws = Aws(Target(region=env.region, endpoint_url=info.endpoint))
         _import_key(aws, key, public_key)
-        provision(client_factory(aws), env.region, seed_names(env, cfg), database_url=database_url)
+        names = seed_names(env, cfg)
+        seed_image = None
+        if info.dataplane:
+            on_step(f"building the legacy app image in {env.region} (once)")
+            seed_image = legacy_image(aws, _published_base(aws, names))
+        provision(client_factory(aws), env.region, names, base_image_id=seed_image, database_url=database_url)
     stack = StackInfo(endpoint=info.endpoint, env=info.env, dataplane=info.dataplane, database_url=database_url,
                       key_file=str(key), environments={e.name: e.region for e in environments},
                       load_balancers=load_balancers(info.endpoint))
@@ -143,6 +149,16 @@ def load_balancer_url(endpoint: str, target_group: str) -> str | None:
     return None
 
 
+def _published_base(aws: Aws, names: SeedNames) -> str:
+    with aws.call("DescribeImages", names.base_image):
+        images = aws.client("ec2").describe_images(
+            Owners=[names.base_image_owner], Filters=[{"Name": "name", "Values": [names.base_image]}])["Images"]
+    if not images:
+        raise SandboxError(f"the sandbox did not publish its base image {names.base_image!r}",
+                           hint="See the server log (inv sandbox.status shows where).")
+    return str(images[0]["ImageId"])
+
+
 def _database(state_dir: Path) -> str:
     """Start the sandbox's PostgreSQL (same port as before when there was one) and its app database."""
     pg_dir = state_dir / "postgres"
@@ -180,3 +196,71 @@ def _import_key(aws: Aws, key: Path, public_key: str | None) -> None:
         public_key = f"{loaded.get_name()} {loaded.get_base64()} kiln-sandbox"
     with aws.call("ImportKeyPair", KEY_NAME):
         ec2.import_key_pair(KeyName=KEY_NAME, PublicKeyMaterial=public_key.encode())
+
+
+# The app as the old scp deploy script left it: what the sandbox's fleet runs before Kiln's first
+# release, so that fleet is healthy like the user's is, and Kiln adopts it as release 0.
+LEGACY_VERSION = "0.0.0+scp"
+LEGACY_IMAGE_NAME = "webapp-legacy-scp"
+_LEGACY_READY = "KILN-LEGACY-IMAGE-READY"
+_LEGACY_USER_DATA = f"""#!/bin/sh
+set -e
+mkdir -p /opt/legacy
+cat > /opt/legacy/server.py <<'PY'
+import http.server, json, socket
+meta = json.load(open("/etc/kiln/instance-metadata.json"))
+VERSION = json.dumps({{"version": "{LEGACY_VERSION}", "git_sha": "unknown", "fingerprint": "none",
+                       "built_at": "unknown"}}).encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {{"/health": b"ok", "/version": VERSION}}.get(self.path, socket.gethostname().encode())
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer((meta["local_ipv4"], 80), Handler).serve_forever()
+PY
+cat > /etc/systemd/system/legacy-webapp.service <<'UNIT'
+[Unit]
+Description=The web app as the scp deploy script left it
+[Service]
+ExecStart=/usr/bin/python3 /opt/legacy/server.py
+[Install]
+WantedBy=multi-user.target
+UNIT
+mkdir -p /etc/systemd/system/multi-user.target.wants
+ln -sf /etc/systemd/system/legacy-webapp.service /etc/systemd/system/multi-user.target.wants/
+echo {_LEGACY_READY}
+"""
+
+
+def legacy_image(aws: Aws, base_image_id: str, *, timeout: float = 120.0) -> str:
+    """The legacy app's AMI in this region: built once from the base image with a user-data script
+    (launch, wait for the script, CreateImage, terminate) — the way such images are made on AWS."""
+    ec2 = aws.client("ec2")
+    with aws.call("DescribeImages", LEGACY_IMAGE_NAME):
+        found = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [LEGACY_IMAGE_NAME]}])
+    if found["Images"]:
+        return str(found["Images"][0]["ImageId"])
+    with aws.call("RunInstances", f"legacy image builder from {base_image_id}"):
+        instance_id = ec2.run_instances(ImageId=base_image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                        UserData=_LEGACY_USER_DATA)["Instances"][0]["InstanceId"]
+    try:
+        deadline = time.monotonic() + timeout
+        while _LEGACY_READY not in _console(ec2, instance_id):
+            if time.monotonic() > deadline:
+                raise SandboxError(f"the legacy image builder {instance_id} did not finish its user data",
+                                   hint="See its console output (aws ec2 get-console-output).")
+            time.sleep(0.5)
+        with aws.call("CreateImage", instance_id):
+            image_id = str(ec2.create_image(InstanceId=instance_id, Name=LEGACY_IMAGE_NAME,
+                                            Description="the web app as the scp deploy script left it")["ImageId"])
+    finally:
+        with aws.call("TerminateInstances", instance_id):
+            ec2.terminate_instances(InstanceIds=[instance_id])
+    return image_id
+
+
+def _console(ec2: Any, instance_id: str) -> str:
+    # botocore decodes GetConsoleOutput's base64 itself.
+    return str(ec2.get_console_output(InstanceId=instance_id).get("Output") or "")
