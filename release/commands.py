@@ -43,6 +43,8 @@ from release.ui import UI
 
 SANDBOX_DIR = Path(os.environ.get("KILN_SANDBOX_DIR", "/var/lib/kiln/sandbox"))
 LB_SAMPLES = 8
+# The tree that is baked (app/, ansible/, packer/), wherever the config file comes from.
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -70,7 +72,7 @@ def open_context(cfg: Config, env_name: str | None, ui: UI, *, clock: Clock | No
     env, why = select_environment(cfg, env_name, aws_credentials=bool(env_name) or credentials_configured())
     if why:
         ui.once(why)
-    return Context(cfg, env, Aws(target_for(env)), ui, clock or SystemClock(), project or cfg.path.parent.resolve())
+    return Context(cfg, env, Aws(target_for(env)), ui, clock or SystemClock(), project or PROJECT)
 
 
 def target_for(env: Environment) -> Target:
