@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import socket
 import time
 import urllib.error
@@ -97,11 +98,26 @@ def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TI
 def down(state_dir: Path) -> bool:
     """Stop the server (instances with it) and PostgreSQL; True when something was running."""
     stopped = lifecycle.down(state_dir)
+    _forget_images(state_dir / "dataplane")
     pg_dir = state_dir / "postgres"
     if (pg_dir / "port").exists():
         PostgresServer(pg_dir, int((pg_dir / "port").read_text())).stop()
     (state_dir / "stack.json").unlink(missing_ok=True)
     return stopped
+
+
+def _forget_images(dataplane: Path) -> None:
+    """The cloud's state lives as long as its server: with it gone, its images' layers are garbage.
+    Never delete through a mount: refuse while anything is still mounted below."""
+    if not dataplane.exists():
+        return
+    root = str(dataplane.resolve())
+    mounted = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+               if line.split()[1].startswith(root + "/")]
+    if mounted:
+        raise SandboxError(f"{len(mounted)} mount(s) still under {root} after the server stopped (e.g. {mounted[0]})",
+                           hint="Unmount them (umount -R) and run `inv sandbox.down` again.")
+    shutil.rmtree(dataplane)
 
 
 def status(state_dir: Path) -> StackInfo | None:
