@@ -116,6 +116,16 @@ def history(c: Context, env: str | None = None, config: str | None = None, json:
         commands.history(open_context(env, config, json), limit=limit)
 
 
+@task(help={"version": "The version to record for what the group runs now (PEP 440).", "env": ENV,
+            "config": CONFIG, "json": JSON, "force": "Adopt even when the environment has a release history."})
+def adopt(c: Context, version: str, env: str | None = None, config: str | None = None, json: bool = False,
+          force: bool = False) -> None:
+    """Record what an existing group runs now as a release (release 0), so Kiln can roll back to it."""
+    with kiln_errors():
+        wanted = commands.parse_version(version)
+        commands.adopt(open_context(env, config, json), wanted, force=force)
+
+
 @task(name="cleanup", help={"env": ENV, "config": CONFIG, "json": JSON, "keep": "How many app versions to keep "
                              "(besides everything still referenced).", "dry_run": DRY_RUN + " Prints keep/delete "
                              "with the reason for each AMI."})
@@ -192,7 +202,7 @@ def sandbox_reset(c: Context, config: str | None = None, json: bool = False, tim
         commands.sandbox_up(cfg, ui, time_scale=time_scale, instances=True)
 
 
-ns = Collection(show_config, bake, release, rollback, status, history)
+ns = Collection(show_config, bake, release, rollback, status, history, adopt)
 ns.add_collection(Collection("sandbox", sandbox_up, sandbox_status, sandbox_down, sandbox_reset))
 ns.add_collection(Collection("ami", ami_cleanup, ami_deprecate, ami_promote))
 ns.add_collection(Collection("fleet", fleet_verify))
