@@ -24,7 +24,7 @@ from release.bake import BakePlan, Baker, BakeResult
 from release.catalogue import Action, CatalogueImage, Decision, References, decide
 from release.clock import Clock, SystemClock
 from release.config import Config, Environment, select_environment
-from release.errors import KilnError, NotFound, SandboxError, UsageError
+from release.errors import BakeError, NotFound, SandboxError, UsageError
 from release.ledger import Ledger, Outcome, ReleaseRecord, new_release_id
 from release.machine import Event, Probes, Releaser
 from release.model import (
@@ -120,16 +120,16 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
         status.update(f"smoke-testing {result.image_id}")
         checks = smoke_test(ctx.cloud, ctx.env, result.image_id, plan.version, fp, ctx.clock,
                             on_step=lambda s: status.update(s))
+    result = replace(result, smoke=checks)
     baker.record_validation(result.image_id, checks)
     for check in checks:
         ui.check(bool(check.ok), check.name, check.detail)
-    validated = bool(checks) and all(c.ok for c in checks)
     summary = {"needed": True, "version": plan.version, "fingerprint": fp, "image_id": result.image_id,
-               "copies": result.copies, "seconds": round(result.seconds, 1), "validated": validated}
+               "copies": result.copies, "seconds": round(result.seconds, 1), "validated": result.validated}
     ui.table(["region", "AMI"], sorted(result.copies.items()), title=f"{ctx.cfg.app.name} {plan.version} ({fp})")
     ui.result(summary)
-    if not validated:
-        raise KilnError(f"{result.image_id} failed its smoke test and is tagged kiln:validated=false",
+    if not result.validated:
+        raise BakeError(f"{result.image_id} failed its smoke test and is tagged kiln:validated=false",
                         hint="Fix the image and bake again; `inv release` refuses it unless --force.")
     ui.success(f"{result.image_id} validated")
     return result
