@@ -8,6 +8,7 @@ touches a sandbox you are using; the Debian base image cache is shared (built on
 from __future__ import annotations
 
 import io
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ def main() -> int:
         started = time.perf_counter()
         stack.down(state)
         down = time.perf_counter() - started
+        shutil.rmtree(state)
     print(f"sandbox.up cold: {cold:.1f} s (server, PostgreSQL, legacy image, seed, 4 instances)")
     print(f"sandbox.up again (already running): {warm:.1f} s")
     print(f"sandbox.down with its fleet: {down:.1f} s")
