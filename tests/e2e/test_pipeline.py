@@ -24,7 +24,7 @@ from packaging.version import Version
 
 from release import commands, config
 from release.bake import BakeResult
-from release.errors import BakeError, DriftDetected, GateFailed, LockHeld, NotFound, UsageError
+from release.errors import BakeError, DriftDetected, GateFailed, NotFound, UsageError
 from release.ledger import Outcome
 from release.sandbox import stack
 from release.ui import UI
@@ -187,7 +187,7 @@ def test_bad_input_is_refused_and_changes_nothing(world: World) -> None:
                          break_lock=False)
     ctx.ledger.acquire(ENV, "someone else", ctx.clock.now())
     try:
-        with pytest.raises(LockHeld):
+        with pytest.raises(UsageError, match="locked by someone else"):
             commands.release(world.ctx(), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False,
                              break_lock=False)
     finally:
