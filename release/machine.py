@@ -245,7 +245,8 @@ class Releaser:
             # Going back to what was live before; a seed image Kiln never released is only
             # expected to be back, not healthy.
             return Expectation(record.previous_version, str(record.previous_image_id), done,
-                               grace_seconds=self._grace(), health_required=record.previous_version is not None)
+                               grace_seconds=self._grace(), health_required=record.previous_version is not None,
+                               fail_fast=False)
 
         if record.rollback_refresh_id:  # resumed after the rollback started
             done = "RollbackSuccessful" if record.rollback_refresh_id == record.refresh_id else "Successful"

@@ -39,7 +39,8 @@ def test_gate_case(path: Path) -> None:
     case = json.loads(path.read_text())
     deadline = NOW - timedelta(seconds=1) if case["past_deadline"] else NOW + timedelta(minutes=10)
     expect = Expectation(EXPECT.version, EXPECT.image_id, case.get("done_status", "Successful"),
-                         grace_seconds=case.get("grace", 0), health_required=case.get("health_required", True))
+                         grace_seconds=case.get("grace", 0), health_required=case.get("health_required", True),
+                         fail_fast=case.get("fail_fast", True))
     verdict = judge(snapshot(case), expect, deadline)
     assert verdict.kind == VerdictKind(case["verdict"]), verdict
     assert case["reason_contains"] in verdict.reason, verdict.reason
