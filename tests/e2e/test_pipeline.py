@@ -199,11 +199,39 @@ def test_bad_input_is_refused_and_changes_nothing(world: World) -> None:
     assert world.aws_state() == before
 
 
-def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, tmp_path: Path) -> None:
+def copy_project(tmp_path: Path) -> Path:
     project = tmp_path / "project"
     for name in ("app", "ansible", "packer"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     shutil.copy(ROOT / "constraints.txt", project / "constraints.txt")
+    return project
+
+
+def test_a_broken_playbook_fails_the_bake_naming_the_task_and_leaves_nothing(world: World, tmp_path: Path) -> None:
+    project = copy_project(tmp_path)
+    playbook = project / "ansible" / "playbook.yml"
+    text = playbook.read_text()
+    anchor = "  pre_tasks:\n"
+    assert anchor in text
+    playbook.write_text(text.replace(anchor, anchor + "    - name: Break the bake on purpose\n"
+                                                      "      ansible.builtin.command: /bin/false\n"
+                                                      "      changed_when: false\n", 1))
+    ctx = world.ctx(world.config_for("1.3.0"), project=project)
+    ec2 = ctx.aws.client("ec2")
+    groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
+    keys_before = len(ec2.describe_key_pairs()["KeyPairs"])
+    with pytest.raises(BakeError, match=r"at Ansible task \[Break the bake on purpose\]"):
+        commands.bake(ctx, force=False, dry_run=False, if_changed=False)
+    assert ctx.cloud.app_images(ctx.cfg.app.name, "1.3.0") == []
+    running = ctx.cloud.instances_tagged({"kiln:version": "1.3.0"}, states=("pending", "running", "stopping",
+                                                                             "stopped"))
+    assert running == []
+    assert len(ec2.describe_security_groups()["SecurityGroups"]) == groups_before
+    assert len(ec2.describe_key_pairs()["KeyPairs"]) == keys_before
+
+
+def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, tmp_path: Path) -> None:
+    project = copy_project(tmp_path)
     views = project / "app" / "src" / "webapp" / "views.py"
     text = views.read_text()
     real = '@blueprint.get("/health")\ndef health() -> Response:'
