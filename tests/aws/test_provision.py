@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from aws_sandbox_kit import Kit
@@ -9,7 +10,7 @@ from aws_sandbox_kit import Kit
 from release.sandbox.provision import DEBIAN_OWNER_ID, SeedNames, SeedResources, provision
 
 
-def test_seed_architecture_matches_the_spec(kit: Kit, seed: SeedResources) -> None:
+def test_seed_architecture_matches_the_spec(kit: Kit, seed: SeedResources, seed_names: SeedNames) -> None:
     ec2, elbv2 = kit.client("ec2"), kit.client("elbv2")
     subnets = ec2.describe_subnets(SubnetIds=[*seed.public_subnet_ids, *seed.private_subnet_ids])["Subnets"]
     assert len({s["AvailabilityZone"] for s in subnets}) == 2
@@ -32,7 +33,7 @@ def test_seed_architecture_matches_the_spec(kit: Kit, seed: SeedResources) -> No
         "LaunchTemplateName": seed.asg_name,
         "Version": "1",
     }
-    assert (group["HealthCheckType"], group["HealthCheckGracePeriod"]) == ("ELB", 60)
+    assert (group["HealthCheckType"], group["HealthCheckGracePeriod"]) == ("ELB", 300)
     assert group["TargetGroupARNs"] == [seed.target_group_arn]
     assert set(group["VPCZoneIdentifier"].split(",")) == set(seed.private_subnet_ids)
 
@@ -46,6 +47,12 @@ def test_seed_architecture_matches_the_spec(kit: Kit, seed: SeedResources) -> No
 
     secret = json.loads(kit.client("secretsmanager").get_secret_value(SecretId=seed.secret_arn)["SecretString"])
     assert set(secret) == {"JWT_SECRET", "DATABASE_URL"} and len(secret["JWT_SECRET"]) >= 32
+
+    # The image is environment-agnostic: the launch template's user data tells its boot unit
+    # which secret to read (see docs/image.md).
+    data = kit.client("ec2").describe_launch_template_versions(LaunchTemplateId=seed.launch_template_id)[
+        "LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert json.loads(base64.b64decode(data["UserData"])) == {"secret_id": seed_names.secret, "region": "us-east-1"}
 
 
 def test_provision_is_idempotent(kit: Kit, seed: SeedResources, seed_names: SeedNames) -> None:
