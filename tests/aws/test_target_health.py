@@ -45,8 +45,9 @@ def test_a_failing_instance_turns_unhealthy_with_aws_reason(kit: Kit, seed: Seed
     assert state["Reason"] == "Target.ResponseCodeMismatch"
     assert state["Description"] == "Health checks failed with these codes: [503]"
     assert all(kit.target_states(seed.target_group_arn)[o]["State"] == "healthy" for o in others)
-    # ELB health checks: after the grace period (60 s x 0.1) the group replaces it, as AWS does.
-    kit.wait_for("the sick instance to be replaced", lambda: sick not in (ids := members(kit, seed)) and len(ids) == 4)
+    # ELB health checks: after the grace period (300 s x 0.1) the group replaces it, as AWS does.
+    kit.wait_for("the sick instance to be replaced", lambda: sick not in (ids := members(kit, seed)) and len(ids) == 4,
+                 timeout=60)
     assert kit.target_states(seed.target_group_arn)[sick]["State"] == "draining"
     described = kit.instances([sick])[sick]
     assert described["State"]["Name"] == "terminated"
