@@ -320,9 +320,12 @@ def _alarms(cloudwatch: Any, names: SeedNames, alb_arn: str, tg_arn: str) -> Non
             Namespace="AWS/ApplicationELB",
             MetricName="UnHealthyHostCount",
             Dimensions=dimensions,
-            Statistic="Maximum",
+            # Sustained, not passing: an instance that boots during a rolling refresh fails a few
+            # checks; a host unhealthy for three whole minutes in a row is a broken release.
+            Statistic="Minimum",
             Period=60,
-            EvaluationPeriods=2,
+            EvaluationPeriods=3,
+            DatapointsToAlarm=3,
             Threshold=1,
             ComparisonOperator="GreaterThanOrEqualToThreshold",
             TreatMissingData="notBreaching",
