@@ -34,10 +34,12 @@ def kiln_errors() -> Iterator[None]:
         raise Exit(f"kiln: {err}", code=err.exit_code) from None
 
 
+def load_config(config: str | None) -> kiln_config.Config:
+    return kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
+
+
 def open_context(env: str | None, config: str | None, json: bool) -> commands.Context:
-    ui = UI(json_mode=json)
-    cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
-    return commands.open_context(cfg, env, ui)
+    return commands.open_context(load_config(config), env, UI(json_mode=json))
 
 
 @task(help={"config": CONFIG, "env": ENV, "json": JSON})
@@ -47,7 +49,7 @@ def show_config(c: Context, env: str | None = None, config: str | None = None, j
 
     ui = UI(json_mode=json)
     with kiln_errors():
-        cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
+        cfg = load_config(config)
         environment, why = kiln_config.select_environment(
             cfg, env, aws_credentials=bool(env) or credentials_configured())
         if why:
@@ -174,7 +176,7 @@ def sandbox_up(c: Context, config: str | None = None, json: bool = False, time_s
                instances: bool = True) -> None:
     """Start the sandbox (idempotent) and provision every sandbox environment; print how to reach it."""
     with kiln_errors():
-        cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
+        cfg = load_config(config)
         commands.sandbox_up(cfg, UI(json_mode=json), time_scale=time_scale, instances=instances)
 
 
@@ -196,7 +198,7 @@ def sandbox_down(c: Context, json: bool = False) -> None:
 def sandbox_reset(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1) -> None:
     """An empty sandbox: stop it, then start and provision it again (the base image cache stays)."""
     with kiln_errors():
-        cfg = kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
+        cfg = load_config(config)
         ui = UI(json_mode=json)
         commands.sandbox_down(ui)
         commands.sandbox_up(cfg, ui, time_scale=time_scale, instances=True)
