@@ -183,14 +183,18 @@ class Cloud:
         return self.aws.client("autoscaling")
 
     # Images
-    def app_images(self, app: str, version: str | None = None) -> list[AmiRef]:
-        """Kiln's AMIs for `app` (optionally one version) owned by this account, newest first."""
+    def _described_app_images(self, app: str, version: str | None = None) -> list[dict[str, Any]]:
+        """EC2's description of the app's AMIs owned by this account (optionally one version)."""
         filters = [{"Name": "tag:" + TAG_APP, "Values": [app]}]
         if version is not None:
             filters.append({"Name": "tag:" + TAG_VERSION, "Values": [version]})
         with self.aws.call("DescribeImages", f"{app} images in {self.region}"):
-            images = self._ec2().describe_images(Owners=["self"], Filters=filters, IncludeDeprecated=True)["Images"]
-        refs = [_ami_ref(i, self.region) for i in images]
+            return list(self._ec2().describe_images(Owners=["self"], Filters=filters,
+                                                    IncludeDeprecated=True)["Images"])
+
+    def app_images(self, app: str, version: str | None = None) -> list[AmiRef]:
+        """Kiln's AMIs for `app` (optionally one version), newest first."""
+        refs = [_ami_ref(i, self.region) for i in self._described_app_images(app, version)]
         return sorted(refs, key=lambda r: r.created_at, reverse=True)
 
     def image(self, image_id: str) -> AmiRef | None:
@@ -228,10 +232,7 @@ class Cloud:
 
     def catalogue(self, app: str) -> list[tuple[AmiRef, tuple[str, ...]]]:
         """Every Kiln AMI of the app in this region, with its snapshots."""
-        with self.aws.call("DescribeImages", f"{app} images in {self.region}"):
-            images = self._ec2().describe_images(Owners=["self"], IncludeDeprecated=True,
-                                                 Filters=[{"Name": "tag:" + TAG_APP, "Values": [app]}])["Images"]
-        return [(_ami_ref(i, self.region), _snapshot_ids(i)) for i in images]
+        return [(_ami_ref(i, self.region), _snapshot_ids(i)) for i in self._described_app_images(app)]
 
     def delete_image(self, image_id: str, snapshot_ids: tuple[str, ...]) -> None:
         """Deregister the AMI, then delete its snapshots (AWS keeps them otherwise)."""
