@@ -38,7 +38,9 @@ def test_debian_nginx_unit_boots_serves_and_stops(plane: LocalDataPlane, ssh_key
         nginx = status["units"]["nginx.service"]
         assert nginx["state"] == "active", plane.console_output(instance)
         assert nginx["main_pid"] == int((plane.live_rootfs(instance) / "run/nginx.pid").read_text())
+        # "Booted" means every unit was started; sshd may still be binding its socket.
         wait_for_port(ip, 80)
+        wait_for_port(ip, 22)
         assert plane.probe(ip, 80, "/", 2.0) == 200
         assert sorted(listening_sockets(ip)) == [22, 80]
         plane.stop(instance)
