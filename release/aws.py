@@ -23,7 +23,7 @@ from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from packaging.version import InvalidVersion, Version
 
-from release.errors import AwsError
+from release.errors import AwsError, NotFound
 from release.model import (
     TAG_APP,
     TAG_FINGERPRINT,
@@ -318,6 +318,22 @@ class Cloud:
         with self.aws.call("DescribeInstances", ", ".join(f"{k}={v}" for k, v in tags.items())):
             pages = self._ec2().get_paginator("describe_instances").paginate(Filters=filters)
             return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def running_instance_named(self, name: str) -> tuple[str, str]:
+        """(instance id, address) of the running instance tagged Name=`name`, such as a bastion:
+        its public IP, or its private IP when it has none (a VPN, the sandbox)."""
+        filters = [{"Name": "tag:Name", "Values": [name]}, {"Name": "instance-state-name", "Values": ["running"]}]
+        with self.aws.call("DescribeInstances", f"Name={name}"):
+            pages = self._ec2().get_paginator("describe_instances").paginate(Filters=filters)
+            found = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        addressed = [i for i in found if i.get("PublicIpAddress") or i.get("PrivateIpAddress")]
+        if len(addressed) != 1:
+            raise NotFound(f"{len(addressed) or 'no'} running instances named {name!r} in {self.aws.target.region}",
+                           where="ssh bastion_instance",
+                           hint="Start the bastion, or fix bastion_instance in the environment's [ssh] settings"
+                           if not addressed else "Give the bastion a Name tag no other running instance has")
+        chosen = addressed[0]
+        return str(chosen["InstanceId"]), str(chosen.get("PublicIpAddress") or chosen["PrivateIpAddress"])
 
     def launch_from_template(self, template: str, image_id: str, key_name: str, tags: dict[str, str]) -> str:
         """One instance from the template's default version with another image (the smoke test)."""

@@ -38,7 +38,7 @@ from release.model import (
 )
 from release.plan import Observed, Plan, Request, make_plan
 from release.smoke import smoke_test
-from release.ssh import Ssh
+from release.ssh import Ssh, Timeouts
 from release.ui import UI
 
 SANDBOX_DIR = Path(os.environ.get("KILN_SANDBOX_DIR", "/var/lib/kiln/sandbox"))
@@ -119,6 +119,7 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
         ui.success(f"packer built {result.image_id} in {result.seconds:.0f} s")
         status.update(f"smoke-testing {result.image_id}")
         checks = smoke_test(ctx.cloud, ctx.env, result.image_id, plan.version, fp, ctx.clock,
+                            lambda key, timeouts: ssh_for(ctx, key=key, use_agent=False, timeouts=timeouts),
                             on_step=lambda s: status.update(s))
     result = replace(result, smoke=checks)
     baker.record_validation(result.image_id, checks)
@@ -239,8 +240,18 @@ def _releaser(ctx: Context) -> Releaser:
                     time_scale=ctx.aws.target.time_scale)
 
 
+def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, record_to: Path | None = None,
+            timeouts: Timeouts | None = None) -> Ssh:
+    """SSH to the environment's instances: strict host keys (known_hosts, then the console output)
+    and the environment's bastion, found through the cloud when it is named by its Name tag."""
+    sandbox = sandbox_key() if ctx.env.sandbox else None
+    return Ssh(ctx.env.ssh, key_filename=key or sandbox, use_agent=use_agent, console_output=ctx.cloud.console_output,
+               record_to=record_to, timeouts=timeouts, locate_bastion=ctx.cloud.running_instance_named,
+               bastion_key=sandbox)
+
+
 def probes_for(ctx: Context) -> Probes:
-    ssh = Ssh(ctx.env.ssh, console_output=ctx.cloud.console_output)
+    ssh = ssh_for(ctx)
     lb = _load_balancer_url(ctx)
 
     def served(instance: InstanceState) -> str | None:
@@ -521,11 +532,10 @@ def verify_fleet(ctx: Context, *, parallel: int, key: Path | None) -> fleet.Flee
     group = ctx.cloud.group(ctx.env.asg, ctx.env.target_groups)
     if group is None:
         raise NotFound(f"Auto Scaling group {ctx.env.asg!r} not found in {ctx.env.region}")
-    key = key or (sandbox_key() if ctx.env.sandbox else None)
     instances = fleet.in_service(group)
     ctx.ui.info(f"auditing {len(instances)} in-service instance(s) of {ctx.env.asg} against {live.version} "
                 f"({live.image_id}, fingerprint {live.fingerprint})")
-    with Ssh(ctx.env.ssh, key_filename=key, console_output=ctx.cloud.console_output, record_to=KNOWN_HOSTS) as ssh:
+    with ssh_for(ctx, key=key, record_to=KNOWN_HOSTS) as ssh:
         report = fleet.audit(ssh, fleet.expected_from_live(live.as_live()), instances, parallel=parallel)
     ctx.ui.table(*report.table(), title=f"fleet of {ctx.env.name}")
     ctx.ui.result(report.to_json())
@@ -581,6 +591,7 @@ def _show_sandbox(ui: UI, info: object) -> None:
     rows = [("environments", ", ".join(f"{n} ({r})" for n, r in info.environments.items())),
             ("database", info.database_url.split("@")[-1]),
             ("instance SSH key", info.key_file),
+            *[(f"bastion {name}", f"ssh -i {info.key_file} {address}") for name, address in info.bastions.items()],
             *[(f"load balancer {lb['load_balancer']}", lb["url"]) for lb in info.load_balancers]]
     ui.table(["", ""], rows)
     ui.info("Point the AWS CLI or boto3 at it:")

@@ -104,9 +104,11 @@ class GateSettings:
 @dataclass(frozen=True)
 class SshSettings:
     user: str = "admin"
-    bastion: str | None = None
+    bastion: str | None = None  # the bastion's host name or address...
+    bastion_instance: str | None = None  # ...or the Name tag of the running instance that is the bastion
     bastion_user: str | None = None
     bastion_port: int = 22
+    bastion_key: str | None = None  # private key for the bastion (default: the instance key, then ssh-agent)
     known_hosts: str | None = None  # path; default: ~/.ssh/known_hosts
     connect_timeout: int = 10
 
@@ -157,6 +159,7 @@ class Config:
 
     @property
     def sandbox_environment(self) -> Environment | None:
+        """The first environment with sandbox = true: where Kiln goes without AWS credentials."""
         return next((e for e in self.environments.values() if e.sandbox), None)
 
 
@@ -331,10 +334,20 @@ def parse(data: Mapping[str, Any], *, file: str = "versions.toml") -> Config:
                         f"({', '.join(sorted(environments))})")
     for env in environments.values():
         for needed in env.requires:
-            if needed not in environments:
+            other = environments.get(needed)
+            if other is None:
                 problems.append(f"{file}:environments.{env.name}.requires: no environment {needed!r}")
-    if len([e for e in environments.values() if e.sandbox]) > 1:
-        problems.append(f"{file}:environments: only one environment may set sandbox = true")
+            elif other.sandbox != env.sandbox:
+                problems.append(f"{file}:environments.{env.name}.requires: {needed!r} is "
+                                f"{'a sandbox' if other.sandbox else 'an AWS'} environment and {env.name!r} is not; "
+                                "an AMI can only be promoted within one cloud")
+    groups: dict[tuple[str, str], str] = {}
+    for env in environments.values():
+        if env.sandbox:  # one local cloud: two environments in a region cannot share a group
+            first = groups.setdefault((env.region, env.asg), env.name)
+            if first != env.name:
+                problems.append(f"{file}:environments.{env.name}.asg: {env.asg!r} in {env.region} is already "
+                                f"sandbox environment {first!r}'s group; give each sandbox environment its own")
 
     if problems or app_name is None or app_version is None or ssh_username is None:
         raise ConfigError(problems or [f"{file}: incomplete"], path=file)
@@ -384,11 +397,15 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
         ssh = SshSettings(
             user=s.text("user", "admin") or "admin",
             bastion=s.text("bastion"),
+            bastion_instance=s.text("bastion_instance"),
             bastion_user=s.text("bastion_user"),
             bastion_port=s.integer("bastion_port", 22, low=1, high=65535) or 22,
+            bastion_key=s.text("bastion_key"),
             known_hosts=s.text("known_hosts"),
             connect_timeout=s.integer("connect_timeout", 10, low=1, high=300) or 10,
         )
+        if ssh.bastion and ssh.bastion_instance:
+            s.problem("bastion_instance", "set either bastion (an address) or bastion_instance (a Name tag), not both")
     if name in requires:
         r.problem("requires", f"{name!r} cannot require itself")
     if len(problems) > before or None in (region, asg, launch_template, secret_id):

@@ -29,8 +29,11 @@ READY_TIMEOUT = 45  # once SSH, services and files are fine: how long /health ma
 POLL = 3
 
 
+OpenSsh = Callable[[Path, Timeouts], Ssh]  # (key file, timeouts) -> an Ssh for the environment (its bastion)
+
+
 def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fingerprint: str, clock: Clock,
-               on_step: Callable[[str], None]) -> tuple[Check, ...]:
+               open_ssh: OpenSsh, on_step: Callable[[str], None]) -> tuple[Check, ...]:
     name = f"kiln-smoke-{fingerprint[:8]}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="kiln-smoke-") as scratch:
         key_file = Path(scratch) / "smoke_ed25519"
@@ -42,9 +45,7 @@ def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fing
                                                      {"Name": name, "kiln:smoke": fingerprint})
             on_step(f"smoke test: launched {instance_id} from {image_id}")
             address = _wait_running(cloud, instance_id, clock)
-            settings = env.ssh
-            with Ssh(settings, key_filename=key_file, use_agent=False, console_output=cloud.console_output,
-                     timeouts=Timeouts.from_settings(settings, command=60.0)) as ssh:
+            with open_ssh(key_file, Timeouts.from_settings(env.ssh, command=60.0)) as ssh:
                 return _checks_until_green(ssh, fleet.FleetInstance(instance_id, address, image_id, None),
                                            fleet.ExpectedRelease(version, fingerprint, image_id, None), clock, on_step)
         finally:

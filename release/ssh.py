@@ -291,7 +291,12 @@ def _open_transport(sock: Any, host: str, timeouts: Timeouts, trusted: TrustedKe
     return transport
 
 
-def _authenticate(transport: paramiko.Transport, host: str, user: str, keys: Sequence[paramiko.PKey]) -> None:
+INSTANCE_LOGIN_HINT = "Check the user name and that the instance's key pair matches your key"
+BASTION_LOGIN_HINT = "Check bastion_user; name the bastion's key with bastion_key in [ssh] (or use ssh-agent)"
+
+
+def _authenticate(transport: paramiko.Transport, host: str, user: str, keys: Sequence[paramiko.PKey],
+                  hint: str = INSTANCE_LOGIN_HINT) -> None:  # fmt: skip
     if not keys:
         transport.close()
         raise SshError(
@@ -313,7 +318,7 @@ def _authenticate(transport: paramiko.Transport, host: str, user: str, keys: Seq
     raise SshError(
         f"login as {user} refused ({last or 'no key accepted'})",
         where=f"ssh {user}@{host}",
-        hint="Check the user name and that the instance's key pair matches your key",
+        hint=hint,
     )
 
 
@@ -413,6 +418,7 @@ def load_private_keys(key_filename: Path | None, use_agent: bool) -> list[parami
 
 
 ConsoleOutput = Callable[[str], str]  # instance id -> its EC2 console output text
+BastionLocator = Callable[[str], tuple[str, str]]  # Name tag -> (instance id, address) of the running bastion
 
 
 class Ssh:
@@ -421,6 +427,11 @@ class Ssh:
     `console_output(instance_id)` (e.g. Aws.console_output) is consulted for an instance's host
     key only when the known_hosts files do not already vouch for the offered key. It is called
     from the audit's worker threads, so it must be thread-safe (boto3 clients are).
+
+    With `bastion_instance` in the settings, `locate_bastion` finds that instance (its id and
+    address); being an EC2 instance, its console output may then vouch for its host key too.
+    The bastion is logged in to with `bastion_key` (or the settings' one), then the instance
+    keys, then ssh-agent's keys.
     """
 
     def __init__(
@@ -434,6 +445,8 @@ class Ssh:
         record_to: Path | None = None,
         timeouts: Timeouts | None = None,
         port: int = 22,
+        locate_bastion: BastionLocator | None = None,
+        bastion_key: Path | None = None,
     ) -> None:
         self.settings = settings
         self.port = port  # where instances' sshd listens
@@ -448,6 +461,12 @@ class Ssh:
         self.console_output = console_output
         self.recorder = KnownHostsRecorder(record_to) if record_to is not None else None
         self._keys = load_private_keys(key_filename, use_agent)
+        self.locate_bastion = locate_bastion
+        self._bastion_keys: list[paramiko.PKey] = []
+        if settings.bastion or settings.bastion_instance:
+            configured = Path(settings.bastion_key).expanduser() if settings.bastion_key else None
+            self._bastion_keys = [*load_private_keys(bastion_key or configured, use_agent=False), *self._keys,
+                                  *(load_private_keys(None, use_agent=True) if not use_agent else [])]
         self._bastion: Connection | None = None
         self._bastion_lock = threading.Lock()
 
@@ -481,12 +500,15 @@ class Ssh:
     # connections
 
     def _connect(self, sock: Any, address: str, port: int, user: str, instance_id: str | None,
-                 via: Connection | None) -> Connection:  # fmt: skip
+                 via: Connection | None, keys: Sequence[paramiko.PKey] | None = None) -> Connection:  # fmt: skip
         host = f"{instance_id} ({address}:{port})" if instance_id else f"{address}:{port}"
         trusted = self.trusted_from_files(address, port)
         transport = _open_transport(sock, host, self.timeouts, trusted)
         self._verify(transport, host, address, port, trusted, instance_id)
-        _authenticate(transport, host, user, self._keys)
+        if keys is None:
+            _authenticate(transport, host, user, self._keys)
+        else:
+            _authenticate(transport, host, user, keys, BASTION_LOGIN_HINT)
         return Connection(transport, host, self.timeouts, via=via)
 
     def _tcp(self, address: str, port: int) -> socket.socket:
@@ -498,14 +520,24 @@ class Ssh:
 
     def bastion(self) -> Connection | None:
         """The bastion connection (opened once, shared by all threads), or None when direct."""
-        if not self.settings.bastion:
+        if not (self.settings.bastion or self.settings.bastion_instance):
             return None
         with self._bastion_lock:
             if self._bastion is None or not self._bastion.transport.is_active():
-                address, port = self.settings.bastion, self.settings.bastion_port
-                user = self.settings.bastion_user or self.settings.user
-                self._bastion = self._connect(self._tcp(address, port), address, port, user, None, None)
+                instance_id, address = self._bastion_address()
+                port, user = self.settings.bastion_port, self.settings.bastion_user or self.settings.user
+                self._bastion = self._connect(self._tcp(address, port), address, port, user, instance_id, None,
+                                              self._bastion_keys)
             return self._bastion
+
+    def _bastion_address(self) -> tuple[str | None, str]:
+        if self.settings.bastion:
+            return None, self.settings.bastion
+        name = self.settings.bastion_instance or ""
+        if self.locate_bastion is None:
+            raise SshError(f"cannot find the bastion instance {name!r}: no cloud to ask", where="ssh bastion",
+                           hint="Pass locate_bastion (Cloud.running_instance_named)")  # fmt: skip
+        return self.locate_bastion(name)
 
     def connect(self, address: str, *, instance_id: str | None = None, port: int | None = None,
                 user: str | None = None) -> Connection:  # fmt: skip

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class StackInfo:
     key_file: str
     environments: dict[str, str]  # sandbox environment -> region
     load_balancers: list[dict[str, Any]]
+    bastions: dict[str, str] = field(default_factory=dict)  # Name tag -> user@address
 
 
 def key_file(state_dir: Path) -> Path:
@@ -78,19 +79,26 @@ def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TI
     database_url = _database(state_dir)
     key = key_file(state_dir)
     public_key = new_key_pair(key, "kiln-sandbox") if not key.exists() else None
+    bastions: dict[str, str] = {}
     for env in environments:
         on_step(f"provisioning {env.name} in {env.region}")
         aws = Aws(Target(region=env.region, endpoint_url=info.endpoint))
         _import_key(aws, key, public_key)
         names = seed_names(env, cfg)
-        seed_image = None
+        seed_image = base = None
         if info.dataplane:
             on_step(f"building the legacy app image in {env.region} (once)")
-            seed_image = legacy_image(aws, _published_base(aws, names))
-        provision(client_factory(aws), env.region, names, base_image_id=seed_image, database_url=database_url)
+            base = _published_base(aws, names)
+            seed_image = legacy_image(aws, base)
+        seed = provision(client_factory(aws), env.region, names, base_image_id=seed_image, database_url=database_url)
+        if base is not None and env.ssh.bastion_instance:
+            on_step(f"starting the bastion {env.ssh.bastion_instance} in {env.region}")
+            _, address = bastion(aws, env.ssh.bastion_instance, base, seed.public_subnet_ids[0],
+                                 seed.security_group_ids["bastion"])
+            bastions[env.ssh.bastion_instance] = f"{env.ssh.bastion_user or env.ssh.user}@{address}"
     stack = StackInfo(endpoint=info.endpoint, env=info.env, dataplane=info.dataplane, database_url=database_url,
                       key_file=str(key), environments={e.name: e.region for e in environments},
-                      load_balancers=load_balancers(info.endpoint))
+                      load_balancers=load_balancers(info.endpoint), bastions=bastions)
     (state_dir / "stack.json").write_text(json.dumps(asdict(stack), indent=2))
     return stack
 
@@ -144,6 +152,41 @@ def seed_names(env: Environment, cfg: Config) -> SeedNames:
         network=env.asg, base_image=cfg.base_image.name.replace("*", "sandbox"),
         base_image_owner=cfg.base_image.owners[0] if cfg.base_image.owners else defaults.base_image_owner,
         key_name=KEY_NAME)
+
+
+def bastion(aws: Aws, name: str, base_image_id: str, subnet_id: str, security_group_id: str, *,
+            timeout: float = 60.0) -> tuple[str, str]:
+    """The seed architecture's bastion: an instance of the base image (Debian's sshd, TCP forwarding
+    on) in a public subnet, authorising the sandbox key; Kiln finds it by its Name tag. Started once;
+    returns (instance id, address) when its sshd answers."""
+    ec2 = aws.client("ec2")
+    filters = [{"Name": "tag:Name", "Values": [name]},
+               {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    with aws.call("DescribeInstances", name):
+        found = [i for r in ec2.describe_instances(Filters=filters)["Reservations"] for i in r["Instances"]]
+    if found:
+        instance = found[0]
+    else:
+        with aws.call("RunInstances", f"bastion {name}"):
+            instance = ec2.run_instances(
+                ImageId=base_image_id, MinCount=1, MaxCount=1, InstanceType="t3.nano", KeyName=KEY_NAME,
+                SubnetId=subnet_id, SecurityGroupIds=[security_group_id],
+                TagSpecifications=[{"ResourceType": "instance",
+                                    "Tags": [{"Key": "Name", "Value": name}, {"Key": "Role", "Value": "bastion"}]}],
+            )["Instances"][0]
+    instance_id, address = str(instance["InstanceId"]), str(instance["PrivateIpAddress"])
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((address, 22), timeout=2) as sock:
+                if sock.recv(4).startswith(b"SSH-"):
+                    return instance_id, address
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SandboxError(f"the bastion {instance_id} ({address}) does not answer SSH",
+                               hint="See its console output (aws ec2 get-console-output).")
+        time.sleep(0.2)
 
 
 def load_balancers(endpoint: str) -> list[dict[str, Any]]:

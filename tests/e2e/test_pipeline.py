@@ -105,6 +105,28 @@ def test_sandbox_starts_with_the_legacy_fleet_adopted_as_release_0(world: World)
     assert set(world.lb_versions()) == {stack.LEGACY_VERSION}
 
 
+def test_ssh_clients_jump_to_instances_through_the_bastion(world: World) -> None:
+    ctx = world.ctx()
+    name = ctx.env.ssh.bastion_instance
+    assert name
+    bastion_id, bastion_ip = ctx.cloud.running_instance_named(name)
+    group = ctx.cloud.group(ctx.env.asg)
+    assert group is not None
+    target = group.instances[0]
+    assert target.private_ip
+    with commands.ssh_for(ctx) as ssh, ssh.connect(target.private_ip, instance_id=target.instance_id) as conn:
+        assert conn.via is not None and conn.via.host.startswith(bastion_id)  # host key vouched by its console
+        assert conn.run("hostname").stdout.strip() == "ip-" + target.private_ip.replace(".", "-")
+    # OpenSSH's client, the way a person jumps (README).
+    options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+               "-o", "BatchMode=yes", "-i", str(stack.key_file(world.state))]
+    jump = " ".join(["ssh", *options, "-W", "%h:%p", f"admin@{bastion_ip}"])
+    out = subprocess.run(["ssh", *options, "-o", f"ProxyCommand={jump}", f"admin@{target.private_ip}", "hostname"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ip-" + target.private_ip.replace(".", "-")
+
+
 def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) -> None:
     ctx = world.ctx()
     result = commands.bake(ctx, force=False, dry_run=False, if_changed=False)

@@ -28,7 +28,7 @@ from release.ssh import (
 )
 
 from .conftest import VersionServer
-from .servers import SPARE_ADDRESS, SshServer, free_port, process_tree, tcp_socket_owners
+from .servers import SPARE_ADDRESS, SshServer, free_port, keygen, process_tree, start_sshd, stop_sshd, tcp_socket_owners
 
 FAST = Timeouts(connect=3, banner=3, auth=3, command=10)
 
@@ -98,6 +98,47 @@ def test_jump_through_the_bastion_reaches_the_instance_over_a_channel(
         # The bastion is shared: a second instance connection reuses the same transport.
         with ssh.connect(instance.address, port=instance.port) as again:
             assert again.via is jump
+
+
+def test_a_bastion_named_by_its_name_tag_is_found_and_vouched_for_by_its_console_output(
+    client_key: Path, bastion: SshServer, instance: SshServer, known_hosts: Callable[..., Path]
+) -> None:
+    settings = SshSettings(user="root", known_hosts=str(known_hosts(instance)), bastion_instance="web-bastion",
+                           bastion_port=bastion.port)
+    asked: list[str] = []
+
+    def locate(name: str) -> tuple[str, str]:
+        asked.append(name)
+        return "i-0bastion", bastion.address
+
+    consoles = {"i-0bastion": bastion.console_output()}
+    with Ssh(settings, key_filename=client_key, use_agent=False, timeouts=FAST, locate_bastion=locate,
+             console_output=consoles.__getitem__) as ssh, ssh.connect(instance.address, port=instance.port) as conn:
+        assert conn.via is not None and conn.via.host == f"i-0bastion ({bastion.address}:{bastion.port})"
+        assert conn.run("true").exit_status == 0
+    assert asked == ["web-bastion"]
+    # Without the cloud to ask, the name alone says nothing: one clear error.
+    with Ssh(settings, key_filename=client_key, use_agent=False, timeouts=FAST) as ssh, \
+            pytest.raises(SshError, match="cannot find the bastion instance 'web-bastion'"):  # fmt: skip
+        ssh.connect(instance.address, port=instance.port)
+
+
+def test_the_bastion_is_logged_in_to_with_its_own_key(client_key: Path, instance: SshServer, tmp_path: Path,
+                                                      known_hosts: Callable[..., Path]) -> None:  # fmt: skip
+    bastion_key = tmp_path / "bastion_ed25519"
+    keygen(bastion_key, "bastion-only")
+    own = start_sshd("own-bastion", SPARE_ADDRESS, bastion_key.with_suffix(".pub").read_text())
+    try:
+        settings = SshSettings(user="root", known_hosts=str(known_hosts(own, instance)), bastion=own.address,
+                               bastion_port=own.port)
+        with Ssh(settings, key_filename=client_key, use_agent=False, timeouts=FAST, bastion_key=bastion_key) as ssh, \
+                ssh.connect(instance.address, port=instance.port) as conn:  # fmt: skip
+            assert conn.run("true").exit_status == 0
+        with Ssh(settings, key_filename=client_key, use_agent=False, timeouts=FAST) as ssh, \
+                pytest.raises(SshError, match=rf"{own.address}.*login as root refused.*bastion_key"):  # fmt: skip
+            ssh.connect(instance.address, port=instance.port)
+    finally:
+        stop_sshd(own)
 
 
 def test_the_bastion_host_key_is_verified_too(client_key: Path, bastion: SshServer, instance: SshServer,
