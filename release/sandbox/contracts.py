@@ -119,6 +119,10 @@ class DataPlane(Protocol):
         """Make an existing root filesystem directory the content of image `image_id`."""
         ...
 
+    def copy_image(self, source_image_id: str, image_id: str) -> None:
+        """Give image `image_id` (CopyImage, any region) the content of `source_image_id`."""
+        ...
+
     def deregister_image(self, image_id: str) -> None:
         """Free the image's root filesystem (when its last snapshot is deleted)."""
         ...

@@ -55,6 +55,9 @@ class RecordingDataPlane:
     def register_image(self, image_id: str, rootfs: Path) -> None:
         self.events.append(["register_image", image_id, str(rootfs)])
 
+    def copy_image(self, source_image_id: str, image_id: str) -> None:
+        self.events.append(["copy_image", source_image_id, image_id])
+
     def deregister_image(self, image_id: str) -> None:
         self.events.append(["deregister_image", image_id])
 
@@ -96,6 +99,8 @@ def main() -> None:
         console = ec2.get_console_output(InstanceId=a)["Output"]
         out["console"] = console
         baked = ec2.create_image(InstanceId=a, Name="baked")["ImageId"]
+        west = boto3.client("ec2", **{**kw, "region_name": "us-west-2"})
+        out["copied"] = west.copy_image(SourceImageId=baked, SourceRegion="us-east-1", Name="baked")["ImageId"]
         ec2.deregister_image(ImageId=baked)
 
         vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]

@@ -33,6 +33,7 @@ def test_ec2_calls_reach_the_data_plane_and_probes_drive_target_health(seen: dic
     assert ["stop", b] in events and ["start", b] in events
     assert events.index(["stop", b]) < events.index(["start", b])
     assert ["create_image", a, seen["baked"]] in events
+    assert ["copy_image", seen["baked"], seen["copied"]] in events  # to another region
     assert ["deregister_image", seen["baked"]] in events
     assert ["terminate", a] in events and ["terminate", b] in events
     assert seen["console_text"].startswith(f"console of {a}\n")

@@ -107,6 +107,12 @@ class LocalDataPlane:
                 if was_running:
                     process.boot()
 
+    def copy_image(self, source_image_id: str, image_id: str) -> None:
+        """CopyImage: the copy shares the source's frozen layers (they are never written to; a layer
+        is deleted only when no image and no instance uses it any more)."""
+        with self._lock:
+            self.images.add(image_id, self.images.layers(source_image_id))
+
     def deregister_image(self, image_id: str) -> None:
         with self._lock:
             self.images.remove(image_id)

@@ -6,7 +6,8 @@ AWS behaviours followed (EC2 API reference):
 - RegisterImage.TagSpecifications: tags the AMI; any ResourceType other than `image` fails the
   request. (moto ignores them.)
 - CopyImage.CopyImageTags: copies the user-defined tags (never `aws:` ones); TagSpecifications
-  add tags to the copy. (moto drops all tags.)
+  add tags to the copy. (moto drops all tags.) The copy, in any region, gets its own snapshot
+  and the same root filesystem (the data plane shares the frozen layers, copy-on-write).
 - EnableImageDeprecation(DeprecateAt): seconds are rounded to the nearest minute, a time in the
   past is refused, at most 10 years ahead; DisableImageDeprecation clears it; DescribeImages
   reports DeprecationTime. IncludeDeprecated: deprecated AMIs are left out unless asked for, but
@@ -91,7 +92,11 @@ def apply() -> None:
         self: Any, source_image_id: str, source_region: str, name: str | None = None, description: str | None = None
     ) -> Any:
         _check_name_free(self, name)
-        return original_copy(self, source_image_id, source_region, name, description)
+        ami = original_copy(self, source_image_id, source_region, name, description)
+        dataplane = _runtime().dataplane
+        if dataplane is not None:
+            dataplane.copy_image(source_image_id, ami.id)
+        return ami
 
     def deregister_image(self: Any, ami_id: str) -> None:
         original_deregister(self, ami_id)

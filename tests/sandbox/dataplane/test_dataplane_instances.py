@@ -315,11 +315,14 @@ def test_create_image_freezes_changes_into_a_layer(
         wait_for_port(child_ip, 22)
         with ssh(plane, child, child_ip, ssh_key[0]) as client:
             assert run(client, "cat /etc/kiln-release; hostname") == (0, "baked\nip-127-100-0-12\n")
+        plane.copy_image("ami-0child", "ami-0copy")  # CopyImage (to any region) shares the frozen layers
         plane.deregister_image("ami-0child")
         assert layer.exists(), "a layer stays while an instance still runs on it"
     finally:
         plane.terminate(child)
         plane.terminate(sibling)
+    assert plane.images.layers("ami-0copy")[-1] == layer and layer.exists(), "the copy still uses the layer"
+    plane.deregister_image("ami-0copy")
     assert not layer.exists(), "the layer is freed once no image or instance uses it"
     assert_nothing_left(plane.state_dir, sibling, sibling_ip)
 
