@@ -194,6 +194,14 @@ def sandbox_down(c: Context, json: bool = False) -> None:
         commands.sandbox_down(UI(json_mode=json))
 
 
+@task(name="new-base-image", help={"config": CONFIG, "json": JSON})
+def sandbox_new_base_image(c: Context, config: str | None = None, json: bool = False) -> None:
+    """Publish a newer base AMI in the running sandbox (as Debian does with security updates), so that
+    the next `inv bake --if-changed` bakes on it."""
+    with kiln_errors():
+        commands.sandbox_new_base_image(load_config(config), UI(json_mode=json))
+
+
 @task(name="reset", help={"config": CONFIG, "json": JSON, "time_scale": "As for sandbox.up."})
 def sandbox_reset(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1) -> None:
     """An empty sandbox: stop it, then start and provision it again (the base image cache stays)."""
@@ -205,6 +213,7 @@ def sandbox_reset(c: Context, config: str | None = None, json: bool = False, tim
 
 
 ns = Collection(show_config, bake, release, rollback, status, history, adopt)
-ns.add_collection(Collection("sandbox", sandbox_up, sandbox_status, sandbox_down, sandbox_reset))
+ns.add_collection(Collection("sandbox", sandbox_up, sandbox_status, sandbox_down, sandbox_reset,
+                             sandbox_new_base_image))
 ns.add_collection(Collection("ami", ami_cleanup, ami_deprecate, ami_promote))
 ns.add_collection(Collection("fleet", fleet_verify))

@@ -575,6 +575,27 @@ def sandbox_status(ui: UI) -> None:
     _show_sandbox(ui, info)
 
 
+def sandbox_new_base_image(cfg: Config, ui: UI, clock: Clock | None = None) -> dict[str, str]:
+    """Publish a newer base AMI in the running sandbox, the way Debian publishes security updates:
+    the next `bake --if-changed` sees the base image move and bakes."""
+    from release.sandbox import stack
+
+    base = cfg.base_image
+    if base.ami or "*" not in base.name:
+        raise UsageError(f"[base_image] pins {base.ami or base.name!r}: a newer base AMI would never be picked up",
+                         where=f"{cfg.path}:base_image",
+                         hint="Find the base by owners + a name filter with a '*' (README) to follow new images.")
+    info = stack.status(SANDBOX_DIR)
+    if info is None:
+        raise SandboxError("the sandbox is not running", hint="Start it with `inv sandbox.up`.")
+    name = base.name.replace("*", f"sandbox-{(clock or SystemClock()).now():%Y%m%d-%H%M%S}", 1)
+    images = stack.publish_base_image(info.endpoint, name)
+    for region, image_id in sorted(images.items()):
+        ui.success(f"published base image {name} in {region} as {image_id}")
+    ui.result({"name": name, "images": images})
+    return images
+
+
 def sandbox_down(ui: UI) -> None:
     from release.sandbox import stack
 

@@ -170,6 +170,21 @@ class Ledger:
         with self.aws.call("PutItem", f"{self.table} event#{kind}", hint=self._hint()):
             self.db.put_item(TableName=self.table, Item=item)
 
+    def events(self, kind: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Recorded events of one kind ("ami-promoted", "ami-deleted", …), newest first; each the details
+        it was recorded with, plus "at" and "subject"."""
+        with self.aws.call("Query", f"{self.table} event#{kind}", hint=self._hint()):
+            pages = self.db.get_paginator("query").paginate(
+                TableName=self.table, KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": _s(f"event#{kind}")}, ScanIndexForward=False,
+                ConsistentRead=True, PaginationConfig={"MaxItems": limit})
+            items = [item for page in pages for item in page.get("Items", [])]
+        out = []
+        for item in items:
+            at, _, subject = item["sk"]["S"].partition("#")
+            out.append({**json.loads(item["body"]["S"]), "at": at, "subject": subject})
+        return out
+
     def _hint(self) -> str:
         if self.aws.target.is_sandbox:
             return "The sandbox creates this table: is it running? (inv sandbox.status)"

@@ -6,6 +6,8 @@
   DELETE /_kiln/target-health   every target healthy again
   GET    /_kiln/load-balancers  the local ALB listeners: name, listener port, target group, URL
                                 (only with a data plane; an empty list otherwise)
+  POST   /_kiln/base-image      {"name": "debian-12-amd64-…"}: publish a newer base AMI under that
+                                name in every region (Debian's security updates) -> {"images": {region: id}}
 
 Target health set here feeds the default health check (patches.targets.AdminHealthPolicy): the
 target's state still moves through AWS's thresholds and intervals, exactly as with real probes.
@@ -32,10 +34,12 @@ class AdminApi:
         health: Callable[[], Json],
         policy: AdminHealthPolicy,
         load_balancers: Callable[[], list[Json]] = list,
+        publish_base_image: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self._health = health
         self._policy = policy
         self._load_balancers = load_balancers
+        self._publish_base_image = publish_base_image
 
     def handles(self, path: str) -> bool:
         return path.startswith(PREFIX)
@@ -46,6 +50,8 @@ class AdminApi:
             return 200, self._health()
         if route == "load-balancers" and method == "GET":
             return 200, {"load_balancers": self._load_balancers()}
+        if route == "base-image" and method == "POST" and self._publish_base_image is not None:
+            return self._new_base_image(body)
         if route == "target-health":
             if method == "GET":
                 return 200, dict(self._policy.snapshot())
@@ -55,6 +61,17 @@ class AdminApi:
             if method == "POST":
                 return self._set_target_health(body)
         return 404, {"error": f"no admin route {method} {path}"}
+
+    def _new_base_image(self, body: bytes) -> tuple[int, Json]:
+        assert self._publish_base_image is not None
+        try:
+            request = json.loads(body or b"{}")
+        except json.JSONDecodeError as exc:
+            return 400, {"error": f"body is not JSON: {exc}"}
+        name = request.get("name") if isinstance(request, Mapping) else None
+        if not isinstance(name, str) or not name:
+            return 400, {"error": 'send {"name": "<a new AMI name>"}'}
+        return 200, {"images": self._publish_base_image(name)}
 
     def _set_target_health(self, body: bytes) -> tuple[int, Json]:
         try:

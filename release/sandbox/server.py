@@ -30,7 +30,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -137,7 +138,8 @@ class SandboxServer:
         self.wires = {name: ServiceWire(name) for name in set(SERVICES.values())}
         self.handlers: dict[tuple[str, str], Handler] = {}
         self.admin = AdminApi(
-            health=self.health, policy=self.targets.policy, load_balancers=self.describe_load_balancers
+            health=self.health, policy=self.targets.policy, load_balancers=self.describe_load_balancers,
+            publish_base_image=self.publish_newer_base_image,
         )
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
         self.base_image = base_image or BaseImage()
@@ -195,22 +197,40 @@ class SandboxServer:
             account: Any = ec2_backends[DEFAULT_ACCOUNT_ID]
             if region not in account.regions:
                 return None
-            backend: Any = account[region]
-            wanted = self.base_image
-            ami: Any = next(
-                (a for a in backend.amis.values() if a.name == wanted.name and a.owner_id == wanted.owner), None
-            )
-            if ami is None:
-                ami = backend.register_image(None, wanted.description)
-                ami.name, ami.owner_id = wanted.name, wanted.owner
-                ami.architecture, ami.virtualization_type, ami.root_device_name = "x86_64", "hvm", "/dev/xvda"
-                ami.root_device_type = "ebs"  # like Debian's AMIs; Packer's amazon-ebs refuses anything else
-                ami.launch_permissions.append({"Group": "all"})
-            if self._base_rootfs is not None and self.runtime.dataplane is not None:
-                self.runtime.dataplane.register_image(str(ami.id), self._base_rootfs)
-            self._published[region] = str(ami.id)
-            log.info("base image %s published in %s as %s", wanted.name, region, ami.id)
+            self._published[region] = self._register_base(account[region])
             return self._published[region]
+
+    def publish_newer_base_image(self, name: str) -> dict[str, str]:
+        """What Debian does with a point release or security update: a newer base AMI, `name`, in
+        every region the base is published in (same root filesystem, a later CreationDate), which
+        from then on is what versions.toml's [base_image] filter resolves to. Region -> AMI id."""
+        from moto.ec2.models import ec2_backends
+
+        with self.lock:
+            self.base_image = replace(self.base_image, name=name)
+            account: Any = ec2_backends[DEFAULT_ACCOUNT_ID]
+            for region in list(self._published):
+                self._published[region] = self._register_base(account[region])
+            return dict(self._published)
+
+    def _register_base(self, backend: Any) -> str:
+        wanted = self.base_image
+        ami: Any = next(
+            (a for a in backend.amis.values() if a.name == wanted.name and a.owner_id == wanted.owner), None
+        )
+        if ami is None:
+            older = [a.creation_date for a in backend.amis.values() if a.owner_id == wanted.owner]
+            ami = backend.register_image(None, wanted.description)
+            ami.name, ami.owner_id = wanted.name, wanted.owner
+            ami.architecture, ami.virtualization_type, ami.root_device_name = "x86_64", "hvm", "/dev/xvda"
+            ami.root_device_type = "ebs"  # like Debian's AMIs; Packer's amazon-ebs refuses anything else
+            ami.launch_permissions.append({"Group": "all"})
+            if older and ami.creation_date <= max(older):  # "most recent" must be this one
+                ami.creation_date = max(older) + timedelta(seconds=1)
+        if self._base_rootfs is not None and self.runtime.dataplane is not None:
+            self.runtime.dataplane.register_image(str(ami.id), self._base_rootfs)
+        log.info("base image %s published in %s as %s", wanted.name, backend.region_name, ami.id)
+        return str(ami.id)
 
     # ---- instance refresh ---------------------------------------------------------------------
 

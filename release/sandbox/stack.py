@@ -189,6 +189,18 @@ def bastion(aws: Aws, name: str, base_image_id: str, subnet_id: str, security_gr
         time.sleep(0.2)
 
 
+def publish_base_image(endpoint: str, name: str) -> dict[str, str]:
+    """Have the sandbox publish a newer base AMI called `name` in every region (admin API)."""
+    request = urllib.request.Request(f"{endpoint}/_kiln/base-image", data=json.dumps({"name": name}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return dict(json.loads(response.read())["images"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as err:
+        raise SandboxError(f"the sandbox at {endpoint} did not publish a base image ({err})",
+                           hint="Is it running? inv sandbox.status") from None
+
+
 def load_balancers(endpoint: str) -> list[dict[str, Any]]:
     """The local ALB listeners (name, target group, URL) from the sandbox's admin API."""
     try:

@@ -96,3 +96,15 @@ def test_passed_environments_by_fingerprint(ledger: Ledger) -> None:
     ledger.save(record("1.1.0", NOW, Outcome.ROLLED_BACK, env="stage"))
     passed = ledger.passed_environments("fp1.1.0", set(), ["dev", "stage"])
     assert passed == frozenset({"dev"})
+
+
+def test_events_are_read_back_newest_first_by_kind(ledger: Ledger) -> None:
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    ledger.record_event("ami-deleted", "ami-1", t0, {"region": "us-east-1", "snapshots": ["snap-1"]})
+    ledger.record_event("ami-deleted", "ami-2", t0 + timedelta(minutes=1), {"region": "us-west-2"})
+    ledger.record_event("ami-promoted", "ami-3", t0, {"to": "prod"})
+    deleted = ledger.events("ami-deleted")
+    assert [(e["subject"], e["region"]) for e in deleted] == [("ami-2", "us-west-2"), ("ami-1", "us-east-1")]
+    assert deleted[1]["snapshots"] == ["snap-1"] and deleted[1]["at"] == t0.isoformat()
+    assert [e["subject"] for e in ledger.events("ami-promoted")] == ["ami-3"]
+    assert ledger.events("ami-deprecated") == []

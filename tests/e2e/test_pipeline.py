@@ -1,5 +1,6 @@
 """The whole pipeline in the sandbox, for real: bake (Packer + Ansible), release, rollback, a
-failing version rolled back automatically, drift found by the fleet audit, bad input refused.
+failing version rolled back automatically, drift found by the fleet audit, bad input refused;
+then the AMI lifecycle: a rebake when the base image moves, promotion to a second region, cleanup.
 
 Real instances need root on Linux. The tests run in order and share one sandbox (module scope):
 each step builds on the fleet the previous one left.
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 ROOT = Path(__file__).parents[2]
 ENV = "sandbox"
+WEST = "sandbox-west"  # the second sandbox environment, in another region
 
 
 class World:
@@ -41,9 +43,9 @@ class World:
         self.cfg = cfg
         self.out = io.StringIO()
 
-    def ctx(self, cfg: config.Config | None = None, project: Path | None = None) -> commands.Context:
+    def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV) -> commands.Context:
         ui = UI(stdout=self.out, stderr=self.out)
-        return commands.open_context(cfg or self.cfg, ENV, ui, project=project)
+        return commands.open_context(cfg or self.cfg, env, ui, project=project)
 
     def config_for(self, version: str) -> config.Config:
         text = (ROOT / "versions.toml").read_text().replace('version = "1.0.0"', f'version = "{version}"')
@@ -71,8 +73,9 @@ class World:
             assert time.monotonic() < deadline, f"the fleet did not become healthy: {states}"
             time.sleep(1)
 
-    def lb_versions(self, count: int = 12) -> dict[str, int]:
-        url = stack.load_balancer_url(self.ctx().aws.target.endpoint_url or "", self.ctx().env.target_groups[0])
+    def lb_versions(self, count: int = 12, env: str = ENV) -> dict[str, int]:
+        ctx = self.ctx(env=env)
+        url = stack.load_balancer_url(ctx.aws.target.endpoint_url or "", ctx.env.target_groups[0])
         assert url is not None
         return commands.sample_versions(url, count)
 
@@ -299,3 +302,98 @@ def test_killing_kiln_mid_release_and_rerunning_converges_without_a_second_refre
     assert "resuming" in rerun.stdout + rerun.stderr
     assert world.aws_state()[1] == refreshes_before + 1  # exactly one new refresh
     assert set(world.lb_versions()) == {"1.1.0"}
+
+
+def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
+    cfg = world.config_for("1.1.0")
+    plan = commands.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
+    assert not isinstance(plan, BakeResult) and not plan.needed
+    published = commands.sandbox_new_base_image(world.cfg, UI(stdout=world.out, stderr=world.out))
+    assert set(published) == {"us-east-1", "us-west-2"}  # Debian publishes in every region
+    plan = commands.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
+    assert not isinstance(plan, BakeResult) and plan.needed
+    assert plan.base_image.image_id == published["us-east-1"] and "base" in plan.changed
+    result = commands.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=True)
+    assert isinstance(result, BakeResult) and result.validated
+    ami = world.ctx().cloud.image(result.image_id)
+    assert ami is not None and ami.version == Version("1.1.0") and ami.tags["kiln:base-ami"] == published["us-east-1"]
+
+
+def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: World) -> None:
+    east, west = world.ctx(), world.ctx(env=WEST)
+    live = east.ledger.live(ENV)
+    assert live is not None and live.version == "1.1.0"
+    assert west.env.region != east.env.region
+    with pytest.raises(UsageError, match=r"1\.2\.0 was never released successfully in sandbox"):
+        commands.promote(world.ctx(), Version("1.2.0"), to=WEST)
+    with pytest.raises(UsageError, match=r"no AMI for 1\.1\.0"):  # not promoted yet: nothing to release there
+        commands.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False,
+                         break_lock=False)
+
+    image_id = commands.promote(world.ctx(), Version("1.1.0"), to=WEST)
+    source, copy = east.cloud.image(live.image_id), west.cloud.image(image_id)
+    assert source is not None and copy is not None
+    assert copy.region == west.env.region and copy.image_id != source.image_id and copy.validated is True
+    for tag in ("kiln:version", "kiln:fingerprint", "kiln:git-sha", "kiln:base-ami", "kiln:built-at"):
+        assert copy.tags[tag] == source.tags[tag], tag
+    assert (world.state / "dataplane" / "layers" / live.image_id).exists()  # the copy shares the frozen rootfs
+    assert commands.promote(world.ctx(), Version("1.1.0"), to=WEST) == image_id  # again: no second copy
+    promoted = west.ledger.events("ami-promoted")
+    assert promoted[0]["subject"] == image_id and promoted[0]["source"] == source.image_id
+
+    record = commands.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False,
+                              force=False, break_lock=False)
+    assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
+    assert record.image_id == image_id and record.fingerprint == source.fingerprint
+    assert set(world.lb_versions(env=WEST)) == {"1.1.0"}
+    assert set(world.lb_versions()) == {"1.1.0"}
+
+
+def test_cleanup_deletes_exactly_what_nothing_needs_and_then_nothing(world: World) -> None:
+    east, west = world.ctx(), world.ctx(env=WEST)
+    app = world.cfg.app.name
+    ec2 = east.aws.client("ec2")
+    # Four older versions. Baking each for real takes minutes; what the cleanup reads is an AMI's
+    # Kiln tags and who refers to it, so these are copies of 1.0.0's image (each with its own
+    # snapshot) tagged as the older bakes they stand for, each with its own fingerprint.
+    one = east.cloud.app_images(app, "1.0.0")[0]
+    older: dict[str, str] = {}
+    for n, version in enumerate(("0.6.0", "0.7.0", "0.8.0", "0.9.0")):
+        image_id = ec2.copy_image(SourceImageId=one.image_id, SourceRegion=east.env.region, CopyImageTags=True,
+                                  Name=f"{app}-{version}-older")["ImageId"]
+        ec2.create_tags(Resources=[image_id], Tags=[{"Key": "kiln:version", "Value": version},
+                                                    {"Key": "kiln:fingerprint", "Value": f"older{n}" * 8}])
+        older[image_id] = version
+    legacy_east = east.ledger.history(ENV, limit=200)[-1]  # release 0: the adopted scp-era image
+    assert legacy_east.kind == "adopt"
+    legacy_west = west.ledger.history(WEST, limit=200)[-1]
+    everything = {i.image_id for c in (east, west) for i in c.cloud.app_images(app)}
+    versions = {str(i.version) for c in (east, west) for i in c.cloud.app_images(app)}
+    assert len(versions) == 8, versions
+
+    plan = commands.cleanup(world.ctx(), keep=3, dry_run=True)
+    assert {d.image.ami.image_id for d in plan} == everything  # both regions, every Kiln AMI
+    doomed = {d.image.ami.image_id: d for d in plan if d.action.value == "delete"}
+    assert set(doomed) == set(older) | {legacy_east.image_id}
+    why = {d.image.ami.image_id: "; ".join(d.reasons) for d in plan}
+    live_east, live_west = east.ledger.live(ENV), west.ledger.live(WEST)
+    assert live_east is not None and live_west is not None
+    assert "live in sandbox" in why[live_east.image_id] and "live in sandbox-west" in why[live_west.image_id]
+    assert "previous in sandbox-west" in why[legacy_west.image_id]
+    assert "one of the newest 3 versions" in why[one.image_id]
+    assert {i.image_id for c in (east, west) for i in c.cloud.app_images(app)} == everything  # a dry run
+    snapshots = [s for d in doomed.values() for s in d.image.snapshot_ids]
+    assert len(snapshots) == len(doomed)
+
+    done = commands.cleanup(world.ctx(), keep=3, dry_run=False)
+    assert {d.image.ami.image_id for d in done if d.action.value == "delete"} == set(doomed)
+    assert {i.image_id for c in (east, west) for i in c.cloud.app_images(app)} == everything - set(doomed)
+    left = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert not left & set(snapshots)
+    assert all(s.startswith("snap-") for s in snapshots)
+    assert not (world.state / "dataplane" / "layers" / legacy_east.image_id).exists()  # its rootfs is freed
+    assert {e["subject"] for e in east.ledger.events("ami-deleted")} >= set(doomed)
+
+    again = commands.cleanup(world.ctx(), keep=3, dry_run=False)
+    assert [d for d in again if d.action.value == "delete"] == []
+    assert set(world.lb_versions()) == {"1.1.0"} and set(world.lb_versions(env=WEST)) == {"1.1.0"}
