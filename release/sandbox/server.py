@@ -225,8 +225,9 @@ class SandboxServer:
             ami.architecture, ami.virtualization_type, ami.root_device_name = "x86_64", "hvm", "/dev/xvda"
             ami.root_device_type = "ebs"  # like Debian's AMIs; Packer's amazon-ebs refuses anything else
             ami.launch_permissions.append({"Group": "all"})
-            if older and ami.creation_date <= max(older):  # "most recent" must be this one
-                ami.creation_date = max(older) + timedelta(seconds=1)
+            # "Most recent" must be this one, and CreationDate is shown to the second.
+            if older and ami.creation_date.replace(microsecond=0) <= max(older).replace(microsecond=0):
+                ami.creation_date = max(older).replace(microsecond=0) + timedelta(seconds=1)
         if self._base_rootfs is not None and self.runtime.dataplane is not None:
             self.runtime.dataplane.register_image(str(ami.id), self._base_rootfs)
         log.info("base image %s published in %s as %s", wanted.name, backend.region_name, ami.id)
