@@ -12,7 +12,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -191,7 +192,8 @@ def release(ctx: Context, version: Version, *, dry_run: bool, allow_downgrade: b
         if not plan.ok:
             raise UsageError(plan.blockers[0])
         return plan
-    record = _releaser(ctx).release(plan, kind=kind)
+    with _releaser(ctx) as releaser:
+        record = releaser.release(plan, kind=kind)
     ui.success(f"{kind} of {record.version} to {ctx.env.name} succeeded: {record.reason or record.journal[-1].message}")
     ui.result({"record": record})
     return record
@@ -229,15 +231,19 @@ def _resume_if_interrupted(ctx: Context) -> ReleaseRecord | None:
         return None
     ctx.ui.warn(f"found an unfinished {record.kind} of {record.version} ({record.release_id}, phase {record.phase}); "
                 "resuming it — Kiln never starts a second refresh over a running one")
-    done = _releaser(ctx).resume(record)
+    with _releaser(ctx) as releaser:
+        done = releaser.resume(record)
     ctx.ui.success(f"resumed {record.kind} of {record.version}: {done.outcome}")
     ctx.ui.result({"record": done})
     return done
 
 
-def _releaser(ctx: Context) -> Releaser:
-    return Releaser(ctx.env, ctx.cloud, ctx.ledger, ctx.clock, probes_for(ctx), _printer(ctx.ui), actor=actor(),
-                    time_scale=ctx.aws.target.time_scale)
+@contextmanager
+def _releaser(ctx: Context) -> Iterator[Releaser]:
+    """A Releaser whose SSH (and bastion connection) is closed when the release is over."""
+    with ssh_for(ctx) as ssh:
+        yield Releaser(ctx.env, ctx.cloud, ctx.ledger, ctx.clock, probes_for(ctx, ssh), _printer(ctx.ui),
+                       actor=actor(), time_scale=ctx.aws.target.time_scale)
 
 
 def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, record_to: Path | None = None,
@@ -250,8 +256,7 @@ def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, re
                bastion_key=sandbox)
 
 
-def probes_for(ctx: Context) -> Probes:
-    ssh = ssh_for(ctx)
+def probes_for(ctx: Context, ssh: Ssh) -> Probes:
     lb = _load_balancer_url(ctx)
 
     def served(instance: InstanceState) -> str | None:
