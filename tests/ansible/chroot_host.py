@@ -1,8 +1,8 @@
 """A throwaway Debian 12 machine for provisioning tests: a debootstrapped rootfs (cached), an
 overlay on it per test, and an sshd inside it on a loopback address.
 
-Mirrors the sandbox's base image contract: python3, python3-venv, openssh-server, sudo and a
-user `admin` with passwordless sudo. Root only.
+The rootfs is the sandbox's base image (python3, python3-venv, openssh-server, sudo and a user
+`admin` with passwordless sudo), so provisioning is tested on what Packer provisions. Root only.
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE = Path("/var/cache/kiln/ansible-tests")
-BASE = CACHE / "bookworm-base"
-MIRROR = "http://deb.debian.org/debian"
-PACKAGES = "python3,python3-venv,openssh-server,sudo"
+from release.sandbox.dataplane.baseimage import build_base_image
 
 
 def sh(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -30,34 +26,11 @@ def sh(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 def base_rootfs() -> Path:
-    """The cached base rootfs, built on first use (one to three minutes). KILN_TEST_BASE_ROOTFS
-    names another one to provision instead, e.g. the sandbox's base image; it is only read."""
+    """The sandbox's cached Debian base image (built on first use; one debootstrap per machine for
+    both). KILN_TEST_BASE_ROOTFS names another rootfs to provision instead; it is only read."""
     if os.environ.get("KILN_TEST_BASE_ROOTFS"):
         return Path(os.environ["KILN_TEST_BASE_ROOTFS"])
-    if (BASE / "etc/kiln-test-base").exists():
-        return BASE
-    CACHE.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix="bookworm-base.", dir=CACHE))
-    try:
-        sh("debootstrap", "--foreign", "--variant=minbase", f"--include={PACKAGES}", "bookworm", building, MIRROR)
-        # The second stage runs maintainer scripts: keep anything they start away from the
-        # shared loopback network and the host's mounts, and end it with the namespace.
-        sh(
-            "unshare", "--mount", "--net", "--pid", "--fork", "--propagation", "private",
-            "chroot", building, "/debootstrap/debootstrap", "--second-stage",
-        )  # fmt: skip
-        sh("chroot", building, "useradd", "--create-home", "--shell", "/bin/bash", "admin")
-        # No password, but not locked: sshd without PAM refuses locked accounts even for keys.
-        sh("chroot", building, "usermod", "--password", "*", "admin")
-        sudoers = building / "etc/sudoers.d/admin"
-        sudoers.write_text("admin ALL=(ALL) NOPASSWD:ALL\n")
-        sudoers.chmod(0o440)
-        (building / "etc/kiln-test-base").write_text("debootstrap minbase bookworm + " + PACKAGES + "\n")
-        building.rename(BASE)
-    finally:
-        if building.exists():
-            shutil.rmtree(building)
-    return BASE
+    return build_base_image().rootfs
 
 
 def free_port(address: str) -> int:
