@@ -9,6 +9,7 @@ and different `kiln:fingerprint`; `inv release --version` takes the newest valid
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import os
 import re
@@ -16,7 +17,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,8 +145,29 @@ class Baker:
 
     # ------------------------------------------------------------------ bake (changes things)
     def bake(self, plan: BakePlan) -> BakeResult:
-        started = self.clock.now()
+        with self._one_bake_at_a_time():
+            return self._bake(plan)
+
+    @contextmanager
+    def _one_bake_at_a_time(self) -> Iterator[None]:
+        """The work directory (wheelhouse, variables, manifest, log) serves one bake at a time: a second
+        bake in the same checkout would overwrite the first one's files under it."""
         self.work.mkdir(parents=True, exist_ok=True)
+        with (self.work / ".lock").open("a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise BakeError(f"another bake is running in this checkout ({holder})", where=str(self.work),
+                                hint="Wait for it to finish, or bake from another checkout.") from None
+            lock.truncate(0)
+            lock.write(f"pid {os.getpid()}, since {self.clock.now():%Y-%m-%d %H:%M:%S}")
+            lock.flush()
+            yield
+
+    def _bake(self, plan: BakePlan) -> BakeResult:
+        started = self.clock.now()
         self.on_step("building the app's wheelhouse")
         self._wheelhouse(Path(str(plan.variables["wheelhouse"])))
         var_file = self.work / "bake.pkrvars.json"
