@@ -593,7 +593,7 @@ def sandbox_new_base_image(cfg: Config, ui: UI, clock: Clock | None = None) -> d
     info = stack.status(SANDBOX_DIR)
     if info is None:
         raise SandboxError("the sandbox is not running", hint="Start it with `inv sandbox.up`.")
-    name = base.name.replace("*", f"sandbox-{(clock or SystemClock()).now():%Y%m%d-%H%M%S}", 1)
+    name = base.name.replace("*", f"sandbox-{(clock or SystemClock()).now():%Y%m%d-%H%M%S}")
     images = stack.publish_base_image(info.endpoint, name)
     for region, image_id in sorted(images.items()):
         ui.success(f"published base image {name} in {region} as {image_id}")
