@@ -252,6 +252,15 @@ def judge(expected: ExpectedRelease, observed: Observed) -> InstanceVerdict:
     )  # fmt: skip
 
 
+def _why(verdict: InstanceVerdict, limit: int = 160) -> str:
+    """The outcome and its first detail, short enough for a one-line error."""
+    details = verdict.details()
+    if not details:
+        return verdict.outcome.value
+    first = details[0] if len(details[0]) <= limit else details[0][: limit - 1] + "…"
+    return first if first.startswith(verdict.outcome.value) else f"{verdict.outcome.value}: {first}"
+
+
 @dataclass(frozen=True)
 class FleetReport:
     expected: ExpectedRelease
@@ -273,7 +282,7 @@ class FleetReport:
         if self.ok:
             return None
         bad = [v for v in self.verdicts if v.outcome is not Outcome.MATCH]
-        names = ", ".join(f"{v.instance_id} ({v.outcome.value})" for v in bad)
+        names = ", ".join(f"{v.instance_id} ({_why(v)})" for v in bad)
         return DriftDetected(
             f"{self.count(Outcome.DRIFT)} drifted and {self.count(Outcome.UNREACHABLE)} unreachable of "
             f"{len(self.verdicts)} instances: {names}",

@@ -212,6 +212,8 @@ def test_audit_reports_each_instance_and_one_unreachable_is_not_fatal() -> None:
     error = report.error()
     assert isinstance(error, DriftDetected) and error.exit_code == EXIT_DRIFT
     assert "2 drifted and 2 unreachable of 5 instances" in str(error)
+    assert "i-5 (unreachable: no private IP address)" in str(error)  # the reason, not only the outcome
+    assert "i-2 (drift: added: hotfix.py" in str(error) and "\n" not in str(error)
     document = report.to_json()
     assert document["counts"] == {"match": 1, "drift": 2, "unreachable": 2}
     assert document["instances"][1]["added_files"] == ["hotfix.py"]
