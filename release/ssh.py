@@ -432,7 +432,13 @@ class Ssh:
     address); being an EC2 instance, its console output may then vouch for its host key too.
     The bastion is logged in to with `bastion_key` (or the settings' one), then the instance
     keys, then ssh-agent's keys.
+
+    `connect` tries the TCP connection (or the jump channel) `CONNECT_ATTEMPTS` times, pausing
+    1 s then 2 s (`sleep`): an instance whose sshd is just (re)starting refuses for a moment.
+    A host key nothing vouches for, or a refused login, is never retried.
     """
+
+    CONNECT_ATTEMPTS = 3
 
     def __init__(
         self,
@@ -447,6 +453,7 @@ class Ssh:
         port: int = 22,
         locate_bastion: BastionLocator | None = None,
         bastion_key: Path | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.port = port  # where instances' sshd listens
@@ -462,6 +469,7 @@ class Ssh:
         self.recorder = KnownHostsRecorder(record_to) if record_to is not None else None
         self._keys = load_private_keys(key_filename, use_agent)
         self.locate_bastion = locate_bastion
+        self._sleep = sleep
         self._bastion_keys: list[paramiko.PKey] = []
         if settings.bastion or settings.bastion_instance:
             configured = Path(settings.bastion_key).expanduser() if settings.bastion_key else None
@@ -543,8 +551,15 @@ class Ssh:
                 user: str | None = None) -> Connection:  # fmt: skip
         """An authenticated session to address:port, through the bastion when one is configured."""
         port = self.port if port is None else port
-        jump = self.bastion()
-        sock: Any = jump.open_tcp(address, port) if jump is not None else self._tcp(address, port)
+        for attempt in range(1, self.CONNECT_ATTEMPTS + 1):
+            jump = self.bastion()
+            try:
+                sock: Any = jump.open_tcp(address, port) if jump is not None else self._tcp(address, port)
+                break
+            except SshError as err:
+                if attempt == self.CONNECT_ATTEMPTS:
+                    raise SshError(f"{err.message} ({attempt} attempts)", where=err.where, hint=err.hint) from err
+                self._sleep(float(attempt))
         try:
             return self._connect(sock, address, port, user or self.settings.user, instance_id, jump)
         except BaseException:

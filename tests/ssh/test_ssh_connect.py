@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -248,10 +249,62 @@ def test_http_get_directly_without_a_bastion(
         assert json.loads(ssh.http_get(address, port, "/version").body) == payload
 
 
-def test_closed_port_is_an_ssh_error_not_a_hang(client_key: Path, known_hosts: Callable[..., Path]) -> None:
+def test_closed_port_is_an_ssh_error_after_three_attempts(client_key: Path, bastion: SshServer,
+                                                           known_hosts: Callable[..., Path]) -> None:  # fmt: skip
     port = free_port(SPARE_ADDRESS)
-    with make_ssh(client_key, known_hosts()) as ssh, pytest.raises(SshError, match=r"cannot reach .*refused"):
+    pauses: list[float] = []
+    with make_ssh(client_key, known_hosts(), sleep=pauses.append) as ssh, \
+            pytest.raises(SshError, match=r"cannot reach .*refused.*\(3 attempts\)"):  # fmt: skip
         ssh.connect(SPARE_ADDRESS, port=port)
+    assert pauses == [1.0, 2.0]
+    pauses.clear()  # the same through the bastion: its sshd is refused
+    with make_ssh(client_key, known_hosts(bastion), bastion=bastion, sleep=pauses.append) as ssh, \
+            pytest.raises(SshError, match=r"could not open a connection to .*\(3 attempts\)"):  # fmt: skip
+        ssh.connect(SPARE_ADDRESS, port=port)
+    assert pauses == [1.0, 2.0]
+
+
+def test_an_sshd_that_starts_a_moment_late_is_reached_on_a_later_attempt(
+    client_key: Path, instance: SshServer, known_hosts: Callable[..., Path]
+) -> None:
+    late = socket.socket()
+    late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = free_port(SPARE_ADDRESS)
+
+    def relay(client: socket.socket) -> None:  # SPARE_ADDRESS:port -> the instance's sshd
+        with client, socket.create_connection((instance.address, instance.port)) as upstream:
+            pumps = [threading.Thread(target=pump, args=(a, b), daemon=True)
+                     for a, b in ((client, upstream), (upstream, client))]  # fmt: skip
+            for thread in pumps:
+                thread.start()
+            for thread in pumps:
+                thread.join()
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def start_listening(seconds: float) -> None:  # "sshd comes up" during the first pause
+        pauses.append(seconds)
+        if len(pauses) == 1:
+            late.bind((SPARE_ADDRESS, port))
+            late.listen(1)
+            threading.Thread(target=lambda: relay(late.accept()[0]), daemon=True).start()
+
+    pauses: list[float] = []
+    trusted = known_hosts(instance).read_text().replace(f"[{instance.address}]:{instance.port}",
+                                                        f"[{SPARE_ADDRESS}]:{port}")  # fmt: skip
+    known = known_hosts()
+    known.write_text(trusted)
+    try:
+        with make_ssh(client_key, known, sleep=start_listening) as ssh, ssh.connect(SPARE_ADDRESS, port=port) as conn:
+            assert conn.run("true").exit_status == 0
+    finally:
+        late.close()
+    assert pauses == [1.0]
 
 
 def test_a_silent_server_times_out_on_the_banner(client_key: Path, known_hosts: Callable[..., Path]) -> None:
