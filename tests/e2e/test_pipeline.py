@@ -182,7 +182,13 @@ def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
     group = ctx.cloud.group(ctx.env.asg)
     assert group is not None and {i.image_id for i in group.instances} == {result.image_id}
 
-    report = commands.verify_fleet(ctx, parallel=4, key=None)
+    try:
+        report = commands.verify_fleet(ctx, parallel=4, key=None)
+    except DriftDetected:
+        print(world.out.getvalue()[-6000:])  # the audit's table and what led to it
+        for instance in group.instances:
+            print(instance, ctx.cloud.console_output(instance.instance_id)[-1500:])
+        raise
     assert report.ok and len(report.verdicts) == 4
     # An scp-style hotfix on one instance.
     victim = group.instances[0].instance_id
