@@ -505,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.Formatter.converter = time.gmtime
+    # werkzeug logs one access line per API call (nine in ten lines of a release's log); what the
+    # sandbox itself does (refreshes, health, alarms, instances) is logged by its own loggers.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         dataplane = None
         if args.dataplane:
