@@ -210,96 +210,77 @@ def up(
     owners[0]); the defaults are provision.BASE_IMAGE_NAME and DEBIAN_OWNER_ID."""
     state_dir = state_dir.resolve()
     with _exclusive(state_dir):
-        return _up(
-            state_dir,
-            port=port,
-            time_scale=time_scale,
-            dataplane=dataplane,
-            base_image_name=base_image_name,
-            base_image_owner=base_image_owner,
-        )
-
-
-def _up(
-    state_dir: Path,
-    *,
-    port: int | None = None,
-    time_scale: float = DEFAULT_TIME_SCALE,
-    dataplane: bool = False,
-    base_image_name: str | None = None,
-    base_image_owner: str | None = None,
-) -> SandboxInfo:
-    running = status(state_dir)
-    if running is not None:
-        return running
-    chosen = port or _free_port()
-    endpoint = f"http://127.0.0.1:{chosen}"
-    if _health(endpoint, timeout=0.5) is not None:
-        raise SandboxError(
-            f"another sandbox already answers on {endpoint}",
-            where=WHERE,
-            hint="Stop it (with the state dir it was started with) or choose another port.",
-        )
-    command = [
-        sys.executable,
-        "-m",
-        SERVER_MODULE,
-        "--port",
-        str(chosen),
-        "--state-dir",
-        str(state_dir),
-        "--time-scale",
-        repr(time_scale),
-        *(["--dataplane"] if dataplane else []),
-        *(["--base-image-name", base_image_name] if base_image_name else []),
-        *(["--base-image-owner", base_image_owner] if base_image_owner else []),
-    ]
-    project_root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH")]))
-    with log_file(state_dir).open("ab") as log:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=project_root,
-            env=env,
-            start_new_session=True,  # survives the invoking shell; its own process group
-        )
-    _children[child.pid] = child
-    timeout = DATAPLANE_START_TIMEOUT_S if dataplane else START_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            _children.pop(child.pid, None)
+        running = status(state_dir)
+        if running is not None:
+            return running
+        chosen = port or _free_port()
+        endpoint = f"http://127.0.0.1:{chosen}"
+        if _health(endpoint, timeout=0.5) is not None:
             raise SandboxError(
-                f"the sandbox server exited with code {child.returncode} while starting: {_log_tail(state_dir)}",
+                f"another sandbox already answers on {endpoint}",
                 where=WHERE,
-                hint=f"See {log_file(state_dir)}.",
+                hint="Stop it (with the state dir it was started with) or choose another port.",
             )
-        health = _health(endpoint, timeout=0.5)
-        if health is not None and health.get("pid") == child.pid:
-            info = SandboxInfo(
-                endpoint,
-                chosen,
-                child.pid,
-                datetime.now(UTC),
-                time_scale,
-                state_dir,
-                dataplane=dataplane,
-                base_image_name=base_image_name,
-                base_image_owner=base_image_owner,
+        command = [
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            "--port",
+            str(chosen),
+            "--state-dir",
+            str(state_dir),
+            "--time-scale",
+            repr(time_scale),
+            *(["--dataplane"] if dataplane else []),
+            *(["--base-image-name", base_image_name] if base_image_name else []),
+            *(["--base-image-owner", base_image_owner] if base_image_owner else []),
+        ]
+        project_root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH")]))
+        with log_file(state_dir).open("ab") as log:
+            child = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=project_root,
+                env=env,
+                start_new_session=True,  # survives the invoking shell; its own process group
             )
-            _write_info(info)
-            return info
-        time.sleep(0.05)
-    _stop_pid(child.pid)
-    raise SandboxError(
-        f"the sandbox server did not answer on {endpoint} within {timeout:.0f} s",
-        where=WHERE,
-        hint=f"See {log_file(state_dir)}.",
-    )
+        _children[child.pid] = child
+        timeout = DATAPLANE_START_TIMEOUT_S if dataplane else START_TIMEOUT_S
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                _children.pop(child.pid, None)
+                raise SandboxError(
+                    f"the sandbox server exited with code {child.returncode} while starting: {_log_tail(state_dir)}",
+                    where=WHERE,
+                    hint=f"See {log_file(state_dir)}.",
+                )
+            health = _health(endpoint, timeout=0.5)
+            if health is not None and health.get("pid") == child.pid:
+                info = SandboxInfo(
+                    endpoint,
+                    chosen,
+                    child.pid,
+                    datetime.now(UTC),
+                    time_scale,
+                    state_dir,
+                    dataplane=dataplane,
+                    base_image_name=base_image_name,
+                    base_image_owner=base_image_owner,
+                )
+                _write_info(info)
+                return info
+            time.sleep(0.05)
+        _stop_pid(child.pid)
+        raise SandboxError(
+            f"the sandbox server did not answer on {endpoint} within {timeout:.0f} s",
+            where=WHERE,
+            hint=f"See {log_file(state_dir)}.",
+        )
 
 
 def down(state_dir: Path) -> bool:
