@@ -137,12 +137,7 @@ class Ledger:
 
     def history(self, env: str, limit: int = 50) -> list[ReleaseRecord]:
         """Newest first."""
-        with self.aws.call("Query", f"{self.table} release#{env}", hint=self._hint()):
-            pages = self.db.get_paginator("query").paginate(
-                TableName=self.table, KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": _s(f"release#{env}")}, ScanIndexForward=False,
-                ConsistentRead=True, PaginationConfig={"MaxItems": limit})
-            return [_load(item["body"]["S"]) for page in pages for item in page.get("Items", [])]
+        return [_load(item["body"]["S"]) for item in self._newest_first(f"release#{env}", limit)]
 
     def live(self, env: str) -> ReleaseRecord | None:
         """The newest release that succeeded: what the fleet should be running."""
@@ -173,17 +168,19 @@ class Ledger:
     def events(self, kind: str, limit: int = 200) -> list[dict[str, Any]]:
         """Recorded events of one kind ("ami-promoted", "ami-deleted", …), newest first; each the details
         it was recorded with, plus "at" and "subject"."""
-        with self.aws.call("Query", f"{self.table} event#{kind}", hint=self._hint()):
-            pages = self.db.get_paginator("query").paginate(
-                TableName=self.table, KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": _s(f"event#{kind}")}, ScanIndexForward=False,
-                ConsistentRead=True, PaginationConfig={"MaxItems": limit})
-            items = [item for page in pages for item in page.get("Items", [])]
         out = []
-        for item in items:
+        for item in self._newest_first(f"event#{kind}", limit):
             at, _, subject = item["sk"]["S"].partition("#")
             out.append({**json.loads(item["body"]["S"]), "at": at, "subject": subject})
         return out
+
+    def _newest_first(self, pk: str, limit: int) -> list[dict[str, Any]]:
+        """The items under one partition key, newest (highest sort key) first."""
+        with self.aws.call("Query", f"{self.table} {pk}", hint=self._hint()):
+            pages = self.db.get_paginator("query").paginate(
+                TableName=self.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": _s(pk)},
+                ScanIndexForward=False, ConsistentRead=True, PaginationConfig={"MaxItems": limit})
+            return [item for page in pages for item in page.get("Items", [])]
 
     def _hint(self) -> str:
         if self.aws.target.is_sandbox:
