@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from aws_sandbox_kit import Kit, unique
 
+from release.aws import Aws, Cloud, Target
+from release.errors import NotFound
 from release.sandbox.provision import SeedResources
 
 
@@ -80,3 +83,26 @@ def test_replacements_after_terminate_instances_join_the_target_group(kit: Kit, 
         "the replacement to turn healthy",
         lambda: all(kit.target_states(seed.target_group_arn)[m]["State"] == "healthy" for m in members),
     )
+
+
+def test_a_bastion_is_found_by_its_name_tag_and_only_when_it_is_one_running_instance(
+    kit: Kit, seed: SeedResources
+) -> None:
+    cloud = Cloud(Aws(Target(region="us-east-1", endpoint_url=kit.info.endpoint)))
+    ec2 = kit.client("ec2")
+    name = unique("bastion")
+    with pytest.raises(NotFound, match=rf"no running instances named '{name}'.*Start the bastion"):
+        cloud.running_instance_named(name)
+
+    def launch() -> str:
+        tags = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}]
+        return str(ec2.run_instances(ImageId=seed.base_image_id, MinCount=1, MaxCount=1,
+                                     TagSpecifications=tags)["Instances"][0]["InstanceId"])  # fmt: skip
+
+    first = launch()
+    instance_id, address = cloud.running_instance_named(name)
+    assert instance_id == first and ipaddress.ip_address(address).is_loopback  # the private IP: no public one here
+    second = launch()
+    with pytest.raises(NotFound, match=r"2 running instances named .*no other running instance has"):
+        cloud.running_instance_named(name)
+    ec2.terminate_instances(InstanceIds=[first, second])
