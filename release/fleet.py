@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class Observed:
     on_disk: Mapping[str, str] | None = None  # relative path -> sha256, now
     disk_problem: str | None = None
     services: Mapping[str, bool] = field(default_factory=dict)
+    interrupted: bool = False  # connected, then the session dropped midway
 
 
 # --- verdicts ---------------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def observe(
         disk_problem = None if disk.ok else f"checksums failed: {_first_line(disk.stderr, f'exit {disk.exit_status}')}"
         running = _services_running(session, services)
     except KilnError as err:  # the connection dropped or a command timed out midway
-        return Observed(instance, unreachable=f"audit interrupted: {err}")
+        return Observed(instance, unreachable=f"audit interrupted: {err}", interrupted=True)
     finally:
         session.close()
     return Observed(instance, None, served, served_problem, manifest, manifest_problem, on_disk, disk_problem, running)
@@ -430,17 +432,28 @@ def audit(
     app_root: str = APP_ROOT,
     http_port: int = HTTP_PORT,
     on_verdict: Callable[[InstanceVerdict], None] | None = None,
+    again_after: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> FleetReport:
     """Observe and judge every instance, at most `parallel` at a time; verdicts in input order.
 
-    `on_verdict` (e.g. a progress display) is called from the worker threads as verdicts arrive.
+    An instance whose session dropped midway is observed once more after `again_after` seconds
+    (`sleep`) before it counts as unreachable (a connection that is refused is already retried by
+    the Reach; an unknown host key never is). `on_verdict` (e.g. a progress display) is called
+    from the worker threads as verdicts arrive.
     """
 
-    def one(instance: FleetInstance) -> InstanceVerdict:
+    def look(instance: FleetInstance) -> Observed:
         try:
-            observed = observe(reach, instance, expected, services=services, app_root=app_root, http_port=http_port)
+            return observe(reach, instance, expected, services=services, app_root=app_root, http_port=http_port)
         except Exception as err:  # one broken host must not end the audit of the others
-            observed = Observed(instance, unreachable=f"{type(err).__name__}: {err}")
+            return Observed(instance, unreachable=f"{type(err).__name__}: {err}")
+
+    def one(instance: FleetInstance) -> InstanceVerdict:
+        observed = look(instance)
+        if observed.interrupted:
+            sleep(again_after)
+            observed = look(instance)
         verdict = judge(expected, observed)
         if on_verdict is not None:
             on_verdict(verdict)

@@ -6,7 +6,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -337,3 +337,36 @@ def test_inputs_from_the_model() -> None:
     )
     group = GroupState("web", 2, 8, 3, "lt-1", "web", "7", states)
     assert in_service(group) == [INSTANCE, FleetInstance("i-3", None, "ami-0old", "6")]
+
+
+def test_a_session_that_drops_midway_is_audited_once_more_after_a_pause() -> None:
+    class DroppingOnce(FakeSession):
+        drops: ClassVar[dict[str, int]] = {"10.0.0.1": 1, "10.0.0.2": 2}  # address -> sessions that drop
+
+        def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+            if command.startswith("if pgrep") and self.drops.get(self.address, 0) > 0:
+                self.drops[self.address] -= 1
+                raise SshError(f"ssh {self.address}: connection lost while running {command[:20]!r}")
+            return super().run(command, timeout=timeout)
+
+    class Reach(FakeReach):
+        def connect(self, address: str, *, instance_id: str | None = None) -> Any:
+            session = DroppingOnce(self.hosts[address])
+            session.address = address  # type: ignore[attr-defined]
+            return session
+
+    pauses: list[float] = []
+    instances = [FleetInstance("i-1", "10.0.0.1", "ami-0new", "7"), FleetInstance("i-2", "10.0.0.2", "ami-0new", "7"),
+                 FleetInstance("i-3", "10.0.0.3", "ami-0new", "7")]  # fmt: skip
+    report = audit(Reach({"10.0.0.1": _host(), "10.0.0.2": _host(), "10.0.0.3": _host()}), EXPECTED, instances,
+                   again_after=2.0, sleep=pauses.append)  # fmt: skip
+    outcomes = {v.instance_id: v.outcome for v in report.verdicts}
+    assert outcomes == {"i-1": Outcome.MATCH, "i-2": Outcome.UNREACHABLE, "i-3": Outcome.MATCH}
+    assert "audit interrupted" in (report.verdicts[1].reason or "")
+    assert pauses == [2.0, 2.0]  # one more look for each dropped session, and only one
+
+
+def test_a_host_that_cannot_be_reached_is_not_looked_at_twice() -> None:
+    pauses: list[float] = []
+    report = audit(FakeReach({}), EXPECTED, [FleetInstance("i-3", "10.0.0.3", "ami-0new", "7")], sleep=pauses.append)
+    assert report.verdicts[0].outcome is Outcome.UNREACHABLE and pauses == []
