@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl
 
 from release.clock import Clock, SystemClock
 from release.errors import KilnError
-from release.sandbox import patches
+from release.sandbox import paging, patches
 from release.sandbox.admin import AdminApi
 from release.sandbox.contracts import DataPlane
 from release.sandbox.fleet import MotoFleet, sweep_elb_health
@@ -256,7 +256,7 @@ class SandboxServer:
 
         def describe(engine: RefreshEngine, p: dict[str, Any]) -> dict[str, Any]:
             found = engine.describe(p["AutoScalingGroupName"], tuple(p.get("InstanceRefreshIds", ())))
-            return {"InstanceRefreshes": found[: int(p.get("MaxRecords", 50))]}
+            return paging.instance_refreshes(found, p)
 
         def cancel(engine: RefreshEngine, p: dict[str, Any]) -> dict[str, Any]:
             return {"InstanceRefreshId": engine.cancel(p["AutoScalingGroupName"])}

@@ -1,4 +1,5 @@
-"""Launch template fixes: SourceVersion inheritance, stable version numbers, version deletion.
+"""Launch template fixes: SourceVersion inheritance, stable version numbers, version deletion,
+paging of DescribeLaunchTemplateVersions/DescribeLaunchTemplates, ClientToken idempotency.
 
 AWS (EC2 API reference, CreateLaunchTemplateVersion.SourceVersion): "the new version inherits
 the launch parameters from the source version. If you specify additional launch parameters for
@@ -10,6 +11,17 @@ AWS (DeleteLaunchTemplateVersions): the default version cannot be deleted; the r
 versions deleted and, per version, why one was not. moto 5.2.5 lacks the operation, and stores
 versions in a list indexed by number, so deleting one would renumber the rest. The patch looks
 versions up by number and never reuses a number (the next version is always latest-ever + 1).
+
+AWS (DescribeLaunchTemplateVersions, DescribeLaunchTemplates): MaxResults is 1–200, and NextToken
+is null only "when there are no more results to return". moto 5.2.5 cuts the list at MaxResults
+(15 when none is given) and never issues a NextToken, so a paginator silently stops at 15. The
+patch lists everything moto finds and hands it out in pages (release/sandbox/paging.py): 200 a
+page when MaxResults is omitted, a NextToken whenever items remain.
+
+AWS (CreateLaunchTemplateVersion.ClientToken, "Ensuring idempotency"): at most 128 ASCII
+characters; a retry with the same token and the same parameters returns the original result
+without creating anything; the same token with other parameters is IdempotentParameterMismatch.
+Tokens are per account and region. moto ignores ClientToken.
 """
 
 from __future__ import annotations
@@ -17,10 +29,67 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from release.sandbox.paging import PageTokenError, page_size, paginate, query_of
 from release.sandbox.patches._replace import replace
 from release.sandbox.wire import RequestContext, WireError
 
 MAX_VERSIONS_PER_DELETE = 200
+MAX_RESULTS = 200  # DescribeLaunchTemplateVersions / DescribeLaunchTemplates: 1–200 a page
+DEFAULT_PAGE = 200  # what AWS hands out when MaxResults is omitted (docs/sandbox.md)
+EVERYTHING = 10**9
+MAX_CLIENT_TOKEN = 128
+
+
+def _ec2_error(code: str, message: str) -> Exception:
+    from moto.ec2.exceptions import EC2ClientError
+
+    return EC2ClientError(code, message)
+
+
+def _query(response: Any) -> dict[str, Any]:
+    """The request's flat parameters, as sent (one value each)."""
+    return {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in response.querystring.items()}
+
+
+def _listed_in_full(response: Any, original: Any) -> list[dict[str, Any]]:
+    """What moto's `original` response lists when it is not told to stop at MaxResults."""
+    moto_get_int_param = response._get_int_param
+
+    def get_int_param(param_name: str, if_none: Any = None) -> Any:
+        if param_name == "MaxResults":
+            return EVERYTHING
+        return moto_get_int_param(param_name, if_none)
+
+    response._get_int_param = get_int_param
+    try:
+        result = original(response)
+    finally:
+        del response._get_int_param
+    listed: dict[str, list[dict[str, Any]]] = result.result
+    return next(iter(listed.values()))
+
+
+def _page_of(response: Any, operation: str, items: list[dict[str, Any]], key: Any) -> Any:
+    from moto.core.responses import ActionResult
+
+    params = _query(response)
+    size = page_size(
+        params.get("MaxResults"),
+        default=DEFAULT_PAGE,
+        low=1,
+        high=MAX_RESULTS,
+        invalid=lambda message: _ec2_error("InvalidParameterValue", message),
+    )
+    try:
+        page = paginate(items, key=key, size=size, token=params.get("NextToken"), query=query_of(operation, params))
+    except PageTokenError:
+        raise _ec2_error(
+            "InvalidPaginationToken", "The specified pagination token is not valid or is expired."
+        ) from None
+    result: dict[str, Any] = {operation.removeprefix("Describe"): page.items}
+    if page.next_token:
+        result["NextToken"] = page.next_token
+    return ActionResult(result)
 
 
 def _ec2(ctx: RequestContext) -> Any:
@@ -74,9 +143,62 @@ def apply() -> None:
         low, high = min_version or 1, max_version or 10**9
         return [(t, v) for t, v in every if low <= v.number <= high][:max_results]
 
+    original_versions_response: Any = LaunchTemplates.describe_launch_template_versions
+
+    def describe_launch_template_versions_paged(self: Any) -> Any:
+        """Every version moto finds, in pages: by version number for one template's versions,
+        else (named versions, or $Latest/$Default of every template) in the order asked."""
+        listed = _listed_in_full(self, original_versions_response)
+        params = _query(self)
+        one_template = (params.get("LaunchTemplateName") or params.get("LaunchTemplateId")) and not any(
+            k.startswith("LaunchTemplateVersion.") for k in params
+        )
+        if one_template:
+            return _page_of(self, "DescribeLaunchTemplateVersions", listed, lambda v: (int(v["VersionNumber"]),))
+        position = {id(v): n for n, v in enumerate(listed)}
+        return _page_of(self, "DescribeLaunchTemplateVersions", listed, lambda v: (position[id(v)],))
+
+    original_templates_response: Any = LaunchTemplates.describe_launch_templates
+
+    def describe_launch_templates_paged(self: Any) -> Any:
+        """Every template moto finds, in pages, oldest first."""
+        listed = _listed_in_full(self, original_templates_response)
+        return _page_of(
+            self, "DescribeLaunchTemplates", listed, lambda t: (str(t["CreateTime"]), str(t["LaunchTemplateId"]))
+        )
+
     original_create: Any = LaunchTemplates.create_launch_template_version
 
     def create_launch_template_version(self: Any) -> Any:
+        """ClientToken idempotency around `create_from_source`."""
+        from moto.core.responses import ActionResult
+
+        token = self._get_param("ClientToken")
+        if token is None:
+            return create_from_source(self)
+        if not token or len(token) > MAX_CLIENT_TOKEN or not token.isascii():
+            raise _ec2_error(
+                "InvalidParameterValue",
+                f"Value ({token}) for parameter clientToken is invalid. "
+                f"A client token is 1 to {MAX_CLIENT_TOKEN} ASCII characters.",
+            )
+        backend = self.ec2_backend
+        seen: dict[str, tuple[str, Any]] = backend.__dict__.setdefault("kiln_version_client_tokens", {})
+        request = query_of("CreateLaunchTemplateVersion", {k: v for k, v in _query(self).items() if k != "ClientToken"})
+        if token in seen:
+            first_request, first_result = seen[token]
+            if first_request != request:
+                raise _ec2_error(
+                    "IdempotentParameterMismatch",
+                    f"The client token '{token}' was already used with different parameters. "
+                    "Use a new client token, or repeat the earlier request unchanged.",
+                )
+            return ActionResult(copy.deepcopy(first_result))
+        created = create_from_source(self)
+        seen[token] = (request, copy.deepcopy(created.result))
+        return created
+
+    def create_from_source(self: Any) -> Any:
         """Serve SourceVersion by handing moto the merged LaunchTemplateData."""
         given = self._get_param("LaunchTemplateData", {})
         if given.get("UserData") is not None:
@@ -110,6 +232,8 @@ def apply() -> None:
     replace(LaunchTemplate, "default_version", default_version)
     replace(LaunchTemplateBackend, "describe_launch_template_versions", describe_launch_template_versions)
     replace(LaunchTemplates, "create_launch_template_version", create_launch_template_version)
+    replace(LaunchTemplates, "describe_launch_template_versions", describe_launch_template_versions_paged)
+    replace(LaunchTemplates, "describe_launch_templates", describe_launch_templates_paged)
 
 
 def delete_launch_template_versions(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
