@@ -80,27 +80,37 @@ def bake(c: Context, env: str | None = None, config: str | None = None, json: bo
 
 
 @task(help={"version": "The version to release (PEP 440), baked and validated.", "env": ENV, "config": CONFIG,
-            "json": JSON, "dry_run": DRY_RUN + " Prints the plan.",
+            "json": JSON, "dry_run": DRY_RUN + " Prints the plan (and any unfinished release).",
             "allow_downgrade": "Allow releasing a version older than the live one.",
-            "force": "Accept an unvalidated or deprecated AMI, or one that skipped lower environments.",
-            "break_lock": "Break a stale release lock first (its holder is shown)."})
+            "force": "Accept an unvalidated or deprecated AMI, or one that skipped lower environments."})
 def release(c: Context, version: str, env: str | None = None, config: str | None = None, json: bool = False,
-            dry_run: bool = False, allow_downgrade: bool = False, force: bool = False,
-            break_lock: bool = False) -> None:
+            dry_run: bool = False, allow_downgrade: bool = False, force: bool = False) -> None:
     """Release a baked version: new LT version, gated instance refresh, automatic rollback."""
     with kiln_errors():
         wanted = commands.parse_version(version)  # bad input first: before touching anything
         commands.release(open_context(env, config, json), wanted, dry_run=dry_run, allow_downgrade=allow_downgrade,
-                         force=force, break_lock=break_lock)
+                         force=force)
+
+
+@task(help={"env": ENV, "config": CONFIG, "json": JSON,
+            "dry_run": DRY_RUN + " Shows the unfinished release and its next step."})
+def resume(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
+           dry_run: bool = False) -> None:
+    """Finish an unfinished release whose driver died (once its lock's lease has lapsed)."""
+    with kiln_errors():
+        commands.resume(open_context(env, config, json), dry_run=dry_run)
 
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON, "dry_run": DRY_RUN,
-            "to": "Roll back to this version instead of the previous good one."})
+            "to": "Roll back to this version instead of the previous good one.",
+            "break_lock": "Emergency: take the lock over from a live driver of an unfinished release (which stops "
+                          "at its next fence check) and roll that release back."})
 def rollback(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
-             dry_run: bool = False, to: str | None = None) -> None:
-    """Go back to the previous good release, through the same gated path."""
+             dry_run: bool = False, to: str | None = None, break_lock: bool = False) -> None:
+    """Go back: an unfinished release to what the group ran before it; otherwise to the previous good
+    release, through the same gated path."""
     with kiln_errors():
-        commands.rollback(open_context(env, config, json), to=to, dry_run=dry_run)
+        commands.rollback(open_context(env, config, json), to=to, dry_run=dry_run, break_lock=break_lock)
 
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON})
@@ -202,6 +212,39 @@ def sandbox_new_base_image(c: Context, config: str | None = None, json: bool = F
         commands.sandbox_new_base_image(load_config(config), UI(json_mode=json))
 
 
+@task(name="fault", optional=["timeout"], auto_shortflags=False, help={
+    "operation": "Fault the AWS operation with this botocore name (StartInstanceRefresh), or '*' for every one.",
+    "service": "Only calls to this service (botocore name: autoscaling, ec2, elbv2, dynamodb…); default any.",
+    "error": "Answer with this AWS error instead of performing the call: Throttling, ServiceUnavailable, "
+             "InternalError (each in the service's own words), or any error code.",
+    "status": "HTTP status of --error (400-599; default: the error's own, else 400).",
+    "message": "Message of --error.",
+    "latency": "Perform the call after this many seconds.",
+    "timeout": "Perform the call, then hold its response this many seconds (alone: 15), past the client's read "
+               "timeout: the request reached AWS, the response was lost.",
+    "count": "For the next N matching calls (default 1 without --seconds).",
+    "seconds": "For this many seconds (wall clock); with --count, whichever ends first.",
+    "list": "List the fault rules in force (and the last ones that ended).",
+    "clear": "End every fault rule.",
+    "kill": "Kill this instance's processes, as a host failure does; the group replaces it.",
+    "stop": "Stop this instance (EC2 StopInstances); the group replaces it.",
+    "unhealthy": "Make this instance fail its load balancer health checks.",
+    "healthy": "Make this instance pass its health checks again.",
+    "json": JSON + " Includes the fault rules in force."})
+def sandbox_fault(c: Context, operation: str | None = None, service: str | None = None, error: str | None = None,
+                  status: str | None = None, message: str | None = None, latency: str | None = None,
+                  timeout: str | None = None, count: str | None = None, seconds: str | None = None,
+                  list: bool = False, clear: bool = False, kill: str | None = None, stop: str | None = None,
+                  unhealthy: str | None = None, healthy: str | None = None, json: bool = False) -> None:
+    """Rehearse a failure in the running sandbox: AWS calls that fail, lag or lose their response, or an
+    instance that dies, stops or fails its health checks."""
+    with kiln_errors():
+        commands.sandbox_fault(UI(json_mode=json), operation=operation, service=service, error=error, status=status,
+                               message=message, latency=latency, timeout=timeout, count=count, seconds=seconds,
+                               list_rules=list, clear=clear, kill=kill, stop=stop, unhealthy=unhealthy,
+                               healthy=healthy)
+
+
 @task(name="reset", help={"config": CONFIG, "json": JSON, "time_scale": "As for sandbox.up."})
 def sandbox_reset(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1) -> None:
     """An empty sandbox: stop it, then start and provision it again (the base image cache stays)."""
@@ -212,8 +255,8 @@ def sandbox_reset(c: Context, config: str | None = None, json: bool = False, tim
         commands.sandbox_up(cfg, ui, time_scale=time_scale, instances=True)
 
 
-ns = Collection(show_config, bake, release, rollback, status, history, adopt)
+ns = Collection(show_config, bake, release, resume, rollback, status, history, adopt)
 ns.add_collection(Collection("sandbox", sandbox_up, sandbox_status, sandbox_down, sandbox_reset,
-                             sandbox_new_base_image))
+                             sandbox_new_base_image, sandbox_fault))
 ns.add_collection(Collection("ami", ami_cleanup, ami_deprecate, ami_promote))
 ns.add_collection(Collection("fleet", fleet_verify))

@@ -10,6 +10,7 @@ resource and what to do.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,15 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 from packaging.version import InvalidVersion, Version
 
 from release.errors import AwsError, NotFound
@@ -39,7 +48,8 @@ from release.model import (
 # Fake credentials for the sandbox; the sandbox accepts anything and nothing else sees them.
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
-_RETRIES = BotoConfig(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=60)
+# No answer at all: worth asking again (the request may or may not have reached AWS).
+_NO_ANSWER = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
 
 _PERMISSION_HINT = "The role Kiln runs as lacks this permission; see iam/ for the policy Kiln needs."
 # What to do about the AWS error codes users hit most.
@@ -64,6 +74,9 @@ class Target:
     session_name: str = "kiln"
     # How long one AWS second lasts here: 1 on AWS; the sandbox runs its clocks faster.
     time_scale: float = 1.0
+    # How long to wait for an answer. The sandbox is on loopback: an answer later than 10 s is a
+    # fault (see `inv sandbox.fault --timeout`), not a slow network.
+    read_timeout: float = 60.0
 
     @property
     def is_sandbox(self) -> bool:
@@ -79,10 +92,17 @@ def credentials_configured() -> bool:
 
 
 class Aws:
-    def __init__(self, target: Target) -> None:
+    """Clients for one target. `attempts` is botocore's budget per call (adaptive retry mode): the
+    default rides out throttling; a release's gate asks for fewer, because it polls again anyway
+    and one call must never stall it."""
+
+    def __init__(self, target: Target, *, attempts: int = 10) -> None:
         self.target = target
         self._session = self._make_session()
         self._clients: dict[tuple[str, str], Any] = {}
+        self._config = BotoConfig(retries={"mode": "adaptive", "max_attempts": attempts}, connect_timeout=10,
+                                  read_timeout=target.read_timeout)
+        self._lock = threading.Lock()  # clients are thread-safe; making them from a session is not
 
     def _make_session(self) -> boto3.Session:
         t = self.target
@@ -96,10 +116,11 @@ class Aws:
     def client(self, service: str, region: str | None = None) -> Any:
         region = region or self.target.region
         key = (service, region)
-        if key not in self._clients:
-            self._clients[key] = self._session.client(
-                service, region_name=region, endpoint_url=self.target.endpoint_url, config=_RETRIES)
-        return self._clients[key]
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = self._session.client(
+                    service, region_name=region, endpoint_url=self.target.endpoint_url, config=self._config)
+            return self._clients[key]
 
     def frozen_credentials(self) -> dict[str, str]:
         """The session's current credentials as environment variables, for tools (Packer) that
@@ -123,15 +144,17 @@ class Aws:
             error = err.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
             message = str(error.get("Message", "")) or code
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             raise AwsError(f"{code}: {message}", operation=operation, resource=resource, code=code,
-                           hint=hint or _HINTS.get(code)) from None
+                           hint=hint or _HINTS.get(code), status=status) from None
         except NoCredentialsError:
-            raise AwsError("no AWS credentials found", operation=operation, resource=resource,
+            raise AwsError("no AWS credentials found", operation=operation, resource=resource, code="NoCredentials",
                            hint="Configure credentials (aws configure / AWS_PROFILE), "
                                 "or use the sandbox: inv sandbox.up") from None
         except BotoCoreError as err:
             where = self.target.endpoint_url or f"AWS in {self.target.region}"
             raise AwsError(f"{err} ({where})", operation=operation, resource=resource,
+                           code=None if isinstance(err, _NO_ANSWER) else type(err).__name__,
                            hint=hint or ("Is the sandbox running? inv sandbox.status"
                                          if self.target.is_sandbox else None)) from None
 
@@ -139,7 +162,7 @@ class Aws:
 def _assumed_role_session(
     base: boto3.Session, role_arn: str, session_name: str, region: str
 ) -> boto3.Session:
-    sts = base.client("sts", config=_RETRIES)
+    sts = base.client("sts", config=BotoConfig(retries={"mode": "adaptive", "max_attempts": 10}))
 
     def fetch() -> dict[str, str]:
         creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
@@ -189,8 +212,9 @@ class Cloud:
         if version is not None:
             filters.append({"Name": "tag:" + TAG_VERSION, "Values": [version]})
         with self.aws.call("DescribeImages", f"{app} images in {self.region}"):
-            return list(self._ec2().describe_images(Owners=["self"], Filters=filters,
-                                                    IncludeDeprecated=True)["Images"])
+            pages = self._ec2().get_paginator("describe_images").paginate(Owners=["self"], Filters=filters,
+                                                                          IncludeDeprecated=True)
+            return [image for page in pages for image in page["Images"]]
 
     def app_images(self, app: str, version: str | None = None) -> list[AmiRef]:
         """Kiln's AMIs for `app` (optionally one version), newest first."""
@@ -376,18 +400,43 @@ class Cloud:
             if (err.code and "NotFound" in err.code) or err.code == "InvalidLaunchTemplateName.NotFoundException":
                 return []
             raise
-        versions = [TemplateVersion(template_id=v["LaunchTemplateId"], template_name=v["LaunchTemplateName"],
-                                    number=int(v["VersionNumber"]), image_id=v["LaunchTemplateData"].get("ImageId", ""),
-                                    is_default=bool(v.get("DefaultVersion")), created_at=v.get("CreateTime"))
-                    for v in raw]
-        return sorted(versions, key=lambda t: t.number)
+        return sorted((_template_version(v) for v in raw), key=lambda t: t.number)
 
-    def create_template_version(self, name: str, source: int, image_id: str, description: str) -> int:
-        """A new version that inherits everything from `source` except the ImageId."""
+    def template_version(self, name: str, ref: str) -> TemplateVersion | None:
+        """One version, named as a group names it ("7", "$Latest", "$Default"); None when the
+        template or that version does not exist. AWS resolves the aliases."""
+        try:
+            with self.aws.call("DescribeLaunchTemplateVersions", f"{name} {ref}"):
+                raw = self._ec2().describe_launch_template_versions(
+                    LaunchTemplateName=name, Versions=[ref])["LaunchTemplateVersions"]
+        except AwsError as err:
+            if err.code and ("NotFound" in err.code or "DoesNotExist" in err.code):
+                return None
+            raise
+        return _template_version(raw[0]) if raw else None
+
+    def find_template_version(self, name: str, newer_than: int, marker: str) -> TemplateVersion | None:
+        """The version after `newer_than` whose description carries `marker` (a release id): a
+        version whose creation was not written down before its creator died."""
+        with self.aws.call("DescribeLaunchTemplateVersions", f"{name} after v{newer_than}"):
+            # AWS's MinVersion reads "after which" in one place and "minimum" in another: ask from
+            # `newer_than` itself and filter, which is right either way.
+            pages = self._ec2().get_paginator("describe_launch_template_versions").paginate(
+                LaunchTemplateName=name, MinVersion=str(newer_than))
+            for page in pages:
+                for v in page["LaunchTemplateVersions"]:
+                    if int(v["VersionNumber"]) > newer_than and marker in (v.get("VersionDescription") or ""):
+                        return _template_version(v)
+        return None
+
+    def create_template_version(self, name: str, source: int, image_id: str, description: str,
+                                client_token: str) -> int:
+        """A new version that inherits everything from `source` except the ImageId. Idempotent:
+        the same client token with the same parameters returns the version made the first time."""
         with self.aws.call("CreateLaunchTemplateVersion", f"{name} from v{source}"):
             out = self._ec2().create_launch_template_version(
                 LaunchTemplateName=name, SourceVersion=str(source), VersionDescription=description[:255],
-                LaunchTemplateData={"ImageId": image_id})
+                LaunchTemplateData={"ImageId": image_id}, ClientToken=client_token[:128])
         return int(out["LaunchTemplateVersion"]["VersionNumber"])
 
     def set_default_template_version(self, name: str, number: int) -> None:
@@ -403,7 +452,8 @@ class Cloud:
         g = groups[0]
         lt = g.get("LaunchTemplate") or (g.get("MixedInstancesPolicy") or {}).get(
             "LaunchTemplate", {}).get("LaunchTemplateSpecification", {})
-        health = self.target_health(target_groups or tuple(g.get("TargetGroupARNs", [])))
+        groups_to_check = target_groups or tuple(g.get("TargetGroupARNs", []))
+        health = self.target_health(groups_to_check)
         ids = [i["InstanceId"] for i in g.get("Instances", [])]
         described = self.describe_instances(ids)
         instances = tuple(
@@ -413,7 +463,7 @@ class Cloud:
                 launch_template_version=(i.get("LaunchTemplate") or {}).get("Version"),
                 lifecycle=i["LifecycleState"],
                 asg_health=i["HealthStatus"],
-                target_health=_worst(health.get(i["InstanceId"], [])) if health else None,
+                target_health=_target_state(health.get(i["InstanceId"], []), len(groups_to_check)),
                 private_ip=described.get(i["InstanceId"], {}).get("PrivateIpAddress") or None,
                 launched_at=_parse_time(described.get(i["InstanceId"], {}).get("LaunchTime")),
             )
@@ -470,8 +520,15 @@ class Cloud:
     # Instance refresh
     def refreshes(self, group: str) -> list[RefreshState]:
         """Newest first."""
+        raw: list[dict[str, Any]] = []
+        token: dict[str, str] = {}
         with self.aws.call("DescribeInstanceRefreshes", group):
-            raw = self._asg().describe_instance_refreshes(AutoScalingGroupName=group)["InstanceRefreshes"]
+            while True:  # botocore has no paginator for this call; AWS pages it with NextToken
+                page = self._asg().describe_instance_refreshes(AutoScalingGroupName=group, **token)
+                raw += page["InstanceRefreshes"]
+                if not page.get("NextToken"):
+                    break
+                token = {"NextToken": page["NextToken"]}
         return [_refresh_state(r) for r in raw]
 
     def refresh(self, group: str, refresh_id: str) -> RefreshState | None:
@@ -505,7 +562,8 @@ class Cloud:
         if not names:
             return {}
         with self.aws.call("DescribeAlarms", ", ".join(names)):
-            alarms = self.aws.client("cloudwatch").describe_alarms(AlarmNames=list(names))["MetricAlarms"]
+            pages = self.aws.client("cloudwatch").get_paginator("describe_alarms").paginate(AlarmNames=list(names))
+            alarms = [a for page in pages for a in page["MetricAlarms"]]
         found = {a["AlarmName"]: a["StateValue"] for a in alarms}
         return {n: found.get(n, "MISSING") for n in names}
 
@@ -516,6 +574,16 @@ class Cloud:
 
 
 _HEALTH_ORDER = ["unhealthy", "unavailable", "draining", "initial", "unused", "healthy"]
+
+
+def _target_state(states: list[str], target_groups: int) -> str | None:
+    """An instance's health across the group's target groups: None without target groups,
+    "unregistered" when it is missing from any of them, else the worst state."""
+    if not target_groups:
+        return None
+    if len(states) < target_groups:
+        return "unregistered"
+    return _worst(states)
 
 
 def _worst(states: list[str]) -> str | None:
@@ -557,9 +625,17 @@ def _parse_time(value: object) -> datetime | None:
     return None
 
 
+def _template_version(v: dict[str, Any]) -> TemplateVersion:
+    return TemplateVersion(template_id=v["LaunchTemplateId"], template_name=v["LaunchTemplateName"],
+                           number=int(v["VersionNumber"]), image_id=v["LaunchTemplateData"].get("ImageId", ""),
+                           is_default=bool(v.get("DefaultVersion")), created_at=v.get("CreateTime"),
+                           description=v.get("VersionDescription") or "")
+
+
 def _refresh_state(r: dict[str, Any]) -> RefreshState:
     return RefreshState(
         refresh_id=r["InstanceRefreshId"], status=r["Status"], status_reason=r.get("StatusReason"),
         percentage_complete=int(r.get("PercentageComplete", 0) or 0),
         instances_to_update=int(r.get("InstancesToUpdate", 0) or 0),
-        started_at=_parse_time(r.get("StartTime")), ended_at=_parse_time(r.get("EndTime")))
+        started_at=_parse_time(r.get("StartTime")), ended_at=_parse_time(r.get("EndTime")),
+        desired_version=((r.get("DesiredConfiguration") or {}).get("LaunchTemplate") or {}).get("Version"))

@@ -7,10 +7,13 @@ import getpass
 import ipaddress
 import json
 import os
+import signal
 import socket
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,9 +28,9 @@ from release.bake import BakePlan, Baker, BakeResult
 from release.catalogue import Action, CatalogueImage, Decision, References, decide
 from release.clock import Clock, SystemClock
 from release.config import Config, Environment, select_environment
-from release.errors import BakeError, NotFound, SandboxError, UsageError
-from release.ledger import Ledger, Outcome, ReleaseRecord, new_release_id
-from release.machine import Event, Probes, Releaser
+from release.errors import BakeError, LockHeld, NotFound, SandboxError, UsageError
+from release.ledger import Ledger
+from release.machine import Driver, Event, ProbeResult, Probes, Releaser
 from release.model import (
     TAG_APP,
     TAG_DEPRECATED_REASON,
@@ -35,9 +38,14 @@ from release.model import (
     TAG_VALIDATED,
     TAG_VALIDATION_REASON,
     TAG_VERSION,
+    GroupState,
     InstanceState,
+    Lock,
+    RefreshState,
+    TemplateVersion,
 )
 from release.plan import Observed, Plan, Request, make_plan
+from release.record import Outcome, ReleaseRecord, new_release_id
 from release.smoke import smoke_test
 from release.ssh import Ssh, Timeouts
 from release.ui import UI
@@ -141,19 +149,28 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
 
 
 def observe_for_plan(ctx: Context, version: Version) -> Observed:
+    """Everything the plan reads. "Before" comes from the group itself: the launch template version
+    it references, as AWS resolves it — never from Kiln's records or the template's default."""
     env, cloud, ledger = ctx.env, ctx.cloud, ctx.ledger
     images = cloud.app_images(ctx.cfg.app.name)
     chosen = [i for i in images if i.version == version]
     live = ledger.live(env.name)
     fingerprint = chosen[0].fingerprint if chosen else None
+    group = cloud.group(env.asg, env.target_groups)
+    default = cloud.template_version(env.launch_template, "$Default")
+    ref = group.launch_template_version if group else None
+    alarms = cloud.alarm_states(env.alarms)
     return Observed(
         images=images,
-        template_versions=cloud.template_versions(env.launch_template),
-        group=cloud.group(env.asg, env.target_groups),
+        group_template=cloud.template_version(env.launch_template, ref) if default and ref else None,
+        default_template=default,
+        group=group,
         active_refresh=cloud.active_refresh(env.asg),
         live=live.as_live() if live else None,
         lock=ledger.lock(env.name),
         passed_environments=_passed(ctx, fingerprint, {i.image_id for i in chosen}),
+        missing_alarms=tuple(name for name, state in alarms.items() if state == "MISSING"),
+        interrupted=ledger.in_progress(env.name),
     )
 
 
@@ -175,20 +192,17 @@ def parse_version(text: str) -> Version:
 
 
 def release(ctx: Context, version: Version, *, dry_run: bool, allow_downgrade: bool, force: bool,
-            break_lock: bool, kind: str = "release") -> ReleaseRecord | Plan:
+            kind: str = "release") -> ReleaseRecord | Plan:
+    """Plan (reads only), then drive the plan as the environment's one fenced driver."""
     ui = ctx.ui
-    resumed = _resume_if_interrupted(ctx)
-    if resumed is not None:
-        return resumed
-    if break_lock and not dry_run:
-        broken = ctx.ledger.break_lock(ctx.env.name)
-        ui.warn(f"broke the lock held by {broken.holder}" if broken else "there was no lock to break")
     observed = observe_for_plan(ctx, version)
+    if observed.interrupted is not None:
+        show_unfinished(ctx, observed.interrupted, observed.lock)
     plan = make_plan(ctx.env, Request(version, ctx.clock.now(), allow_downgrade=allow_downgrade, force=force),
                      observed)
     show_plan(ui, plan)
     if dry_run or not plan.ok or plan.noop:
-        ui.result({"plan": plan})
+        ui.result({"plan": plan, "unfinished": observed.interrupted})
         if not plan.ok:
             raise UsageError(plan.blockers[0])
         return plan
@@ -199,8 +213,43 @@ def release(ctx: Context, version: Version, *, dry_run: bool, allow_downgrade: b
     return record
 
 
-def rollback(ctx: Context, *, to: str | None, dry_run: bool) -> ReleaseRecord | Plan:
-    """A new gated release of the previous good version (or --to VERSION)."""
+def resume(ctx: Context, *, dry_run: bool) -> ReleaseRecord | None:
+    """Finish the unfinished release whose driver died, once its lease has lapsed."""
+    record = ctx.ledger.in_progress(ctx.env.name)
+    if record is None:
+        ctx.ui.success(f"nothing to resume in {ctx.env.name}: no release is unfinished")
+        ctx.ui.result({"unfinished": None})
+        return None
+    lock = ctx.ledger.lock(ctx.env.name)
+    show_unfinished(ctx, record, lock)
+    now = ctx.clock.now()
+    if lock is not None and lock.live(now):
+        raise LockHeld(f"{ctx.env.name} is being driven by {lock.describe(now)}",
+                       hint="`inv resume` takes over only once that lease lapses; in an emergency, "
+                            "`inv rollback --break-lock` takes it over to go back.")
+    if dry_run:
+        ctx.ui.info(f"would resume {record.kind} {record.version} from phase {record.phase}: "
+                    f"{_next_step(record)}; nothing changed")
+        ctx.ui.result({"unfinished": record, "dry_run": True})
+        return record
+    with _releaser(ctx) as releaser:
+        releaser.take_over(record, lock, force=False)
+        ctx.ui.warn(f"taking over {record.kind} {record.version} ({record.release_id}) from "
+                    f"{(lock.who if lock else '') or record.actor}, whose lease lapsed")
+        done = releaser.resume(record)
+    ctx.ui.success(f"resumed {record.kind} of {record.version}: {done.outcome}")
+    ctx.ui.result({"record": done})
+    return done
+
+
+def rollback(ctx: Context, *, to: str | None, dry_run: bool, break_lock: bool = False) -> ReleaseRecord | Plan:
+    """Go back. An unfinished release is rolled back to what the group ran before it (never
+    completed); otherwise a new gated release of the previous good version (or --to VERSION)."""
+    record = ctx.ledger.in_progress(ctx.env.name)
+    if record is not None:
+        return _undo_unfinished(ctx, record, dry_run=dry_run, break_lock=break_lock)
+    if break_lock:
+        ctx.ui.note(f"no unfinished release in {ctx.env.name}: there is no lock to break")
     history = ctx.ledger.history(ctx.env.name, limit=200)
     good = [r for r in history if r.outcome is Outcome.SUCCEEDED]
     if to is not None:
@@ -216,7 +265,63 @@ def rollback(ctx: Context, *, to: str | None, dry_run: bool) -> ReleaseRecord | 
                              hint="See `inv history`; pass --to VERSION.")
         target = Version(previous.version)
     ctx.ui.info(f"rolling {ctx.env.name} back to {target}")
-    return release(ctx, target, dry_run=dry_run, allow_downgrade=True, force=False, break_lock=False, kind="rollback")
+    return release(ctx, target, dry_run=dry_run, allow_downgrade=True, force=False, kind="rollback")
+
+
+def _undo_unfinished(ctx: Context, record: ReleaseRecord, *, dry_run: bool, break_lock: bool) -> ReleaseRecord:
+    ui, now = ctx.ui, ctx.clock.now()
+    lock = ctx.ledger.lock(ctx.env.name)
+    show_unfinished(ctx, record, lock)
+    live = lock is not None and lock.live(now)
+    if live and not break_lock:
+        assert lock is not None
+        raise LockHeld(f"{ctx.env.name} is being driven by {lock.describe(now)}",
+                       hint="It rolls back by itself if its gate fails; in an emergency "
+                            "`inv rollback --break-lock` takes it over and goes back.")
+    finish = record.kind == "rollback"  # an interrupted rollback is finished: its purpose is going back
+    if dry_run:
+        what = (f"finish the interrupted rollback to {record.version}: {_next_step(record)}" if finish
+                else f"roll {record.kind} {record.version} back: going {record.way_back()}")
+        ui.info(f"would {what}; nothing changed")
+        ui.result({"unfinished": record, "dry_run": True})
+        return record
+    with _releaser(ctx) as releaser:
+        if live:
+            assert lock is not None
+            ui.warn(f"BREAKING THE LOCK of {ctx.env.name}: {lock.describe(now)}. That process stops at its next "
+                    "fence check without changing anything more.")
+        releaser.take_over(record, lock, force=live)
+        if finish:
+            done = releaser.resume(record)
+        else:
+            done = releaser.undo(record, f"rolled back by {actor()} (`inv rollback` of the unfinished {record.kind})")
+    ui.success(f"{'finished the rollback to' if finish else 'rolled back'} {record.version} in {ctx.env.name}: "
+               f"{done.outcome}")
+    ui.result({"record": done})
+    return done
+
+
+def _next_step(record: ReleaseRecord) -> str:
+    if record.phase == "rolling_back":
+        return f"carry on going {record.way_back()}"
+    todo = next((text for done, text in record.steps() if not done), "record the outcome")
+    return todo
+
+
+def show_unfinished(ctx: Context, record: ReleaseRecord, lock: Lock | None) -> None:
+    """An unfinished release: who, how far, the lock, and what resume and rollback would do."""
+    ui, now = ctx.ui, ctx.clock.now()
+    ui.warn(f"unfinished {record.kind} of {record.version} ({record.release_id}) by {record.actor}, started "
+            f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC, phase {record.phase}")
+    for done, text in record.steps():
+        ui.check(done, text)
+    if lock is None:
+        ui.note("lock: free (its driver gave it back or died before taking it)")
+    else:
+        ui.note(f"lock: {lock.describe(now)}")
+    ui.note(f"`inv resume` would {_next_step(record)}")
+    ui.note("`inv rollback` would " + (f"finish the rollback to {record.version}" if record.kind == "rollback"
+                                       else f"go {record.way_back()}"))
 
 
 def _deprecated(ctx: Context, version: str) -> bool:
@@ -225,25 +330,29 @@ def _deprecated(ctx: Context, version: str) -> bool:
     return bool(images) and all(i.deprecated(ctx.clock.now()) for i in images)
 
 
-def _resume_if_interrupted(ctx: Context) -> ReleaseRecord | None:
-    record = ctx.ledger.in_progress(ctx.env.name)
-    if record is None:
-        return None
-    ctx.ui.warn(f"found an unfinished {record.kind} of {record.version} ({record.release_id}, phase {record.phase}); "
-                "resuming it — Kiln never starts a second refresh over a running one")
-    with _releaser(ctx) as releaser:
-        done = releaser.resume(record)
-    ctx.ui.success(f"resumed {record.kind} of {record.version}: {done.outcome}")
-    ctx.ui.result({"record": done})
-    return done
+def crash_point(name: str) -> None:
+    """Rehearsing crashes: with KILN_CRASH_AT=<checkpoint>[,…] (machine.CHECKPOINTS), the process
+    kills itself with SIGKILL at that point, as a power cut would. Tests use it; nothing else should."""
+    if name in os.environ.get("KILN_CRASH_AT", "").split(","):
+        sys.stderr.write(f"kiln: KILN_CRASH_AT={name}: killing this process (SIGKILL)\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager
 def _releaser(ctx: Context) -> Iterator[Releaser]:
-    """A Releaser whose SSH (and bastion connection) is closed when the release is over."""
+    """The environment's driver: a Releaser whose gate reads the cloud with a small retry budget
+    (it polls again anyway), and whose SSH (and bastion connection) is closed when it is over."""
+    gate_cloud = Cloud(Aws(ctx.aws.target, attempts=3))
+    driver = Driver(holder=uuid.uuid4().hex, who=f"{actor()} pid {os.getpid()}")
     with ssh_for(ctx) as ssh:
-        yield Releaser(ctx.env, ctx.cloud, ctx.ledger, ctx.clock, probes_for(ctx, ssh), _printer(ctx.ui),
-                       actor=actor(), time_scale=ctx.aws.target.time_scale)
+        releaser = Releaser(ctx.env, gate_cloud, ctx.ledger, ctx.clock, probes_for(ctx, ssh), _printer(ctx.ui),
+                            actor=actor(), driver=driver, time_scale=ctx.aws.target.time_scale,
+                            checkpoint=crash_point)
+        try:
+            yield releaser
+        finally:
+            releaser.close()
 
 
 def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, record_to: Path | None = None,
@@ -259,16 +368,12 @@ def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, re
 def probes_for(ctx: Context, ssh: Ssh) -> Probes:
     lb = _load_balancer_url(ctx)
 
-    def served(instance: InstanceState) -> str | None:
+    def check(instance: InstanceState) -> ProbeResult:
         if not instance.private_ip:
-            return None
-        answer = fleet.served_versions(ssh, [instance.private_ip])[instance.private_ip]
-        return answer.version
+            return ProbeResult(None, None, "no private IP address")
+        return ProbeResult(*fleet.probe_release(ssh, instance.private_ip))
 
-    def through_lb() -> dict[str, int]:
-        return sample_versions(lb, LB_SAMPLES) if lb else {"(no load balancer)": 1}
-
-    return Probes(served, through_lb)
+    return Probes(check, (lambda: sample_versions(lb, LB_SAMPLES)) if lb else None)
 
 
 def _load_balancer_url(ctx: Context) -> str | None:
@@ -290,7 +395,7 @@ def sample_versions(url: str, count: int) -> dict[str, int]:
     seen: Counter[str] = Counter()
     for _ in range(count):
         try:
-            with urllib.request.urlopen(f"{url}/version", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}/version", timeout=2) as response:
                 seen[str(json.loads(response.read()).get("version"))] += 1
         except (urllib.error.URLError, OSError, ValueError) as err:
             seen[f"error: {type(err).__name__}"] += 1
@@ -334,7 +439,8 @@ def show_plan(ui: UI, plan: Plan) -> None:
     ami = plan.ami.image_id if plan.ami else "—"
     ui.info(f"Plan: {plan.version} to {plan.environment} ({ami})")
     rows = [("live", f"{plan.live.version} ({plan.live.image_id})" if plan.live else plan.previous_version or "—"),
-            ("launch template", f"v{plan.base_template.number} → v{plan.new_template_number}"
+            ("launch template", f"v{plan.base_template.number} (what the group launches"
+             f"{', as ' + plan.group_ref if plan.group_ref and not plan.group_ref.isdigit() else ''}) → a new version"
              if plan.base_template else "—"),
             *[(f"change {c.field}", f"{c.old} → {c.new}") for c in plan.changes],
             ("batches", " + ".join(map(str, plan.batches)) or "—"),
@@ -354,28 +460,60 @@ def show_plan(ui: UI, plan: Plan) -> None:
 
 
 def status(ctx: Context) -> None:
-    env, cloud, ledger, ui = ctx.env, ctx.cloud, ctx.ledger, ctx.ui
+    """What is live, what the group really runs, the lock, any unfinished release and what to do
+    about it, and where the ledger and the cloud disagree."""
+    env, cloud, ledger, ui, now = ctx.env, ctx.cloud, ctx.ledger, ctx.ui, ctx.clock.now()
     live = ledger.live(env.name)
     running = ledger.in_progress(env.name)
+    lock = ledger.lock(env.name)
     group = cloud.group(env.asg, env.target_groups)
     refresh = cloud.active_refresh(env.asg)
     versions = {i.image_id: str(i.version) for i in cloud.app_images(ctx.cfg.app.name)}
+    current = cloud.template_version(env.launch_template, group.launch_template_version) \
+        if group and group.launch_template_version else None
     ui.check(live is not None, "live release", f"{live.version} ({live.image_id}, {live.ended_at:%Y-%m-%d %H:%M})"
              if live and live.ended_at else "none recorded")
-    ui.check(running is None, "no release in progress",
-             f"{running.kind} {running.version} in phase {running.phase}: `inv release` resumes it" if running else "")
+    ui.check(lock is None, "lock", lock.describe(now) if lock else "free")
+    ui.check(running is None, "no release unfinished", "" if running is None else
+             f"{running.kind} {running.version} in phase {running.phase}")
+    if running is not None:
+        show_unfinished(ctx, running, lock)
     ui.check(refresh is None, "no instance refresh running",
-             f"{refresh.refresh_id} {refresh.status} {refresh.percentage_complete}%" if refresh else "")
+             f"{refresh.refresh_id} {refresh.status} {refresh.percentage_complete}% (to v{refresh.desired_version})"
+             if refresh else "")
+    disagreements = _disagreements(live, running, group, current, refresh)
+    for text in disagreements:
+        ui.failure(f"ledger and cloud disagree: {text}")
     if group is None:
         ui.failure(f"Auto Scaling group {env.asg} not found")
-        ui.result({"live": live, "group": None})
+        ui.result({"live": live, "group": None, "lock": lock, "unfinished": running, "disagreements": disagreements})
         return
     rows = [(i.instance_id, i.private_ip, versions.get(i.image_id, i.image_id), i.launch_template_version,
              i.lifecycle, i.asg_health, i.target_health) for i in group.instances]
+    runs = f"v{current.number} ({versions.get(current.image_id, current.image_id)})" if current else "unknown"
     ui.table(["instance", "address", "version", "LT", "lifecycle", "ASG health", "target"], rows,
              title=f"{env.asg}: desired {group.desired_capacity}, LT {group.launch_template_name} "
-                   f"v{group.launch_template_version}")
-    ui.result({"live": live, "in_progress": running, "refresh": refresh, "group": group})
+                   f"{group.launch_template_version} = {runs}")
+    ui.result({"live": live, "in_progress": running, "lock": lock, "refresh": refresh, "group": group,
+               "group_template": current, "disagreements": disagreements})
+
+
+def _disagreements(live: ReleaseRecord | None, running: ReleaseRecord | None, group: GroupState | None,
+                   current: TemplateVersion | None, refresh: RefreshState | None) -> list[str]:
+    """Where the ledger's story and the cloud differ, each with what to do. The cloud is the truth."""
+    out = []
+    if live is not None and current is not None and running is None and current.image_id != live.image_id:
+        out.append(f"the ledger says {live.version} ({live.image_id}) is live, but the group launches "
+                   f"v{current.number} with {current.image_id}; someone changed the group outside Kiln — "
+                   "release the version you want (`inv release`) to make them agree")
+    if group is not None and current is None:
+        out.append(f"the group references launch template version {group.launch_template_version}, which does not "
+                   "exist; point it at a numbered version before releasing")
+    known = {r.refresh_id for r in (running,) if r} | {r.rollback_refresh_id for r in (running,) if r}
+    if refresh is not None and refresh.refresh_id not in known:
+        out.append(f"instance refresh {refresh.refresh_id} ({refresh.status}) runs with no Kiln release behind it; "
+                   "wait for it before releasing")
+    return out
 
 
 def history(ctx: Context, *, limit: int) -> None:
@@ -626,6 +764,106 @@ def _show_sandbox(ui: UI, info: object) -> None:
     ui.result(info)
 
 
+def sandbox_fault(ui: UI, *, operation: str | None = None, service: str | None = None, error: str | None = None,
+                  status: str | int | None = None, message: str | None = None,
+                  latency: str | float | None = None, timeout: str | float | bool | None = None,
+                  count: str | int | None = None, seconds: str | float | None = None, list_rules: bool = False,
+                  clear: bool = False, kill: str | None = None, stop: str | None = None,
+                  unhealthy: str | None = None, healthy: str | None = None) -> dict[str, object]:
+    """Rehearse a failure in the running sandbox (docs/sandbox.md, "Fault injection"): a rule that
+    makes AWS calls fail, lag or lose their response after taking effect; an instance killed,
+    stopped, or failing its health checks; or list / clear the rules. Every argument is checked
+    before the sandbox is touched: bad input is a UsageError and nothing changes."""
+    import re
+
+    from release.sandbox import lifecycle, stack
+
+    def number(flag: str, value: str | float | bool, whole: bool = False) -> float:
+        try:
+            parsed = float(value) if not whole else int(str(value))
+        except ValueError:
+            raise UsageError(f"{flag} takes a {'whole ' if whole else ''}number, not {value!r}") from None
+        if not parsed > 0 or isinstance(value, bool):
+            raise UsageError(f"{flag} must be more than 0, not {value!r}")
+        return parsed
+
+    rule_flags = [flag for flag, value in (("--service", service), ("--error", error), ("--status", status),
+                                           ("--message", message), ("--latency", latency), ("--timeout", timeout),
+                                           ("--count", count), ("--seconds", seconds)) if value is not None]
+    rule: dict[str, object] = {}
+    if operation is None and rule_flags:
+        raise UsageError(f"{', '.join(rule_flags)} describe a fault rule: name its --operation (or '*' for all)")
+    instance = kill or stop or unhealthy or healthy
+    actions = [flag for flag, given in (("--operation", operation), ("--list", list_rules), ("--clear", clear),
+                                        ("--kill", kill), ("--stop", stop), ("--unhealthy", unhealthy),
+                                        ("--healthy", healthy)) if given]
+    if len(actions) != 1:
+        raise UsageError("say one thing to do: --operation NAME with --error, --latency or --timeout; --list; "
+                         "--clear; or --kill, --stop, --unhealthy or --healthy INSTANCE"
+                         + (f" (got {' and '.join(actions)})" if actions else ""))
+    if operation is not None:
+        if not re.fullmatch(r"\*|[A-Z][A-Za-z0-9]*", operation):
+            raise UsageError(f"--operation {operation!r}: an AWS operation as botocore names it "
+                             "(DescribeAutoScalingGroups), or '*'")
+        kinds = [flag for flag in ("--error", "--latency", "--timeout") if flag in rule_flags]
+        if len(kinds) != 1:
+            raise UsageError("say what the fault is with exactly one of --error CODE, --latency S or --timeout S"
+                             + (f" (got {' and '.join(kinds)})" if kinds else ""))
+        if (status is not None or message is not None) and error is None:
+            raise UsageError("--status and --message go with --error")
+        rule = {"operation": operation, "service": service}
+        if error is not None:
+            rule.update(error=error, message=message,
+                        status=int(number("--status", status, whole=True)) if status is not None else None)
+        elif latency is not None:
+            rule["latency"] = number("--latency", latency)
+        elif timeout is not None:
+            rule["timeout"] = True if timeout is True else number("--timeout", timeout)
+        rule["count"] = int(number("--count", count, whole=True)) if count is not None else None
+        rule["seconds"] = number("--seconds", seconds) if seconds is not None else None
+        rule = {key: value for key, value in rule.items() if value is not None}
+    if instance is not None and not re.fullmatch(r"i-[0-9a-f]{8,17}", instance):
+        raise UsageError(f"{actions[0]} {instance!r}: an instance id such as i-0123456789abcdef0")
+
+    info = lifecycle.status(SANDBOX_DIR)
+    if info is None:
+        raise SandboxError("the sandbox is not running", hint="Start it with `inv sandbox.up`.")
+    outcome: dict[str, object] = {}
+    if operation is not None:
+        added = stack.add_fault(info.endpoint, rule)
+        outcome["added"] = added
+        lasts = " and ".join(part for part in (f"{added['count']} call(s)" if added.get("count") else "",
+                                               f"{added['seconds']:g} s" if added.get("seconds") else "") if part)
+        fault = (f"error {added['error']} ({added['status']})" if added["kind"] == "error"
+                 else f"{added['kind']} {added[added['kind']]:g} s")
+        ui.success(f"{added['id']}: {added['service']} {added['operation']} -> {fault}, for {lasts}")
+    elif clear:
+        ui.success(f"cleared {stack.clear_faults(info.endpoint)} fault rule(s)")
+    elif (kill or stop) and instance is not None:
+        done = stack.instance_fault(info.endpoint, instance, "kill" if kill else "stop")
+        outcome["instance"] = done
+        ui.success(f"{instance}: {'killed (' + str(done['effect']) + ')' if kill else 'stopped'}")
+    elif instance is not None:
+        outcome["target_health"] = stack.set_target_health(info.endpoint, instance, healthy=healthy is not None)
+        ui.success(f"{instance}: {'passes its health checks again' if healthy else 'fails its health checks'}")
+    book = stack.faults(info.endpoint)
+    rules = list(book["rules"])
+    if rules:
+        ui.table(["rule", "service", "operation", "fault", "left", "fired"], [
+            (r["id"], r["service"], r["operation"],
+             f"error {r['error']} ({r['status']})" if r["kind"] == "error" else f"{r['kind']} {r[r['kind']]:g} s",
+             ", ".join(part for part in (f"{r['remaining']} call(s)" if r["remaining"] is not None else "",
+                                         f"{r['expires_in']:g} s" if r["expires_in"] is not None else "") if part),
+             r["fired"]) for r in rules], title="fault rules in force")
+    elif list_rules:
+        ui.info("no fault rules in force")
+    if list_rules and book["finished"]:
+        ui.note("ended: " + ", ".join(f"{r['id']} ({r['ended']}, fired {r['fired']})" for r in book["finished"]))
+    result = {**outcome, "rules": rules, "finished": list(book["finished"])}
+    ui.result(result)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- adoption
 
 
@@ -637,13 +875,13 @@ def adopt(ctx: Context, version: Version, *, force: bool = False) -> ReleaseReco
         raise UsageError(f"{env.name} already has a release history; adoption is for a fleet Kiln never released",
                          hint="See `inv history`; pass --force to adopt anyway.")
     group = ctx.cloud.group(env.asg, env.target_groups)
-    versions = ctx.cloud.template_versions(env.launch_template)
-    if group is None or not versions:
-        raise NotFound(f"Auto Scaling group {env.asg!r} or launch template {env.launch_template!r} not found",
+    # What the group launches now, as AWS resolves its reference: the truth to adopt.
+    current = ctx.cloud.template_version(env.launch_template, group.launch_template_version or "$Default") \
+        if group else None
+    if group is None or current is None:
+        raise NotFound(f"Auto Scaling group {env.asg!r} or the launch template version it references "
+                       f"({env.launch_template!r}) not found",
                        hint=f"Check [environments.{env.name}] in versions.toml.")
-    ref = group.launch_template_version
-    current = next((v for v in versions if str(v.number) == ref), None) or \
-        next((v for v in versions if v.is_default), versions[-1])
     now = ctx.clock.now()
     ctx.cloud.tag_image(current.image_id, {
         TAG_APP: ctx.cfg.app.name, TAG_VERSION: str(version), TAG_FINGERPRINT: f"adopted-{current.image_id}",

@@ -99,6 +99,10 @@ class RefreshPreferences:
 class GateSettings:
     timeout: int = 1800  # seconds from refresh start until the gate gives up
     poll_interval: int = 10
+    # How long a release's lock outlives its last heartbeat (wall-clock seconds). The driver renews
+    # it at every step and every poll; when the process dies, `inv resume`/`inv rollback` may take
+    # over once it has lapsed.
+    lease: int = 120
 
 
 @dataclass(frozen=True)
@@ -390,9 +394,13 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
         refresh = _refresh(p)
     with r.sub("gate") as g:
         gate = GateSettings(timeout=g.integer("timeout", 1800, low=30) or 1800,
-                            poll_interval=g.integer("poll_interval", 10, low=1, high=300) or 10)
+                            poll_interval=g.integer("poll_interval", 10, low=1, high=300) or 10,
+                            lease=g.integer("lease", 120, low=5, high=3600) or 120)
         if gate.poll_interval >= gate.timeout:
             g.problem("poll_interval", "must be shorter than timeout")
+        if gate.lease < 3 * gate.poll_interval:
+            g.problem("lease", f"must be at least 3 × poll_interval ({3 * gate.poll_interval}) so that "
+                               "heartbeats keep a live release's lock")
     with r.sub("ssh") as s:
         ssh = SshSettings(
             user=s.text("user", "admin") or "admin",

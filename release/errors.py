@@ -17,6 +17,7 @@ EXIT_SANDBOX = 5
 EXIT_ROLLED_BACK = 10  # the gate failed and the rollback succeeded
 EXIT_ROLLBACK_FAILED = 11  # the gate failed and the rollback did not finish
 EXIT_DRIFT = 12
+EXIT_LEASE_LOST = 13  # another process took this release over; this one stopped, changing nothing more
 
 
 class KilnError(Exception):
@@ -66,6 +67,13 @@ class LockHeld(UsageError):
     """Another release holds the environment's lock."""
 
 
+class LeaseLost(KilnError):
+    """This process's lock was taken over (an explicit break, or its lease lapsed and another
+    process resumed): it must stop at once and change nothing more."""
+
+    exit_code = EXIT_LEASE_LOST
+
+
 class ToolError(KilnError):
     """A required external tool (packer, ansible-playbook, debootstrap…) is missing or unusable."""
 
@@ -89,12 +97,31 @@ class AwsError(KilnError):
         resource: str | None = None,
         code: str | None = None,
         hint: str | None = None,
+        status: int | None = None,
     ) -> None:
         self.operation = operation
         self.resource = resource
         self.code = code
+        self.status = status  # the HTTP status AWS answered with; None when no answer came
         where = f"{operation} {resource}" if resource else operation
         super().__init__(message, where=where, hint=hint)
+
+
+    @property
+    def transient(self) -> bool:
+        """Worth asking again: throttling, AWS's own failures (5xx), or no answer at all
+        (connection refused, read timeout)."""
+        return (self.code is None or self.code in TRANSIENT_CODES
+                or (self.status is not None and self.status >= 500))
+
+
+# Error codes AWS documents as throttling or its own transient failures, across services.
+TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "ProvisionedThroughputExceededException", "SlowDown",
+    "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "InternalError",
+    "InternalServerError", "RequestTimeout", "RequestTimeoutException", "EC2ThrottledException",
+})
 
 
 class SandboxError(KilnError):

@@ -499,6 +499,22 @@ def served_versions(
         return dict(zip(addresses, pool.map(one, addresses), strict=True))
 
 
+def probe_release(reach: Reach, address: str, *, http_port: int = HTTP_PORT,
+                  timeout: float = 5.0) -> tuple[str | None, bool | None, str]:
+    """What the gate asks one new instance: (version on /version, /health answered 200, detail).
+    None where the instance did not answer; never raises."""
+    try:
+        document, problem = _observe_served(reach, address, http_port)
+    except Exception as err:  # one unreachable host is an answer, not a crash
+        return None, None, f"{type(err).__name__}: {err}"
+    version = str(document["version"]) if document and document.get("version") else None
+    try:
+        health = reach.http_get(address, http_port, "/health", timeout=timeout)
+    except Exception as err:
+        return version, None, f"GET /health failed: {err}"
+    return version, health.status == 200, f"HTTP {health.status}" + (f"; {problem}" if problem else "")
+
+
 # Which smoke check each kind of FieldDrift belongs to (every name judge() produces).
 SMOKE_CHECK_OF_FIELD = {
     "image_id": "image", "template_version": "image",

@@ -6,13 +6,15 @@ judges one snapshot, so every rule is a table row in tests/unit/gate_cases/.
 Rules, in order — the first definitive failure wins (fail fast):
 1. No refresh where one must be, an unknown refresh status, or a refresh that ended other than
    Successful (Failed, Cancelled, any Rollback*) -> fail. Unknown is never "still waiting".
-2. Any watched CloudWatch alarm in ALARM -> fail.
+2. A watched CloudWatch alarm in ALARM, missing, or in a state Kiln does not know -> fail.
 3. A new instance (on the expected image) that the ASG marks Unhealthy, that its target group
-   marks unhealthy, or that serves another version on /version -> fail.
+   marks unhealthy or that is missing from a target group (past the grace period), whose /health
+   fails (past the grace period), that serves another version on /version, or that the group
+   took out of service (terminated) -> fail.
 4. Past the deadline -> fail, naming what was still pending.
-5. Refresh Successful and every in-service instance is on the expected image, Healthy, its
-   targets healthy, serving the expected version, and the load balancer serves only that
-   version -> pass.
+5. Refresh Successful and as many instances as the group desires are in service, all on the
+   expected image, Healthy, in every target group and healthy there, answering /health, serving
+   the expected version, and the load balancer (when there is one) serves only that version -> pass.
 6. Otherwise -> wait, saying what is pending.
 """
 
@@ -73,13 +75,16 @@ def _checks(snap: Snapshot, expect: Expectation) -> tuple[Check, ...]:
     refresh_done = refresh_check.ok is True
     in_service = _in_service(snap)
     new = [i for i in in_service if i.image_id == expect.image_id]
+    # Done means the group's whole desired capacity, not whatever happens to be in service.
+    total = max(snap.group.desired_capacity, len(in_service))
     return (
         refresh_check,
         _alarms(snap),
-        _on_new_image(in_service, new, refresh_done),
-        _asg_health(new, refresh_done, len(in_service), expect),
-        _target_health(new, refresh_done, len(in_service), expect, snap.at),
-        _served_by_instances(new, expect.version, refresh_done, len(in_service)),
+        _on_new_image(in_service, new, refresh_done, snap, expect),
+        _asg_health(new, refresh_done, total, expect),
+        _target_health(new, refresh_done, total, expect, snap.at),
+        _health_endpoint(new, refresh_done, total, expect, snap.at),
+        _served_by_instances(new, expect.version, refresh_done, total),
         _served_by_lb(snap, expect.version),
     )
 
@@ -105,17 +110,34 @@ def _refresh(snap: Snapshot, done_status: str) -> Check:
                               "Kiln treats what it does not understand as a failure")
 
 
+ALARM_STATES_OK = frozenset({"OK", "INSUFFICIENT_DATA"})
+
+
 def _alarms(snap: Snapshot) -> Check:
     firing = sorted(name for name, state in snap.alarms.items() if state == "ALARM")
     if firing:
         return Check("alarms", False, f"alarm {', '.join(firing)} in ALARM")
+    missing = sorted(name for name, state in snap.alarms.items() if state == "MISSING")
+    if missing:
+        return Check("alarms", False, f"alarm {', '.join(missing)} does not exist: an alarm that cannot fire "
+                                      "guards nothing")
+    odd = sorted(f"{name} is {state}" for name, state in snap.alarms.items() if state not in ALARM_STATES_OK)
+    if odd:
+        return Check("alarms", False, f"alarm {', '.join(odd)}, a state Kiln does not know")
     return Check("alarms", True, f"{len(snap.alarms)} OK" if snap.alarms else "none configured")
 
 
-def _on_new_image(in_service: list[InstanceState], new: list[InstanceState], refresh_done: bool) -> Check:
-    detail = f"{len(new)}/{len(in_service)} instances on the new image"
-    if in_service and len(new) == len(in_service):
+def _on_new_image(in_service: list[InstanceState], new: list[InstanceState], refresh_done: bool,
+                  snap: Snapshot, expect: Expectation) -> Check:
+    if snap.vanished and expect.health_required:
+        return Check("new image", False, f"new instance {', '.join(snap.vanished)} was taken out of service "
+                                         "(terminated by the group)")
+    wanted = snap.group.desired_capacity
+    detail = f"{len(new)}/{max(wanted, len(in_service))} instances on the new image"
+    if in_service and len(new) == len(in_service) and len(new) >= wanted:
         return Check("new image", True, detail)
+    if refresh_done and len(new) == len(in_service):
+        return Check("new image", None, f"{detail}: {len(in_service)} of {wanted} desired in service")
     if refresh_done:
         # Successful refresh yet old instances remain: the group still launches the old config.
         old = sorted(i.instance_id for i in in_service if i not in new)
@@ -139,8 +161,24 @@ def _target_health(new: list[InstanceState], refresh_done: bool, total: int, exp
     sick = sorted(i.instance_id for i in new if i.target_health == "unhealthy" and _past_grace(i, now, expect))
     if sick:
         return Check("target health", False, f"new instance {', '.join(sick)} is unhealthy in its target group")
+    absent = sorted(i.instance_id for i in new if i.target_health == "unregistered" and _past_grace(i, now, expect))
+    if absent:
+        return Check("target health", False, f"new instance {', '.join(absent)} is not registered in every "
+                                             "target group")
     healthy = [i for i in new if i.target_health in (None, "healthy")]
     return _progress("target health", len(healthy), total, refresh_done, "healthy")
+
+
+def _health_endpoint(new: list[InstanceState], refresh_done: bool, total: int, expect: Expectation,
+                     now: datetime) -> Check:
+    if not expect.health_required:
+        return Check("/health", True, "not checked: going back to a configuration Kiln did not release")
+    sick = sorted(f"{i.instance_id} ({i.health_detail or 'failed'})" for i in new
+                  if i.health_ok is False and _past_grace(i, now, expect))
+    if sick:
+        return Check("/health", False, f"new instance {', '.join(sick)} fails /health")
+    answered = [i for i in new if i.health_ok is True]
+    return _progress("/health", len(answered), total, refresh_done, "answer /health")
 
 
 def _past_grace(instance: InstanceState, now: datetime, expect: Expectation) -> bool:
@@ -164,6 +202,8 @@ def _served_by_lb(snap: Snapshot, version: str | None) -> Check:
     if version is None:
         return Check("load balancer", True, "not checked: the expected version is unknown")
     seen = snap.served_through_lb
+    if seen is None:
+        return Check("load balancer", True, "no load balancer to sample")
     if not seen:
         return Check("load balancer", None, "not sampled yet")
     summary = ", ".join(f"{v}×{n}" for v, n in sorted(seen.items()))

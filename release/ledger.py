@@ -1,85 +1,32 @@
 """Release history and the release lock, in one DynamoDB table (pk, sk).
 
 Items:
-- lock:     pk "lock#<env>",    sk "lock"                  holder, acquired_at, expires_at
-- release:  pk "release#<env>", sk "<started_at>#<id>"      one record per release/rollback
+- lock:     pk "lock#<env>",    sk "lock"                  a lease: holder, who, release, phase, expires_at
+- release:  pk "release#<env>", sk "<started_at>#<id>"      one record per release/rollback (record.py)
 - event:    pk "event#<kind>",  sk "<at>#<subject>"         promotions, deprecations, deletions
 
-The lock is taken with a conditional put (free, or expired), so two Kiln processes can never
-both hold it; it is given back with a conditional delete (only by its holder). Breaking a
-stale lock is explicit. Records are rewritten whole as a release moves through its phases,
-so a re-run of Kiln finds the refresh id and resumes instead of starting a second refresh.
+The lock is a lease with a fencing token (Chubby, the DynamoDB lock client): the holder is one
+process's unique id; it is taken with a conditional put (free or lapsed), renewed by heartbeats
+(a conditional update: still ours), and given back with a conditional delete (only by its
+holder). Every record write of a release is a transaction that checks the lock is still ours,
+so a process whose lease was taken over can no longer write anything: its next heartbeat or
+write raises LeaseLost. A live lease is never taken over, except explicitly (`--break-lock`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from release.aws import Aws
-from release.errors import AwsError, LockHeld
-from release.model import LiveRelease, Lock
+from release.errors import AwsError, LeaseLost, LockHeld
+from release.model import Lock
+from release.record import Lease, Outcome, ReleaseRecord, dump, load
 
-LOCK_TTL = timedelta(hours=2)
-
-
-class Outcome(StrEnum):
-    IN_PROGRESS = "in_progress"
-    SUCCEEDED = "succeeded"
-    ROLLED_BACK = "rolled_back"  # the gate failed, the fleet is back on the previous release
-    ROLLBACK_FAILED = "rollback_failed"
-    FAILED = "failed"  # failed before anything changed in the fleet
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    at: datetime
-    phase: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ReleaseRecord:
-    release_id: str
-    environment: str
-    kind: str  # "release" | "rollback"
-    version: str
-    image_id: str
-    fingerprint: str | None
-    actor: str
-    started_at: datetime
-    outcome: Outcome = Outcome.IN_PROGRESS
-    phase: str = "planned"
-    template_before: int | None = None
-    template_after: int | None = None
-    previous_version: str | None = None
-    previous_image_id: str | None = None
-    refresh_id: str | None = None
-    rollback_refresh_id: str | None = None
-    ended_at: datetime | None = None
-    reason: str | None = None
-    journal: tuple[JournalEntry, ...] = field(default=())
-
-    @property
-    def sort_key(self) -> str:
-        return f"{self.started_at.isoformat()}#{self.release_id}"
-
-    def noted(self, at: datetime, phase: str, message: str, **changes: Any) -> ReleaseRecord:
-        """This record one step further: a new phase, a journal line, and any field changes."""
-        return replace(self, phase=phase, journal=(*self.journal, JournalEntry(at, phase, message)), **changes)
-
-    def as_live(self) -> LiveRelease:
-        return LiveRelease(self.version, self.image_id, self.fingerprint, self.template_after)
-
-
-def new_release_id() -> str:
-    return uuid.uuid4().hex[:12]
+__all__ = ["Lease", "Ledger", "Outcome", "ReleaseRecord"]
 
 
 class Ledger:
@@ -89,55 +36,94 @@ class Ledger:
         self.db = aws.client("dynamodb")
 
     # The lock
-    def acquire(self, env: str, holder: str, now: datetime) -> Lock:
-        lock = Lock(holder=holder, acquired_at=now, expires_at=now + LOCK_TTL)
-        item = {"pk": _s(f"lock#{env}"), "sk": _s("lock"), "holder": _s(holder),
-                "acquired_at": _s(now.isoformat()), "expires_at": _s(lock.expires_at.isoformat())}
+    def acquire(self, env: str, lease: Lease, now: datetime, *, phase: str = "planned",
+                take_over: str | None = None) -> Lock:
+        """Take the lock when it is free or its lease has lapsed; with `take_over`, take it from
+        exactly that holder whatever its lease says (an explicit break). Raises LockHeld."""
+        lock = Lock(holder=lease.holder, acquired_at=now, expires_at=now + lease.ttl, who=lease.who,
+                    release_id=lease.release_id, kind=lease.kind, version=lease.version, phase=phase)
+        values = {":now": _s(now.isoformat())}
+        condition = "attribute_not_exists(pk) OR expires_at < :now"
+        if take_over is not None:
+            condition = "attribute_not_exists(pk) OR holder = :old"
+            values = {":old": _s(take_over)}
         try:
             with self.aws.call("PutItem", f"{self.table} lock#{env}", hint=self._hint()):
-                self.db.put_item(TableName=self.table, Item=item,
-                                 # Free, expired, or already ours (a resumed release).
-                                 ConditionExpression="attribute_not_exists(pk) OR expires_at < :now OR holder = :me",
-                                 ExpressionAttributeValues={":now": _s(now.isoformat()), ":me": _s(holder)})
+                self.db.put_item(TableName=self.table, Item=_lock_item(env, lock), ConditionExpression=condition,
+                                 ExpressionAttributeValues=values)
         except AwsError as err:
             if err.code != "ConditionalCheckFailedException":
                 raise
             held = self.lock(env)
-            who = f"{held.holder} since {held.acquired_at:%Y-%m-%d %H:%M:%S} UTC" if held else "someone"
+            who = held.describe(now) if held else "someone"
             raise LockHeld(f"{env} is locked by {who}",
-                           hint="Wait for that release, or break a stale lock with --break-lock.") from None
+                           hint="Wait for it (`inv status`); once its lease lapses `inv resume` or `inv rollback` "
+                                "take over; in an emergency `inv rollback --break-lock`.") from None
         return lock
 
+    def renew(self, env: str, holder: str, now: datetime, ttl: timedelta, phase: str) -> None:
+        """The heartbeat: extend our lease. Raises LeaseLost when the lock is no longer ours."""
+        try:
+            with self.aws.call("UpdateItem", f"{self.table} lock#{env}", hint=self._hint()):
+                self.db.update_item(
+                    TableName=self.table, Key=_lock_key(env), ConditionExpression="holder = :me",
+                    UpdateExpression="SET expires_at = :exp, phase = :phase",
+                    ExpressionAttributeValues={":me": _s(holder), ":exp": _s((now + ttl).isoformat()),
+                                               ":phase": _s(phase)})
+        except AwsError as err:
+            if err.code != "ConditionalCheckFailedException":
+                raise
+            raise self._lost(env, now) from None
+
     def release_lock(self, env: str, holder: str) -> None:
-        # If someone broke our lock explicitly, the lock is theirs now: leave it.
+        # If someone took our lock over, it is theirs now: leave it.
         gone = self.db.exceptions.ConditionalCheckFailedException
         with self.aws.call("DeleteItem", f"{self.table} lock#{env}"), contextlib.suppress(gone):
             self.db.delete_item(TableName=self.table, Key=_lock_key(env),
                                 ConditionExpression="holder = :me", ExpressionAttributeValues={":me": _s(holder)})
-
-    def break_lock(self, env: str) -> Lock | None:
-        held = self.lock(env)
-        with self.aws.call("DeleteItem", f"{self.table} lock#{env}"):
-            self.db.delete_item(TableName=self.table, Key=_lock_key(env))
-        return held
 
     def lock(self, env: str) -> Lock | None:
         with self.aws.call("GetItem", f"{self.table} lock#{env}", hint=self._hint()):
             item = self.db.get_item(TableName=self.table, Key=_lock_key(env), ConsistentRead=True).get("Item")
         if not item:
             return None
+
+        def text(key: str) -> str | None:
+            return item[key]["S"] if key in item else None
+
         return Lock(holder=item["holder"]["S"], acquired_at=datetime.fromisoformat(item["acquired_at"]["S"]),
-                    expires_at=datetime.fromisoformat(item["expires_at"]["S"]))
+                    expires_at=datetime.fromisoformat(item["expires_at"]["S"]), who=text("who") or "",
+                    release_id=text("release_id"), kind=text("kind"), version=text("version"), phase=text("phase"))
+
+    def _lost(self, env: str, now: datetime) -> LeaseLost:
+        held = self.lock(env)
+        who = held.describe(now) if held else "nobody (the lock was removed)"
+        return LeaseLost(f"this process no longer holds the lock of {env}; it is now held by {who}",
+                         hint="This process stopped without changing anything more; see `inv status`.")
 
     # Release records
-    def save(self, record: ReleaseRecord) -> None:
-        item = {"pk": _s(f"release#{record.environment}"), "sk": _s(record.sort_key), "body": _s(_dump(record))}
-        with self.aws.call("PutItem", f"{self.table} release {record.release_id}", hint=self._hint()):
-            self.db.put_item(TableName=self.table, Item=item)
+    def save(self, record: ReleaseRecord, *, holder: str | None = None, now: datetime | None = None) -> None:
+        """Write a record whole. With `holder`, only while that holder still has the lock (a fenced
+        write, in one transaction with the check); otherwise LeaseLost and nothing is written."""
+        item = {"pk": _s(f"release#{record.environment}"), "sk": _s(record.sort_key), "body": _s(dump(record))}
+        if holder is None:
+            with self.aws.call("PutItem", f"{self.table} release {record.release_id}", hint=self._hint()):
+                self.db.put_item(TableName=self.table, Item=item)
+            return
+        check = {"TableName": self.table, "Key": _lock_key(record.environment), "ConditionExpression": "holder = :me",
+                 "ExpressionAttributeValues": {":me": _s(holder)}}
+        try:
+            with self.aws.call("TransactWriteItems", f"{self.table} release {record.release_id}", hint=self._hint()):
+                self.db.transact_write_items(TransactItems=[{"ConditionCheck": check},
+                                                            {"Put": {"TableName": self.table, "Item": item}}])
+        except AwsError as err:
+            if err.code != "TransactionCanceledException" or "ConditionalCheckFailed" not in str(err):
+                raise
+            raise self._lost(record.environment, now or record.started_at) from None
 
     def history(self, env: str, limit: int = 50) -> list[ReleaseRecord]:
         """Newest first."""
-        return [_load(item["body"]["S"]) for item in self._newest_first(f"release#{env}", limit)]
+        return [load(item["body"]["S"]) for item in self._newest_first(f"release#{env}", limit)]
 
     def live(self, env: str) -> ReleaseRecord | None:
         """The newest release that succeeded: what the fleet should be running."""
@@ -196,18 +182,11 @@ def _lock_key(env: str) -> dict[str, dict[str, str]]:
     return {"pk": _s(f"lock#{env}"), "sk": _s("lock")}
 
 
-def _dump(record: ReleaseRecord) -> str:
-    body: dict[str, Any] = {k: v for k, v in record.__dict__.items() if k != "journal"}
-    body["journal"] = [{"at": e.at.isoformat(), "phase": e.phase, "message": e.message} for e in record.journal]
-    return json.dumps(body, sort_keys=True, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
-
-
-def _load(text: str) -> ReleaseRecord:
-    body = json.loads(text)
-    for key in ("started_at", "ended_at"):
-        if body.get(key):
-            body[key] = datetime.fromisoformat(body[key])
-    body["outcome"] = Outcome(body["outcome"])
-    body["journal"] = tuple(JournalEntry(datetime.fromisoformat(e["at"]), e["phase"], e["message"])
-                            for e in body.get("journal", []))
-    return ReleaseRecord(**body)
+def _lock_item(env: str, lock: Lock) -> dict[str, dict[str, str]]:
+    item = {**_lock_key(env), "holder": _s(lock.holder), "who": _s(lock.who),
+            "acquired_at": _s(lock.acquired_at.isoformat()), "expires_at": _s(lock.expires_at.isoformat())}
+    for key in ("release_id", "kind", "version", "phase"):
+        value = getattr(lock, key)
+        if value:
+            item[key] = _s(value)
+    return item

@@ -50,6 +50,7 @@ class TemplateVersion:
     image_id: str
     is_default: bool
     created_at: datetime | None = None
+    description: str = ""
 
 
 class Lifecycle(StrEnum):
@@ -71,6 +72,8 @@ class InstanceState:
     private_ip: str | None = None
     served_version: str | None = None  # what /version on the instance says; None: not probed
     launched_at: datetime | None = None
+    health_ok: bool | None = None  # /health on the instance answered 200; None: no answer yet
+    health_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class RefreshState:
     instances_to_update: int
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    desired_version: str | None = None  # the launch template version of its DesiredConfiguration
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,11 @@ class Snapshot:
     group: GroupState
     alarms: Mapping[str, str]  # name -> OK | ALARM | INSUFFICIENT_DATA
     # Versions seen in a burst of requests through the load balancer: version -> count.
-    # Empty when not sampled (yet).
-    served_through_lb: Mapping[str, int] = field(default_factory=dict)
+    # Empty when not sampled (yet); None when the environment has no load balancer to sample.
+    served_through_lb: Mapping[str, int] | None = field(default_factory=dict)
+    # Instances on the expected image that were in service earlier in this gate and are now gone
+    # or terminating: the group took them out (unhealthy, or replaced by someone else).
+    vanished: tuple[str, ...] = ()
 
 
 class VerdictKind(StrEnum):
@@ -146,6 +153,23 @@ class LiveRelease:
 
 @dataclass(frozen=True)
 class Lock:
-    holder: str
+    """An environment's release lock: a lease held by one Kiln process, renewed by its heartbeats."""
+
+    holder: str  # the driving process's unique id: its fencing token
     acquired_at: datetime
-    expires_at: datetime
+    expires_at: datetime  # the lease: past this, the holder is presumed dead
+    who: str = ""  # user@host pid N, for people
+    release_id: str | None = None
+    kind: str | None = None
+    version: str | None = None
+    phase: str | None = None
+
+    def live(self, now: datetime) -> bool:
+        return self.expires_at > now
+
+    def describe(self, now: datetime) -> str:
+        what = (f"{self.kind} {self.version} ({self.release_id}), phase {self.phase}" if self.release_id
+                else "no release")
+        left = (self.expires_at - now).total_seconds()
+        lease = f"lease expires in {left:.0f} s" if left > 0 else f"lease lapsed {-left:.0f} s ago"
+        return f"{self.who or self.holder}: {what}; {lease} ({self.expires_at:%H:%M:%S} UTC)"

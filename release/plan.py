@@ -21,6 +21,7 @@ from packaging.version import Version
 
 from release.config import Environment
 from release.model import AmiRef, GroupState, LiveRelease, Lock, RefreshState, TemplateVersion
+from release.record import ReleaseRecord
 
 # What an instance refresh costs per batch beyond the warmup on AWS: launch, boot and the
 # ELB health checks (FACTS: ELB health adds ~90 s per batch).
@@ -34,7 +35,10 @@ PINNED_ALIASES = ("$Latest", "$Default")
 @dataclass(frozen=True)
 class Observed:
     images: Sequence[AmiRef]
-    template_versions: Sequence[TemplateVersion]  # of the environment's launch template; empty: missing
+    # What the group launches now: its launch template version as AWS resolves the group's
+    # reference ("7", "$Latest", "$Default"). None: the template or that version does not exist.
+    group_template: TemplateVersion | None
+    default_template: TemplateVersion | None  # the template's default version; None: no template
     group: GroupState | None  # None: the group does not exist
     active_refresh: RefreshState | None
     live: LiveRelease | None
@@ -42,6 +46,8 @@ class Observed:
     # Environments where the chosen AMI's fingerprint was released successfully (ledger).
     passed_environments: frozenset[str] = frozenset()
     warmup_default: int | None = None  # the group's DefaultInstanceWarmup / grace period
+    missing_alarms: tuple[str, ...] = ()  # watched alarms CloudWatch does not know
+    interrupted: ReleaseRecord | None = None  # an unfinished release in the ledger
 
 
 @dataclass(frozen=True)
@@ -65,13 +71,15 @@ class Plan:
     version: str
     ami: AmiRef | None
     live: LiveRelease | None
-    base_template: TemplateVersion | None  # the numbered version the new one derives from
+    base_template: TemplateVersion | None  # what the group launches now: the new version derives from it
     previous_version: str | None  # what the base template's image is, as far as Kiln knows
-    new_template_number: int | None
+    group_ref: str | None  # the group's reference as it stands ("7", "$Latest", "$Default")
+    default_version: int | None  # the template's default version, restored on failure
     changes: tuple[Change, ...]
     batches: tuple[int, ...]
     expected_seconds: int
     preferences: dict[str, object]
+    rollback_preferences: dict[str, object]
     gate_checks: tuple[str, ...]
     on_failure: str
     blockers: tuple[str, ...] = ()
@@ -135,18 +143,35 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         warnings.append(f"--force: releasing {ami.image_id}, which is unvalidated or deprecated.")
 
     group = observed.group
+    base = observed.group_template
+    ref = group.launch_template_version if group else None
     if group is None:
         blockers.append(f"Auto Scaling group {env.asg!r} not found in {where}; check [environments.{env.name}] asg.")
-    numbered = sorted(observed.template_versions, key=lambda t: t.number)
-    if not numbered:
+    elif group.launch_template_name is None and group.launch_template_id is None:
+        blockers.append(f"Auto Scaling group {env.asg!r} launches no launch template (a launch configuration?); "
+                        f"give it launch template {env.launch_template!r} at a numbered version first.")
+    elif group.launch_template_name not in (None, env.launch_template):
+        blockers.append(f"Auto Scaling group {env.asg!r} launches template {group.launch_template_name!r}, not "
+                        f"{env.launch_template!r}; fix [environments.{env.name}] launch_template.")
+    elif observed.default_template is None:
         blockers.append(f"launch template {env.launch_template!r} not found in {where}; "
                         f"check [environments.{env.name}] launch_template.")
-
-    base = _base_template(numbered, group, notes)
-    if group is not None and group.launch_template_version in PINNED_ALIASES:
-        notes.append(f"The group references {group.launch_template_version}: the refresh pins it to numbered "
-                     f"version {numbered[-1].number + 1 if numbered else '?'} (applied by AWS only on success). "
-                     "AWS cannot roll back from an alias, so on failure Kiln cancels and refreshes back itself.")
+    elif base is None:
+        blockers.append(f"Auto Scaling group {env.asg!r} references {env.launch_template} version {ref}, which does "
+                        "not exist; point the group at an existing numbered version "
+                        f"(aws autoscaling update-auto-scaling-group --auto-scaling-group-name {env.asg} "
+                        f"--launch-template LaunchTemplateName={env.launch_template},Version=N) and plan again.")
+    if base is not None and ref in PINNED_ALIASES:
+        notes.append(f"The group references {ref} (now v{base.number}): the refresh pins it to the new numbered "
+                     "version (applied by AWS only on success). AWS cannot roll back from an alias, so on failure "
+                     f"Kiln cancels and refreshes back to v{base.number}, which pins the group there.")
+    for alarm in observed.missing_alarms:
+        blockers.append(f"alarm {alarm!r} does not exist in {where}: an alarm that cannot fire guards nothing; "
+                        f"create it or remove it from [environments.{env.name}] alarms.")
+    interrupted = observed.interrupted
+    if interrupted is not None:
+        blockers.append(f"an unfinished {interrupted.kind} of {interrupted.version} ({interrupted.release_id}, phase "
+                        f"{interrupted.phase}) holds {env.name}: `inv resume` finishes it, `inv rollback` undoes it.")
 
     live = observed.live
     if ami is not None and live is not None:
@@ -170,13 +195,12 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         blockers.append(f"instance refresh {refresh.refresh_id} is already {refresh.status} on {env.asg}; "
                         "wait for it (`inv status`) — Kiln never starts a second refresh over a running one.")
     lock = observed.lock
-    if lock is not None and lock.expires_at > request.now:
-        blockers.append(f"{env.name} is locked by {lock.holder} since {lock.acquired_at:%Y-%m-%d %H:%M:%S} UTC; "
-                        "wait, or break a stale lock with `inv release --break-lock`.")
-    elif lock is not None:
-        warnings.append(f"a stale lock by {lock.holder} (expired {lock.expires_at:%H:%M:%S}) will be taken over.")
+    if lock is not None and lock.live(request.now) and interrupted is None:
+        blockers.append(f"{env.name} is locked by {lock.describe(request.now)}; wait for it (`inv status`).")
+    elif lock is not None and interrupted is None:
+        warnings.append(f"a lapsed lock by {lock.who or lock.holder} (no release in progress) will be taken over.")
 
-    alias_group = group is not None and group.launch_template_version in PINNED_ALIASES
+    alias_group = ref in PINNED_ALIASES
     preferences = env.refresh.as_aws(env.alarms)
     if alias_group and preferences.get("AutoRollback"):
         # AWS rejects AutoRollback while the group's current configuration is an alias.
@@ -196,11 +220,13 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         live=live,
         base_template=base,
         previous_version=_version_of(base.image_id, observed, live) if base else None,
-        new_template_number=numbered[-1].number + 1 if numbered else None,
+        group_ref=ref,
+        default_version=observed.default_template.number if observed.default_template else None,
         changes=changes,
         batches=sizes,
         expected_seconds=_expected_seconds(env, sizes, observed.warmup_default),
         preferences=preferences,
+        rollback_preferences=rollback_preferences(env),
         gate_checks=_gate_checks(env),
         on_failure=_on_failure(env, alias_group),
         blockers=tuple(blockers),
@@ -210,21 +236,12 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
     )
 
 
-def _base_template(numbered: list[TemplateVersion], group: GroupState | None,
-                   notes: list[str]) -> TemplateVersion | None:
-    """The live numbered version: what the group references, resolved through aliases."""
-    if not numbered:
-        return None
-    by_number = {t.number: t for t in numbered}
-    ref = group.launch_template_version if group else None
-    if ref and ref.isdigit() and int(ref) in by_number:
-        return by_number[int(ref)]
-    if ref == "$Latest":
-        return numbered[-1]
-    default = next((t for t in numbered if t.is_default), None)
-    if ref not in (None, "$Default") and default is not None:
-        notes.append(f"The group references version {ref}, which no longer exists; deriving from the default.")
-    return default or numbered[-1]
+def rollback_preferences(env: Environment) -> dict[str, object]:
+    """The refresh back: the environment's preferences, without AutoRollback or alarms (going back
+    must not itself be rolled back by an alarm that is still firing)."""
+    prefs = env.refresh.as_aws(())
+    prefs["AutoRollback"] = False
+    return prefs
 
 
 def _expected_seconds(env: Environment, sizes: tuple[int, ...], warmup_default: int | None) -> int:
@@ -236,10 +253,12 @@ def _expected_seconds(env: Environment, sizes: tuple[int, ...], warmup_default: 
 
 def _gate_checks(env: Environment) -> tuple[str, ...]:
     checks = ["instance refresh reaches Successful",
-              "new instances InService and Healthy in the ASG",
-              "new instances healthy in their target groups" if env.target_groups else "no target groups to check",
-              "each new instance serves the version on /version",
-              "the load balancer serves only the new version"]
+              "the group's desired capacity InService on the new image and Healthy in the ASG",
+              "new instances registered and healthy in every target group" if env.target_groups
+              else "no target groups to check",
+              "each new instance answers /health and serves the version on /version",
+              "the load balancer serves only the new version" if env.target_groups else "no load balancer to sample",
+              "no new instance taken out of service by the group"]
     checks.append(f"alarms stay OK: {', '.join(env.alarms)}" if env.alarms else "no alarms configured")
     return tuple(checks)
 

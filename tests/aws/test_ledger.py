@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from moto import mock_aws
 
 from release.aws import Aws, Target
-from release.errors import LockHeld
-from release.ledger import Ledger, Outcome, ReleaseRecord, new_release_id
+from release.errors import LeaseLost, LockHeld
+from release.ledger import Ledger
+from release.record import Lease, Outcome, ReleaseRecord, new_release_id
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -36,32 +38,58 @@ def record(version: str, at: datetime, outcome: Outcome = Outcome.SUCCEEDED, env
                          started_at=at, outcome=outcome)
 
 
-def test_lock_is_exclusive_until_released(ledger: Ledger) -> None:
-    ledger.acquire("sandbox", "ana", NOW)
-    with pytest.raises(LockHeld, match="sandbox is locked by ana since 2026-11-22 12:00:00 UTC"):
-        ledger.acquire("sandbox", "bob", NOW + timedelta(minutes=1))
-    ledger.acquire("prod", "bob", NOW)  # locks are per environment
+def lease(holder: str, ttl: int = 60) -> Lease:
+    return Lease(holder, f"{holder}@laptop pid 1", timedelta(seconds=ttl), "r-1", "release", "1.1.0")
+
+
+def test_lock_is_exclusive_while_its_lease_is_live(ledger: Ledger) -> None:
+    ledger.acquire("sandbox", lease("ana"), NOW)
+    with pytest.raises(LockHeld, match=r"sandbox is locked by ana@laptop pid 1: release 1\.1\.0 \(r-1\), phase "
+                                       r"planned; lease expires in 59 s"):
+        ledger.acquire("sandbox", lease("bob"), NOW + timedelta(seconds=1))
+    ledger.acquire("prod", lease("bob"), NOW)  # locks are per environment
     ledger.release_lock("sandbox", "ana")
     assert ledger.lock("sandbox") is None
-    ledger.acquire("sandbox", "bob", NOW)
+    ledger.acquire("sandbox", lease("bob"), NOW)
 
 
-def test_expired_lock_can_be_taken_over(ledger: Ledger) -> None:
-    ledger.acquire("sandbox", "ana", NOW)
-    taken = ledger.acquire("sandbox", "bob", NOW + timedelta(hours=3))
+def test_heartbeats_keep_the_lease_and_a_lapsed_one_is_taken_over(ledger: Ledger) -> None:
+    ledger.acquire("sandbox", lease("ana"), NOW)
+    ledger.renew("sandbox", "ana", NOW + timedelta(seconds=50), timedelta(seconds=60), "gating")
+    with pytest.raises(LockHeld):  # 70 s after taking it, but renewed at 50 s: still live
+        ledger.acquire("sandbox", lease("bob"), NOW + timedelta(seconds=70))
+    held = ledger.lock("sandbox")
+    assert held is not None and held.phase == "gating" and held.live(NOW + timedelta(seconds=100))
+    taken = ledger.acquire("sandbox", lease("bob"), NOW + timedelta(seconds=111))
     assert taken.holder == "bob"
+    with pytest.raises(LeaseLost, match="no longer holds the lock of sandbox; it is now held by bob@laptop"):
+        ledger.renew("sandbox", "ana", NOW + timedelta(seconds=112), timedelta(seconds=60), "gating")
+
+
+def test_only_the_holder_releases_and_breaking_a_live_lease_is_explicit(ledger: Ledger) -> None:
+    ledger.acquire("sandbox", lease("ana"), NOW)
+    ledger.release_lock("sandbox", "bob")  # not bob's: nothing happens
+    held = ledger.lock("sandbox")
+    assert held is not None and held.holder == "ana"
+    with pytest.raises(LockHeld):  # taking over from someone else than the holder is refused
+        ledger.acquire("sandbox", lease("bob"), NOW, take_over="carol")
+    ledger.acquire("sandbox", lease("bob"), NOW, take_over="ana")
     held = ledger.lock("sandbox")
     assert held is not None and held.holder == "bob"
 
 
-def test_only_the_holder_releases_and_breaking_is_explicit(ledger: Ledger) -> None:
-    ledger.acquire("sandbox", "ana", NOW)
-    ledger.release_lock("sandbox", "bob")  # not bob's: nothing happens
-    held = ledger.lock("sandbox")
-    assert held is not None and held.holder == "ana"
-    broken = ledger.break_lock("sandbox")
-    assert broken is not None and broken.holder == "ana"
-    assert ledger.lock("sandbox") is None
+def test_fenced_writes_only_while_the_lock_is_ours(ledger: Ledger) -> None:
+    mine = record("1.1.0", NOW, Outcome.IN_PROGRESS)
+    ledger.acquire("sandbox", lease("ana"), NOW)
+    ledger.save(mine, holder="ana")
+    ledger.acquire("sandbox", lease("bob"), NOW, take_over="ana")
+    moved = replace(mine, phase="gating")
+    with pytest.raises(LeaseLost):
+        ledger.save(moved, holder="ana")
+    (stored,) = ledger.history("sandbox")
+    assert stored.phase == "planned"  # the displaced writer changed nothing
+    ledger.save(moved, holder="bob")
+    assert ledger.history("sandbox")[0].phase == "gating"
 
 
 def test_history_live_and_in_progress(ledger: Ledger) -> None:

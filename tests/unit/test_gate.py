@@ -25,13 +25,15 @@ def snapshot(case: dict[str, Any]) -> Snapshot:
     instances = tuple(
         InstanceState(instance_id=i["id"], image_id=i["image"], launch_template_version="2",
                       lifecycle=i["lifecycle"], asg_health=i["asg_health"], target_health=i["target_health"],
-                      served_version=i["served"],
+                      served_version=i["served"], health_ok=i.get("health", True),
+                      health_detail=i.get("health_detail", ""),
                       launched_at=NOW - timedelta(seconds=i["launched_ago"]) if "launched_ago" in i else None)
         for i in case["instances"])
-    group = GroupState(name="web", min_size=2, max_size=4, desired_capacity=len(instances),
+    group = GroupState(name="web", min_size=2, max_size=4, desired_capacity=case.get("desired", len(instances)),
                        launch_template_id="lt-1", launch_template_name="web", launch_template_version="1",
                        instances=instances)
-    return Snapshot(at=NOW, refresh=refresh, group=group, alarms=case["alarms"], served_through_lb=case["lb"])
+    return Snapshot(at=NOW, refresh=refresh, group=group, alarms=case["alarms"], served_through_lb=case["lb"],
+                    vanished=tuple(case.get("vanished", ())))
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
@@ -51,5 +53,5 @@ def test_checks_cover_every_signal() -> None:
     verdict = judge(snapshot(case), EXPECT, NOW + timedelta(minutes=1))
     names = [c.name for c in verdict.checks]
     assert names == ["instance refresh", "alarms", "new image", "ASG health", "target health",
-                     "served version", "load balancer"]
+                     "/health", "served version", "load balancer"]
     assert all(c.ok for c in verdict.checks)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,11 @@ from packaging.version import Version
 
 from release import config
 from release.clock import FakeClock
-from release.errors import EXIT_ROLLBACK_FAILED, AwsError, GateFailed, LockHeld, RollbackFailed
-from release.ledger import Outcome, ReleaseRecord
-from release.machine import Event, Phase, Probes, Releaser
+from release.errors import EXIT_ROLLBACK_FAILED, AwsError, GateFailed, LeaseLost, LockHeld, RollbackFailed
+from release.machine import CHECKPOINTS, Driver, Event, Phase, ProbeResult, Probes, Releaser
 from release.model import AmiRef, GroupState, InstanceState, Lock, RefreshState, TemplateVersion
 from release.plan import Observed, Request, make_plan
+from release.record import Lease, Outcome, ReleaseRecord
 
 CFG = config.load(Path(__file__).parents[2] / "versions.toml")
 ENV = CFG.environment("sandbox")
@@ -41,15 +41,24 @@ class FakeCloud:
     templates: list[TemplateVersion] = field(default_factory=lambda: [
         TemplateVersion("lt-1", "web-sandbox", 1, "ami-old", True)])
     images: dict[str, str] = field(default_factory=lambda: {f"i-{n}": "ami-old" for n in range(4)})
-    refreshes: list[Refresh] = field(default_factory=list)
+    runs: list[Refresh] = field(default_factory=list)
     broken_target: set[str] = field(default_factory=set)  # images whose targets turn unhealthy
     alarm_on: str | None = None  # image whose first instance trips the 5xx alarm
     stuck_rollback: bool = False
     calls: list[str] = field(default_factory=list)
     counter: int = 10
+    tokens: dict[str, int] = field(default_factory=dict)
+    # Faults: operation -> errors to raise on its next calls (after doing the work, for "lost answers").
+    faults: dict[str, list[AwsError]] = field(default_factory=dict)
+    lost_answers: set[str] = field(default_factory=set)  # operations that succeed but whose answer is lost
+
+    def _fault(self, operation: str) -> None:
+        queue = self.faults.get(operation)
+        if queue:
+            raise queue.pop(0)
 
     def _active(self) -> Refresh | None:
-        return next((r for r in self.refreshes if r.status in ("InProgress", "RollbackInProgress")), None)
+        return next((r for r in self.runs if r.status in ("InProgress", "RollbackInProgress")), None)
 
     def _advance(self) -> None:
         r = self._active()
@@ -72,6 +81,7 @@ class FakeCloud:
 
     # CloudPort
     def group(self, name: str, target_groups: tuple[str, ...] = ()) -> GroupState | None:
+        self._fault("DescribeAutoScalingGroups")
         self._advance()
         instances = tuple(
             InstanceState(i, img, None, "InService", "Healthy",
@@ -80,8 +90,11 @@ class FakeCloud:
         return GroupState(name, 2, 8, 4, "lt-1", "web-sandbox", self.group_ref, instances)
 
     def refresh(self, group: str, refresh_id: str) -> RefreshState | None:
-        r = next((r for r in self.refreshes if r.refresh_id == refresh_id), None)
-        return None if r is None else RefreshState(r.refresh_id, r.status, None, 50, 2)
+        r = next((r for r in self.runs if r.refresh_id == refresh_id), None)
+        return None if r is None else RefreshState(r.refresh_id, r.status, None, 50, 2, desired_version=str(r.version))
+
+    def refreshes(self, group: str) -> list[RefreshState]:
+        return [s for r in reversed(self.runs) if (s := self.refresh(group, r.refresh_id))]
 
     def active_refresh(self, group: str) -> RefreshState | None:
         r = self._active()
@@ -91,13 +104,17 @@ class FakeCloud:
         firing = self.alarm_on is not None and self.alarm_on in self.images.values()
         return {n: "ALARM" if firing and "5xx" in n else "OK" for n in names}
 
-    def template_versions(self, name: str) -> list[TemplateVersion]:
-        return list(self.templates)
+    def find_template_version(self, name: str, newer_than: int, marker: str) -> TemplateVersion | None:
+        return next((t for t in self.templates if t.number > newer_than and marker in t.description), None)
 
-    def create_template_version(self, name: str, source: int, image_id: str, description: str) -> int:
+    def create_template_version(self, name: str, source: int, image_id: str, description: str,
+                                client_token: str) -> int:
+        if client_token in self.tokens:  # EC2's idempotency: the same token returns the same version
+            return self.tokens[client_token]
         self.calls.append(f"create_template_version from {source}")
         number = self.templates[-1].number + 1
-        self.templates.append(TemplateVersion("lt-1", name, number, image_id, False))
+        self.templates.append(TemplateVersion("lt-1", name, number, image_id, False, description=description))
+        self.tokens[client_token] = number
         return number
 
     def set_default_template_version(self, name: str, number: int) -> None:
@@ -105,11 +122,16 @@ class FakeCloud:
         self.templates = [replace(t, is_default=t.number == number) for t in self.templates]
 
     def start_refresh(self, group: str, template: str, version: int, preferences: dict[str, Any]) -> str:
-        assert self._active() is None, "a second refresh over a running one"
+        if self._active() is not None:  # as AWS answers a second start
+            raise AwsError("InstanceRefreshInProgress: an instance refresh is already in progress",
+                           operation="StartInstanceRefresh", code="InstanceRefreshInProgress", status=400)
         self.calls.append(f"start_refresh v{version}")
         image = next(t.image_id for t in self.templates if t.number == version)
-        refresh = Refresh(f"ir-{len(self.refreshes) + 1}", version, image)
-        self.refreshes.append(refresh)
+        refresh = Refresh(f"ir-{len(self.runs) + 1}", version, image)
+        self.runs.append(refresh)
+        if "StartInstanceRefresh" in self.lost_answers:  # it started; the answer never came back
+            self.lost_answers.discard("StartInstanceRefresh")
+            raise AwsError("Read timeout on endpoint URL", operation="StartInstanceRefresh")
         return refresh.refresh_id
 
     def rollback_refresh(self, group: str) -> str:
@@ -133,21 +155,40 @@ class FakeCloud:
 
 @dataclass
 class FakeLedger:
-    lock_holder: str | None = None
+    """The lock as a lease with a fencing token, and fenced record writes, as ledger.Ledger does them."""
+
+    clock: FakeClock
+    lock: Lock | None = None
     records: dict[str, ReleaseRecord] = field(default_factory=dict)
 
-    def acquire(self, env: str, holder: str, now: datetime) -> Lock:
-        if self.lock_holder not in (None, holder):
-            raise LockHeld(f"{env} is locked by {self.lock_holder}")
-        self.lock_holder = holder
-        return Lock(holder, now, now)
+    def acquire(self, env: str, lease: Lease, now: datetime, *, phase: str = "planned",
+                take_over: str | None = None) -> Lock:
+        held = self.lock
+        free = held is None or (held.holder == take_over if take_over else not held.live(now))
+        if not free:
+            assert held is not None
+            raise LockHeld(f"{env} is locked by {held.describe(now)}")
+        self.lock = Lock(lease.holder, now, now + lease.ttl, who=lease.who, release_id=lease.release_id,
+                         phase=phase)
+        return self.lock
+
+    def renew(self, env: str, holder: str, now: datetime, ttl: timedelta, phase: str) -> None:
+        if self.lock is None or self.lock.holder != holder:
+            raise LeaseLost(f"{env}: lock lost")
+        self.lock = replace(self.lock, expires_at=now + ttl, phase=phase)
 
     def release_lock(self, env: str, holder: str) -> None:
-        if self.lock_holder == holder:
-            self.lock_holder = None
+        if self.lock is not None and self.lock.holder == holder:
+            self.lock = None
 
-    def save(self, record: ReleaseRecord) -> None:
+    def save(self, record: ReleaseRecord, *, holder: str | None = None, now: datetime | None = None) -> None:
+        if holder is not None and (self.lock is None or self.lock.holder != holder):
+            raise LeaseLost(f"{record.environment}: lock lost")
         self.records[record.release_id] = record
+
+    @property
+    def lock_holder(self) -> str | None:
+        return self.lock.holder if self.lock else None
 
 
 def ami(image_id: str, clock: FakeClock) -> AmiRef:
@@ -155,12 +196,22 @@ def ami(image_id: str, clock: FakeClock) -> AmiRef:
                   "fp-" + image_id, True)
 
 
+class Crash(BaseException):
+    """A process killed at a checkpoint: nothing after it runs, no cleanup."""
+
+
 def setup(cloud_changes: dict[str, Any] | None = None, serve: dict[str, str] | None = None
           ) -> tuple[FakeCloud, FakeLedger, Releaser, list[Event]]:
     clock = FakeClock()
     cloud = FakeCloud(clock, **(cloud_changes or {}))
-    ledger = FakeLedger()
+    ledger = FakeLedger(clock)
     events: list[Event] = []
+    releaser = new_driver(cloud, ledger, events.append, serve=serve)
+    return cloud, ledger, releaser, events
+
+
+def new_driver(cloud: FakeCloud, ledger: FakeLedger, on_event: Any = lambda e: None, *,
+               serve: dict[str, str] | None = None, crash_at: str | None = None, name: str = "one") -> Releaser:
     served = serve or VERSIONS
 
     def through_lb() -> dict[str, int]:
@@ -169,13 +220,22 @@ def setup(cloud_changes: dict[str, Any] | None = None, serve: dict[str, str] | N
             counts[served[image]] = counts.get(served[image], 0) + 1
         return counts
 
-    probes = Probes(lambda i: served[i.image_id], through_lb)
-    return cloud, ledger, Releaser(ENV, cloud, ledger, clock, probes, events.append, actor="ana@laptop"), events
+    def checkpoint(point: str) -> None:
+        if point == crash_at:
+            raise Crash(point)
+
+    probes = Probes(lambda i: ProbeResult(served[i.image_id], True), through_lb)
+    return Releaser(ENV, cloud, ledger, cloud.clock, probes, on_event, actor="ana@laptop",
+                    driver=Driver(f"holder-{name}", f"ana@laptop pid {name}"), checkpoint=checkpoint)
 
 
 def plan_for(cloud: FakeCloud, version: str = "1.1.0") -> Any:
+    group = cloud.group("web-sandbox")
+    assert group is not None
+    current = next(t for t in cloud.templates if str(t.number) == group.launch_template_version
+                   or group.launch_template_version == "$Latest")
     observed = Observed(images=(ami("ami-old", cloud.clock), ami("ami-new", cloud.clock)),
-                        template_versions=cloud.template_versions("web-sandbox"), group=cloud.group("web-sandbox"),
+                        group_template=current, default_template=cloud.templates[0], group=group,
                         active_refresh=None, live=None, lock=None)
     return make_plan(ENV, Request(Version(version), cloud.clock.now()), observed)
 
@@ -201,7 +261,7 @@ def test_alarm_mid_refresh_rolls_back_through_aws() -> None:
     assert record.outcome is Outcome.ROLLED_BACK and "ALARM" in (record.reason or "")
     assert "rollback_refresh" in cloud.calls and cloud.calls[-1] == "default 1"
     assert set(cloud.images.values()) == {"ami-old"}
-    assert cloud.refreshes[0].status == "RollbackSuccessful"
+    assert cloud.runs[0].status == "RollbackSuccessful"
     assert ledger.lock_holder is None
 
 
@@ -210,7 +270,7 @@ def test_unhealthy_targets_fail_fast() -> None:
     with pytest.raises(GateFailed, match="unhealthy in its target group"):
         releaser.release(plan_for(cloud))
     failing = [e for e in events if e.verdict and e.verdict.kind == "fail"]
-    assert failing and len(cloud.refreshes) == 1  # failed at the first bad instance, rolled back by AWS
+    assert failing and len(cloud.runs) == 1  # failed at the first bad instance, rolled back by AWS
     assert set(cloud.images.values()) == {"ami-old"}
 
 
@@ -235,7 +295,7 @@ def test_gate_failing_after_a_finished_refresh_refreshes_back() -> None:
     releaser.probes.through_load_balancer = with_stray
     with pytest.raises(GateFailed, match="timed out"):
         releaser.release(plan_for(cloud))
-    assert [r.status for r in cloud.refreshes] == ["Successful", "Successful"]
+    assert [r.status for r in cloud.runs] == ["Successful", "Successful"]
     assert cloud.calls[-2:] == ["start_refresh v1", "default 1"]
     assert set(cloud.images.values()) == {"ami-old"}
     (record,) = ledger.records.values()
@@ -254,10 +314,10 @@ def test_alias_group_cancels_and_refreshes_back() -> None:
 
 def test_lock_held_changes_nothing() -> None:
     cloud, ledger, releaser, _ = setup()
-    ledger.lock_holder = "bob (release 1.0.5)"
+    ledger.lock = Lock("bob", cloud.clock.now(), cloud.clock.now() + timedelta(minutes=5), who="bob")
     with pytest.raises(LockHeld):
         releaser.release(plan_for(cloud))
-    assert cloud.calls == [] and cloud.refreshes == [] and ledger.records == {}
+    assert cloud.calls == [] and cloud.runs == [] and ledger.records == {}
 
 
 def test_rollback_that_does_not_finish_exits_11() -> None:
@@ -269,25 +329,197 @@ def test_rollback_that_does_not_finish_exits_11() -> None:
     assert record.outcome is Outcome.ROLLBACK_FAILED
 
 
-def test_resume_watches_the_running_refresh_without_starting_another() -> None:
-    cloud, ledger, first, _ = setup()
+# ---------------------------------------------------------------------------------------------- crashes
+
+
+def lapse(ledger: FakeLedger) -> None:
+    """Let the dead driver's lease run out."""
+    ledger.clock.advance(ENV.gate.lease + 1)
+
+
+def crashed_at(point: str, changes: dict[str, Any] | None = None) -> tuple[FakeCloud, FakeLedger, ReleaseRecord]:
+    cloud, ledger, _, _ = setup(changes)
+    driver = new_driver(cloud, ledger, crash_at=point)
+    with pytest.raises(Crash):
+        driver.release(plan_for(cloud))
+    (record,) = ledger.records.values()
+    return cloud, ledger, record
+
+
+RELEASE_POINTS = [p for p in CHECKPOINTS if not p.startswith(("rollback", "default-restored"))]
+ROLLBACK_POINTS = ["rollback-started", "rollback-saved", "rollback-watching", "default-restored"]
+
+
+@pytest.mark.parametrize("point", RELEASE_POINTS)
+def test_a_crash_at_any_step_then_resume_completes_exactly_once(point: str) -> None:
+    cloud, ledger, record = crashed_at(point)
+    assert record.outcome is Outcome.IN_PROGRESS
+    with pytest.raises(LockHeld):  # the dead driver's lease is still live: nobody may resume yet
+        new_driver(cloud, ledger, name="two").take_over(record, ledger.lock, force=False)
+    lapse(ledger)
+    second = new_driver(cloud, ledger, name="two")
+    second.take_over(record, ledger.lock, force=False)
+    done = second.resume(record)
+    assert done.outcome is Outcome.SUCCEEDED
+    assert cloud.calls.count("create_template_version from 1") == 1  # no orphan version
+    assert len(cloud.runs) == 1  # one refresh per release
+    assert set(cloud.images.values()) == {"ami-new"} and cloud.calls[-1] == "default 2"
+    assert ledger.lock is None and ledger.records[record.release_id] == done
+
+
+@pytest.mark.parametrize("point", RELEASE_POINTS)
+def test_a_crash_at_any_step_then_rollback_goes_back_never_forward(point: str) -> None:
+    cloud, ledger, record = crashed_at(point)
+    lapse(ledger)
+    second = new_driver(cloud, ledger, name="two")
+    second.take_over(record, ledger.lock, force=False)
+    done = second.undo(record, "operator asked")
+    assert done.outcome is Outcome.ROLLED_BACK
+    assert set(cloud.images.values()) == {"ami-old"}
+    assert cloud.calls.count("create_template_version from 1") <= 1
+    assert sum(1 for c in cloud.calls if c == "start_refresh v2") <= 1
+    assert cloud.calls[-1] == "default 1" and cloud.templates[0].is_default
+    assert ledger.lock is None
+    # Every version this release created is written down.
+    created = [t.number for t in cloud.templates if f"[{record.release_id}]" in t.description]
+    assert created == ([done.template_after] if created else [])
+
+
+@pytest.mark.parametrize("point", ROLLBACK_POINTS)
+def test_a_crash_while_rolling_back_then_resume_or_rollback_finishes_going_back(point: str) -> None:
+    for finish in ("resume", "rollback"):
+        cloud, ledger, record = crashed_at(point, {"alarm_on": "ami-new"})
+        assert record.phase == Phase.ROLLING_BACK
+        lapse(ledger)
+        second = new_driver(cloud, ledger, name="two")
+        second.take_over(record, ledger.lock, force=False)
+        if finish == "resume":
+            with pytest.raises(GateFailed):
+                second.resume(record)
+        else:
+            second.undo(record, "operator asked")
+        done = ledger.records[record.release_id]
+        assert done.outcome is Outcome.ROLLED_BACK, (finish, done)
+        assert set(cloud.images.values()) == {"ami-old"}
+        assert cloud.calls.count("rollback_refresh") == 1 and len(cloud.runs) == 1
+        assert ledger.lock is None
+
+
+def test_a_lost_answer_to_start_instance_refresh_adopts_the_refresh_that_started() -> None:
+    cloud, ledger, releaser, _events = setup({"lost_answers": {"StartInstanceRefresh"}})
+    with pytest.raises(AwsError):  # the adapter's own retry would meet InstanceRefreshInProgress; here: no answer
+        releaser.release(plan_for(cloud))
+    (record,) = ledger.records.values()
+    assert record.outcome is Outcome.IN_PROGRESS and record.phase == Phase.TEMPLATE
+    assert ledger.lock is None  # given back at once: resume need not wait for the lease
+    again = new_driver(cloud, ledger, name="two")
+    again.take_over(record, ledger.lock, force=False)
+    done = again.resume(record)
+    assert done.outcome is Outcome.SUCCEEDED and len(cloud.runs) == 1
+    assert any("adopted" in e.message for e in done.journal)
+
+
+def test_a_repeated_start_refused_as_in_progress_adopts_ours() -> None:
+    cloud, _ledger, releaser, _ = setup()
+    original = cloud.start_refresh
+
+    def start_twice(group: str, template: str, version: int, preferences: dict[str, Any]) -> str:
+        original(group, template, version, preferences)  # the first attempt reached AWS; its answer was lost
+        return original(group, template, version, preferences)  # botocore's retry is refused
+
+    cloud.start_refresh = start_twice  # type: ignore[method-assign]
+    record = releaser.release(plan_for(cloud))
+    assert record.outcome is Outcome.SUCCEEDED and len(cloud.runs) == 1
+    assert any("AWS refused a repeated start" in e.message for e in record.journal)
+
+
+def test_throttling_during_the_gate_is_retried_not_fatal() -> None:
+    throttled = [AwsError("Throttling: Rate exceeded", operation="DescribeAutoScalingGroups", code="Throttling",
+                          status=400) for _ in range(6)]
+    cloud, ledger, releaser, events = setup()
     plan = plan_for(cloud)
-    # The first Kiln process dies right after starting the refresh.
-    original = first._gate_and_finish
-
-    def die() -> ReleaseRecord:
-        raise KeyboardInterrupt
-
-    first._gate_and_finish = die  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        first.release(plan)
-    first._gate_and_finish = original  # type: ignore[method-assign]
-    (interrupted,) = ledger.records.values()
-    assert interrupted.phase == Phase.REFRESH and interrupted.refresh_id == "ir-1"
-    assert ledger.lock_holder is not None  # the dead process still holds the lock...
-
-    second = Releaser(ENV, cloud, ledger, cloud.clock, first.probes, lambda e: None, actor="ana@laptop")
-    record = second.resume(interrupted)  # ...which the same release may take over
+    cloud.faults["DescribeAutoScalingGroups"] = throttled
+    record = releaser.release(plan)
     assert record.outcome is Outcome.SUCCEEDED
-    assert cloud.calls.count("start_refresh v2") == 1
-    assert ledger.lock_holder is None
+    assert sum("asking again" in e.message for e in events) >= 5
+    assert ledger.lock is None
+
+
+def test_a_non_transient_error_in_a_step_leaves_the_release_for_resume_or_rollback() -> None:
+    denied = AwsError("UnauthorizedOperation: no", operation="CreateLaunchTemplateVersion",
+                      code="UnauthorizedOperation", status=403)
+    cloud, ledger, releaser, _ = setup()
+    original = cloud.create_template_version
+    calls = {"n": 0}
+
+    def refuse_once(*args: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise denied
+        return original(*args)
+
+    cloud.create_template_version = refuse_once  # type: ignore[method-assign]
+    with pytest.raises(AwsError) as info:
+        releaser.release(plan_for(cloud))
+    assert "`inv resume` carries on, `inv rollback` goes back" in str(info.value)
+    (record,) = ledger.records.values()
+    assert record.outcome is Outcome.IN_PROGRESS and ledger.lock is None and cloud.runs == []
+
+
+def test_a_broken_lock_stops_the_displaced_driver_at_its_next_fence() -> None:
+    cloud, ledger, _, _ = setup({"alarm_on": "ami-new"})
+    first = new_driver(cloud, ledger, crash_at="gating")
+    with pytest.raises(Crash):  # stands for "still running, between two polls"
+        first.release(plan_for(cloud))
+    (record,) = ledger.records.values()
+    emergency = new_driver(cloud, ledger, name="two")
+    emergency.take_over(record, ledger.lock, force=True)  # `inv rollback --break-lock`: the lease was live
+    calls_before = list(cloud.calls)
+    with pytest.raises(LeaseLost):  # the displaced driver polls again: its heartbeat finds the lock gone
+        first._gate_and_finish()
+    assert cloud.calls == calls_before  # ...and it changed nothing
+    done = emergency.undo(record, "emergency")
+    assert done.outcome is Outcome.ROLLED_BACK and set(cloud.images.values()) == {"ami-old"}
+
+
+def test_a_probe_that_never_answers_does_not_hold_up_the_gate() -> None:
+    import threading
+
+    cloud, _ledger, releaser, events = setup()
+    stuck = threading.Event()
+
+    def hangs(instance: InstanceState) -> ProbeResult:
+        stuck.wait(30)
+        return ProbeResult(None, None, "never answered")
+
+    releaser.probes = Probes(hangs, None)
+    releaser.probe_budget = 0.01
+    try:
+        with pytest.raises((GateFailed, RollbackFailed), match="timed out"):
+            releaser.release(plan_for(cloud))
+    finally:
+        stuck.set()
+    polls = [e for e in events if e.verdict is not None and e.phase == Phase.GATING]
+    assert len(polls) > ENV.gate.timeout // ENV.gate.poll_interval // 2  # it kept polling to the deadline
+
+
+def test_a_vanished_new_instance_fails_the_gate() -> None:
+    cloud, _ledger, releaser, _ = setup()
+    original = cloud._advance
+    state = {"seen": False}
+
+    def terminate_a_new_one() -> None:
+        original()
+        new = sorted(i for i, img in cloud.images.items() if img == "ami-new")
+        if new and not state["seen"]:
+            state["seen"] = True
+        elif new and state["seen"] == 1:
+            del cloud.images[new[0]]  # the group terminates a new instance and launches another
+            cloud.counter += 1
+            cloud.images[f"i-{cloud.counter}"] = "ami-new"
+        if state["seen"] is True:
+            state["seen"] = 1  # type: ignore[assignment]
+
+    cloud._advance = terminate_a_new_one  # type: ignore[method-assign]
+    with pytest.raises(GateFailed, match="taken out of service"):
+        releaser.release(plan_for(cloud))

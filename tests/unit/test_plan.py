@@ -37,7 +37,8 @@ LIVE = LiveRelease("1.0.0", "ami-100", "f100", 1)
 
 def observed(**changes: object) -> Observed:
     base = Observed(images=(ami("ami-100", "1.0.0", age_h=48), ami("ami-110", "1.1.0")),
-                    template_versions=TEMPLATES, group=group(), active_refresh=None, live=LIVE, lock=None)
+                    group_template=TEMPLATES[0], default_template=TEMPLATES[0], group=group(), active_refresh=None,
+                    live=LIVE, lock=None)
     return replace(base, **changes)
 
 
@@ -50,7 +51,7 @@ def test_happy_plan() -> None:
     plan = plan_for()
     assert plan.ok and not plan.noop
     assert plan.ami is not None and plan.ami.image_id == "ami-110"
-    assert plan.base_template == TEMPLATES[0] and plan.new_template_number == 2
+    assert plan.base_template == TEMPLATES[0] and plan.group_ref == "1" and plan.default_version == 1
     assert [(c.field, c.old, c.new) for c in plan.changes] == [("ImageId", "ami-100", "ami-110")]
     assert plan.batches == (2, 2)  # 4 instances, min 50 %, max 100 %
     assert plan.preferences["AutoRollback"] is True
@@ -64,11 +65,14 @@ def test_happy_plan() -> None:
     ({"images": (ami("ami-110", "1.1.0", deprecated=True),)}, "1.1.0", "ami-110 is deprecated"),
     ({"images": (ami("ami-110", "1.1.0", state="pending"),)}, "1.1.0", "is not available (pending)"),
     ({"group": None}, "1.1.0", "Auto Scaling group 'web-sandbox' not found"),
-    ({"template_versions": ()}, "1.1.0", "launch template 'web-sandbox' not found"),
+    ({"default_template": None, "group_template": None}, "1.1.0", "launch template 'web-sandbox' not found"),
+    ({"group_template": None}, "1.1.0", "references web-sandbox version 1, which does not exist"),
+    ({"group": replace(group(), launch_template_name="other")}, "1.1.0", "launches template 'other'"),
+    ({"missing_alarms": ("web-sandbox-target-5xx",)}, "1.1.0", "alarm 'web-sandbox-target-5xx' does not exist"),
     ({"active_refresh": RefreshState("ir-9", "InProgress", None, 40, 2)}, "1.1.0",
      "instance refresh ir-9 is already InProgress"),
-    ({"lock": Lock("ana@ci", NOW - timedelta(minutes=5), NOW + timedelta(minutes=25))}, "1.1.0",
-     "locked by ana@ci"),
+    ({"lock": Lock("h-1", NOW - timedelta(minutes=5), NOW + timedelta(minutes=25), who="ana@ci pid 7")}, "1.1.0",
+     "locked by ana@ci pid 7"),
     ({"live": LiveRelease("1.1.0", "ami-110", "f110", 2)}, "1.0.0", "1.1.0 is live in sandbox; 1.0.0 is older"),
 ])
 def test_blockers(changes: dict[str, object], version: str, expected: str) -> None:
@@ -103,14 +107,15 @@ def test_same_ami_is_a_noop() -> None:
 
 def test_stale_lock_is_only_a_warning() -> None:
     plan = plan_for(lock=Lock("bob", NOW - timedelta(hours=3), NOW - timedelta(hours=1)))
-    assert plan.ok and any("stale lock" in w for w in plan.warnings)
+    assert plan.ok and any("lapsed lock" in w for w in plan.warnings)
 
 
 def test_latest_alias_is_pinned_and_auto_rollback_dropped() -> None:
     plan = plan_for(group=group("$Latest"))
     assert plan.ok
     assert plan.preferences["AutoRollback"] is False and "AlarmSpecification" not in plan.preferences
-    assert any("pins it to numbered version 2" in n for n in plan.notes)
+    assert any("pins it to the new numbered version" in n for n in plan.notes)
+    assert plan.base_template == TEMPLATES[0]  # "before" is what $Latest resolves to
     assert "cancel the refresh" in plan.on_failure
 
 
@@ -142,3 +147,18 @@ def test_expected_duration_counts_batches_checkpoints_and_bake_time() -> None:
     plan = make_plan(prod, Request(Version("1.1.0"), NOW, force=True), observed())
     assert plan.batches == (2, 2)  # min 100 %, max 150 % of 4
     assert plan.expected_seconds == 2 * (300 + 90) + 2 * 600 + 600
+
+
+def test_an_unfinished_release_blocks_a_new_one_and_names_resume_and_rollback() -> None:
+    from release.record import ReleaseRecord
+
+    unfinished = ReleaseRecord("r-1", "sandbox", "release", "1.1.0", "ami-110", "f110", "ana", NOW, phase="gating")
+    plan = plan_for(interrupted=unfinished)
+    assert not plan.ok
+    assert any("`inv resume` finishes it, `inv rollback` undoes it" in b for b in plan.blockers), plan.blockers
+
+
+def test_rollback_preferences_never_auto_roll_back() -> None:
+    plan = plan_for()
+    assert plan.rollback_preferences["AutoRollback"] is False
+    assert "AlarmSpecification" not in plan.rollback_preferences
