@@ -93,7 +93,7 @@ def target_for(env: Environment) -> Target:
     if info is None:
         raise SandboxError(f"environment {env.name!r} is the sandbox, and the sandbox is not running",
                            hint="Start it with `inv sandbox.up`.")
-    return Target(region=env.region, endpoint_url=info.endpoint, time_scale=info.time_scale)
+    return Target(region=env.region, endpoint_url=info.endpoint, time_scale=info.time_scale, read_timeout=10.0)
 
 
 def actor() -> str:
@@ -509,8 +509,16 @@ def _disagreements(live: ReleaseRecord | None, running: ReleaseRecord | None, gr
     if group is not None and current is None:
         out.append(f"the group references launch template version {group.launch_template_version}, which does not "
                    "exist; point it at a numbered version before releasing")
-    known = {r.refresh_id for r in (running,) if r} | {r.rollback_refresh_id for r in (running,) if r}
-    if refresh is not None and refresh.refresh_id not in known:
+    ours = running is not None and (
+        refresh is not None and (refresh.refresh_id in (running.refresh_id, running.rollback_refresh_id)
+                                 or refresh.desired_version in (str(running.template_after),
+                                                                str(running.template_before))))
+    if running is not None and refresh is not None and ours and refresh.refresh_id not in (
+            running.refresh_id, running.rollback_refresh_id):
+        out.append(f"instance refresh {refresh.refresh_id} ({refresh.status}, to v{refresh.desired_version}) belongs "
+                   f"to the unfinished {running.kind} of {running.version} but is not recorded yet; `inv resume` or "
+                   "`inv rollback` adopts it")
+    if refresh is not None and not ours:
         out.append(f"instance refresh {refresh.refresh_id} ({refresh.status}) runs with no Kiln release behind it; "
                    "wait for it before releasing")
     return out

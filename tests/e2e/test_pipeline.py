@@ -17,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from packaging.version import Version
 from release import commands, config
 from release.bake import BakeResult
 from release.errors import BakeError, DriftDetected, GateFailed, NotFound, UsageError
-from release.ledger import Outcome
+from release.record import Lease, Outcome, ReleaseRecord
 from release.sandbox import stack
 from release.ui import UI
 
@@ -162,8 +164,7 @@ def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> No
 
 def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
     before = world.aws_state()
-    record = commands.release(world.ctx(), Version("1.0.0"), dry_run=False, allow_downgrade=False, force=False,
-                              break_lock=False)
+    record = commands.release(world.ctx(), Version("1.0.0"), dry_run=False, allow_downgrade=False, force=False)
     assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
     after = world.aws_state()
     assert after[0] == before[0] + 1 and not set(after[2]) & set(before[2])
@@ -174,8 +175,7 @@ def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
     cfg = world.config_for("1.1.0")
     result = commands.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=False)
     assert isinstance(result, BakeResult) and result.validated
-    record = commands.release(world.ctx(cfg), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False,
-                              break_lock=False)
+    record = commands.release(world.ctx(cfg), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
     assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
     assert set(world.lb_versions()) == {"1.1.0"}
     ctx = world.ctx()
@@ -212,17 +212,15 @@ def test_bad_input_is_refused_and_changes_nothing(world: World) -> None:
     before = world.aws_state()
     ctx = world.ctx()
     with pytest.raises(UsageError, match=r"no AMI for 9\.9\.9"):
-        commands.release(ctx, Version("9.9.9"), dry_run=False, allow_downgrade=False, force=False, break_lock=False)
+        commands.release(ctx, Version("9.9.9"), dry_run=False, allow_downgrade=False, force=False)
     with pytest.raises(UsageError, match=r"1\.0\.0 is live in sandbox; 0\.0\.0"):
-        commands.release(ctx, Version(stack.LEGACY_VERSION), dry_run=False, allow_downgrade=False, force=False,
-                         break_lock=False)
-    ctx.ledger.acquire(ENV, "someone else", ctx.clock.now())
+        commands.release(ctx, Version(stack.LEGACY_VERSION), dry_run=False, allow_downgrade=False, force=False)
+    ctx.ledger.acquire(ENV, Lease("other", "someone else", timedelta(minutes=5)), ctx.clock.now())
     try:
         with pytest.raises(UsageError, match="locked by someone else"):
-            commands.release(world.ctx(), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False,
-                             break_lock=False)
+            commands.release(world.ctx(), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
     finally:
-        ctx.ledger.break_lock(ENV)
+        ctx.ledger.release_lock(ENV, "other")
     with pytest.raises(UsageError, match="no environment 'nope'"):
         commands.open_context(world.cfg, "nope", UI(stdout=world.out, stderr=world.out))
     with pytest.raises(NotFound):
@@ -275,8 +273,7 @@ def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, 
     with pytest.raises(BakeError, match="failed its smoke test"):  # the smoke test catches it...
         commands.bake(world.ctx(cfg, project=project), force=False, dry_run=False, if_changed=False)
     with pytest.raises(GateFailed) as info:  # ...and releasing it anyway (--force) is rolled back
-        commands.release(world.ctx(cfg), Version("1.2.0"), dry_run=False, allow_downgrade=False, force=True,
-                         break_lock=False)
+        commands.release(world.ctx(cfg), Version("1.2.0"), dry_run=False, allow_downgrade=False, force=True)
     assert info.value.exit_code == 10
     record = world.ctx().ledger.history(ENV, limit=1)[0]
     assert record.outcome is Outcome.ROLLED_BACK and "unhealthy" in (record.reason or "")
@@ -288,26 +285,125 @@ def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, 
     assert group is not None and all(i.target_health == "healthy" for i in group.instances)
 
 
-def test_killing_kiln_mid_release_and_rerunning_converges_without_a_second_refresh(world: World) -> None:
-    env = {**os.environ, "KILN_SANDBOX_DIR": str(world.state), "PATH": f"{Path(sys.executable).parent}:"
-           + os.environ["PATH"]}
-    cfg_path = world.state / "versions-1.1.0.toml"
-    cmd = [str(Path(sys.executable).parent / "inv"), "release", "--version", "1.1.0", "--config", str(cfg_path)]
-    refreshes_before = world.aws_state()[1]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "started instance refresh" in line:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
-    assert world.ctx().ledger.in_progress(ENV) is not None
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "resuming" in rerun.stdout + rerun.stderr
-    assert world.aws_state()[1] == refreshes_before + 1  # exactly one new refresh
-    assert set(world.lb_versions()) == {"1.1.0"}
+class Cli:
+    """Kiln's real command line, as a user runs it: `inv …` in a subprocess."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self.env.update({"KILN_SANDBOX_DIR": str(world.state),
+                         "PATH": f"{Path(sys.executable).parent}:" + os.environ["PATH"]})
+        self.config = str(world.state / "versions-1.1.0.toml")
+
+    def run(self, *args: str, crash_at: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "KILN_CRASH_AT": crash_at or ""}
+        return subprocess.run([str(Path(sys.executable).parent / "inv"), *args, "--env", ENV, "--config", self.config],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# Where the real CLI is killed (SIGKILL): one of each kind of step boundary, each followed by both
+# ways out. Every checkpoint (12 of them) and both ways out are also driven on fakes in
+# tests/unit/test_machine.py; KILN_CRASH_MATRIX=all runs every checkpoint here too.
+CRASH_POINTS = ["template-created", "refresh-started", "gating", "default-set"]
+if os.environ.get("KILN_CRASH_MATRIX") == "all":
+    CRASH_POINTS = ["locked", "template-created", "template-saved", "refresh-started", "refresh-saved", "gating",
+                    "gate-passed", "default-set"]
+
+
+def test_crash_matrix_kill_at_every_step_then_resume_or_rollback_converges(world: World) -> None:
+    """A real `inv release` killed with SIGKILL at each step boundary (and between a mutating call and
+    its record); then `inv status` tells the truth, and `inv resume` or `inv rollback` converges:
+    one refresh per release, no unrecorded template version, the lock free, the ledger equal to
+    the cloud, the load balancer serving what it should."""
+    cli = Cli(world)
+    live, other = "1.0.0", "1.1.0"
+    results = []
+    for point in CRASH_POINTS:
+        for way_out in ("resume", "rollback"):
+            started = time.monotonic()
+            args = ["release", "--version", other] + (["--allow-downgrade"] if Version(other) < Version(live) else [])
+            crashed = cli.run(*args, crash_at=point)
+            assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+            record = world.ctx().ledger.in_progress(ENV)
+            assert record is not None, f"{point}: no unfinished release after the crash"
+            status = cli.run("status")
+            assert status.returncode == 0, status.stderr
+            told = status.stdout + status.stderr
+            assert f"unfinished release of {other}" in told and f"phase {record.phase}" in told, told
+            assert "`inv resume` would" in told and "`inv rollback` would" in told
+            blocked = cli.run(*args)  # a new release is refused while one is unfinished
+            assert blocked.returncode == 2 and "unfinished release" in blocked.stderr, blocked.stderr
+            dry = cli.run(way_out, "--dry-run")
+            assert dry.returncode in (0, 2), dry.stderr
+            assert world.ctx().ledger.history(ENV, limit=1)[0] == record  # dry runs wrote nothing
+            out = cli.run(way_out)
+            if out.returncode == 2 and "lease expires" in out.stderr:  # the dead driver's lease: wait it out
+                time.sleep(world.ctx().env.gate.lease + 1)
+                out = cli.run(way_out)
+            assert out.returncode == 0, f"{point} then {way_out}:\n{out.stdout}{out.stderr}"
+            done = world.ctx().ledger.history(ENV, limit=1)[0]
+            assert done.release_id == record.release_id
+            if way_out == "resume":
+                assert done.outcome is Outcome.SUCCEEDED, done
+                live, other = other, live
+            else:
+                assert done.outcome is Outcome.ROLLED_BACK, done
+            converged(world, done, serving=live)
+            results.append((point, way_out, done.outcome.value, round(time.monotonic() - started, 1)))
+    print("\ncrash matrix (point, way out, outcome, seconds):")
+    for row in results:
+        print("  ", *row)
+
+
+def converged(world: World, record: ReleaseRecord, *, serving: str) -> None:
+    ctx = world.ctx()
+    assert ctx.ledger.lock(ENV) is None, "the lock is still held"
+    assert ctx.ledger.in_progress(ENV) is None
+    refreshes = ctx.cloud.refreshes(ctx.env.asg)
+    assert not [r for r in refreshes if r.status in ("Pending", "InProgress", "RollbackInProgress")]
+    if record.template_after is not None:
+        assert sum(r.desired_version == str(record.template_after) for r in refreshes) <= 1  # one per release
+    created = [v.number for v in ctx.cloud.template_versions(ctx.env.launch_template)
+               if f"[{record.release_id}]" in v.description]
+    assert created == ([record.template_after] if record.template_after else []), (created, record)
+    group = ctx.cloud.group(ctx.env.asg)
+    assert group is not None
+    current = ctx.cloud.template_version(ctx.env.launch_template, str(group.launch_template_version))
+    assert current is not None
+    live = ctx.ledger.live(ENV)
+    assert live is not None and live.version == serving and current.image_id == live.image_id  # ledger == cloud
+    world.wait_until_serving()
+    assert set(world.lb_versions()) == {serving}
+
+
+def test_past_twenty_template_versions_a_failing_release_returns_to_the_groups_real_version(world: World) -> None:
+    ctx = world.ctx()
+    ec2 = ctx.aws.client("ec2")
+    name = ctx.env.launch_template
+    while len(ctx.cloud.template_versions(name)) <= 22:  # other hands add versions too
+        ec2.create_launch_template_version(LaunchTemplateName=name, SourceVersion="1", LaunchTemplateData={},
+                                           VersionDescription="added outside Kiln")
+    group = ctx.cloud.group(ctx.env.asg)
+    assert group is not None and group.launch_template_version is not None
+    before = ctx.cloud.template_version(name, group.launch_template_version)
+    assert before is not None and before.number > 15
+    live = ctx.ledger.live(ENV)
+    assert live is not None and before.image_id == live.image_id
+    target = "1.1.0" if live.version == "1.0.0" else "1.0.0"
+    new_image = next(i.image_id for i in ctx.cloud.app_images(ctx.cfg.app.name, target) if i.validated)
+    endpoint = ctx.aws.target.endpoint_url
+    admin = urllib.request.Request(f"{endpoint}/_kiln/target-health", method="POST",
+                                   data=json.dumps({"image_id": new_image, "healthy": False}).encode())
+    urllib.request.urlopen(admin, timeout=10).close()
+    try:
+        out = Cli(world).run("release", "--version", target, *(["--allow-downgrade"] if target < live.version else []))
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/_kiln/target-health", method="DELETE"),
+                               timeout=10).close()
+    assert out.returncode == 10, out.stdout + out.stderr
+    record = ctx.ledger.history(ENV, limit=1)[0]
+    assert record.outcome is Outcome.ROLLED_BACK and record.template_before == before.number
+    converged(world, record, serving=live.version)
 
 
 def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
@@ -333,8 +429,7 @@ def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: Wo
     with pytest.raises(UsageError, match=r"1\.2\.0 was never released successfully in sandbox"):
         commands.promote(world.ctx(), Version("1.2.0"), to=WEST)
     with pytest.raises(UsageError, match=r"no AMI for 1\.1\.0"):  # not promoted yet: nothing to release there
-        commands.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False,
-                         break_lock=False)
+        commands.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
 
     image_id = commands.promote(world.ctx(), Version("1.1.0"), to=WEST)
     source, copy = east.cloud.image(live.image_id), west.cloud.image(image_id)
@@ -348,7 +443,7 @@ def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: Wo
     assert promoted[0]["subject"] == image_id and promoted[0]["source"] == source.image_id
 
     record = commands.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False,
-                              force=False, break_lock=False)
+                              force=False)
     assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
     assert record.image_id == image_id and record.fingerprint == source.fingerprint
     assert set(world.lb_versions(env=WEST)) == {"1.1.0"}
