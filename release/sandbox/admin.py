@@ -9,6 +9,31 @@
   POST   /_kiln/base-image      {"name": "debian-12-amd64-…"}: publish a newer base AMI under that
                                 name in every region (Debian's security updates) -> {"images": {region: id}}
 
+Fault injection (faults.py has the rules' meaning):
+
+  GET    /_kiln/faults          {"rules": [rules in force, oldest first], "finished": [the last 50 that
+                                ended, each with "ended": "count used up" | "window expired" | "cleared"
+                                | "deleted"]}; a rule: id, service, operation, kind, error/status/message
+                                or latency/timeout, count, remaining, seconds, expires_at, expires_in,
+                                fired (how many calls it hit), created_at
+  POST   /_kiln/faults          {"operation": "StartInstanceRefresh" | "*", "service"?: "autoscaling",
+                                 one of "error": "Throttling" (+ "status"?: 400..599, "message"?) |
+                                 "latency": seconds | "timeout": seconds or true (15),
+                                 "count"?: calls, "seconds"?: window}  -> {"rule": {...}}
+                                (neither count nor seconds: one call; both: whichever ends first)
+  DELETE /_kiln/faults          end every rule -> {"cleared": n, "rules": []}
+  DELETE /_kiln/faults/<id>     end one rule
+  POST   /_kiln/instances/<id>/kill  a host failure: the instance's processes die at once (with no
+                                data plane: its health checks fail from now on); EC2 still says
+                                running, so the load balancer's health checks fail it and an ELB
+                                health-checked group replaces it
+  POST   /_kiln/instances/<id>/stop  EC2 StopInstances, through moto's backend (a stopped group member
+                                is replaced, as on AWS)
+
+An instance that fails its health check while it keeps running: POST /_kiln/target-health.
+Bad input is 400 with {"error": what to send instead}; an unknown instance 404; an instance in a
+state that cannot take the fault (stopped, terminated) 409.
+
 Target health set here feeds the default health check (patches.targets.AdminHealthPolicy): the
 target's state still moves through AWS's thresholds and intervals, exactly as with real probes.
 Alarm states need no admin call: CloudWatch SetAlarmState does it.
@@ -17,14 +42,27 @@ Alarm states need no admin call: CloudWatch SetAlarmState does it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from release.sandbox.faults import FaultBook, FaultRequestError
 from release.sandbox.patches.targets import AdminHealthPolicy
 
 PREFIX = "/_kiln/"
 
 Json = dict[str, Any]
+INSTANCE_ACTIONS = ("kill", "stop")
+_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
+
+
+class AdminError(Exception):
+    """An admin request the sandbox refuses: the HTTP status and what is wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class AdminApi:
@@ -35,11 +73,15 @@ class AdminApi:
         policy: AdminHealthPolicy,
         load_balancers: Callable[[], list[Json]] = list,
         publish_base_image: Callable[[str], dict[str, str]] | None = None,
+        faults: FaultBook | None = None,
+        instance_action: Callable[[str, str], Json] | None = None,
     ) -> None:
         self._health = health
         self._policy = policy
         self._load_balancers = load_balancers
         self._publish_base_image = publish_base_image
+        self._faults = faults
+        self._instance_action = instance_action  # (action, instance id) -> result; raises AdminError
 
     def handles(self, path: str) -> bool:
         return path.startswith(PREFIX)
@@ -52,6 +94,10 @@ class AdminApi:
             return 200, {"load_balancers": self._load_balancers()}
         if route == "base-image" and method == "POST" and self._publish_base_image is not None:
             return self._new_base_image(body)
+        if (route == "faults" or route.startswith("faults/")) and self._faults is not None:
+            return self._fault_rules(method, route, body)
+        if route.startswith("instances/") and method == "POST" and self._instance_action is not None:
+            return self._instance_fault(route)
         if route == "target-health":
             if method == "GET":
                 return 200, dict(self._policy.snapshot())
@@ -89,3 +135,40 @@ class AdminApi:
             healthy=request["healthy"],
         )
         return 200, dict(self._policy.snapshot())
+
+    def _fault_rules(self, method: str, route: str, body: bytes) -> tuple[int, Json]:
+        assert self._faults is not None
+        rule_id = route[len("faults/") :] if route.startswith("faults/") else None
+        if rule_id is not None:
+            if method != "DELETE":
+                return 404, {"error": f"no admin route {method} /_kiln/{route}"}
+            if not self._faults.delete(rule_id):
+                return 404, {"error": f"no fault rule {rule_id!r} in force (GET /_kiln/faults lists them)"}
+            return 200, {"deleted": rule_id, **self._faults.snapshot()}
+        if method == "GET":
+            return 200, self._faults.snapshot()
+        if method == "DELETE":
+            return 200, {"cleared": self._faults.clear(), **self._faults.snapshot()}
+        if method == "POST":
+            try:
+                request = json.loads(body or b"{}")
+            except json.JSONDecodeError as exc:
+                return 400, {"error": f"body is not JSON: {exc}"}
+            try:
+                return 200, {"rule": self._faults.add(request)}
+            except FaultRequestError as exc:
+                return 400, {"error": str(exc)}
+        return 404, {"error": f"no admin route {method} /_kiln/{route}"}
+
+    def _instance_fault(self, route: str) -> tuple[int, Json]:
+        assert self._instance_action is not None
+        parts = route.split("/")
+        if len(parts) != 3 or parts[2] not in INSTANCE_ACTIONS:
+            return 404, {"error": f"no admin route POST /_kiln/{route}; use instances/<id>/kill or instances/<id>/stop"}
+        instance_id, action = parts[1], parts[2]
+        if not _INSTANCE_ID.match(instance_id):
+            return 400, {"error": f"{instance_id!r} is not an instance id (i-0123456789abcdef0)"}
+        try:
+            return 200, self._instance_action(action, instance_id)
+        except AdminError as exc:
+            return exc.status, {"error": exc.message}

@@ -4,6 +4,8 @@
 
 Requests first meet `SandboxServer` (a WSGI middleware). It serves:
 - /_kiln/… — the admin API (admin.py);
+- faults injected into AWS calls (faults.py): an error instead of the call, a delay before it, or
+  its response held past the client's read timeout — before anything below;
 - the AWS operations moto lacks (instance refresh, DeleteLaunchTemplateVersions, image
   deprecation), parsed and rendered from botocore's models by wire.py, over the same wire as AWS;
 - everything else goes to moto, whose behaviour patches/ corrects in place.
@@ -39,8 +41,9 @@ from urllib.parse import parse_qsl
 from release.clock import Clock, SystemClock
 from release.errors import KilnError
 from release.sandbox import paging, patches
-from release.sandbox.admin import AdminApi
+from release.sandbox.admin import AdminApi, AdminError
 from release.sandbox.contracts import DataPlane
+from release.sandbox.faults import FaultBook, Injection, identify, render_error
 from release.sandbox.fleet import MotoFleet, sweep_elb_health
 from release.sandbox.patches import images, launch_templates
 from release.sandbox.patches.addresses import LoopbackAddresses
@@ -57,6 +60,8 @@ DEFAULT_TIME_SCALE = 0.1
 TICK_SECONDS = 0.2
 DEFAULT_ACCOUNT_ID = "123456789012"  # moto's account for any access key it does not know
 DEFAULT_REGION = "us-east-1"
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 @dataclass(frozen=True)
@@ -137,9 +142,10 @@ class SandboxServer:
         )
         self.wires = {name: ServiceWire(name) for name in set(SERVICES.values())}
         self.handlers: dict[tuple[str, str], Handler] = {}
+        self.faults = FaultBook(self.clock)
         self.admin = AdminApi(
             health=self.health, policy=self.targets.policy, load_balancers=self.describe_load_balancers,
-            publish_base_image=self.publish_newer_base_image,
+            publish_base_image=self.publish_newer_base_image, faults=self.faults, instance_action=self.instance_fault,
         )
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
         self.base_image = base_image or BaseImage()
@@ -359,6 +365,40 @@ class SandboxServer:
             "counts": {"instances": instances, "auto_scaling_groups": groups, "refresh_engines": len(self.engines)},
         }
 
+    def instance_fault(self, action: str, instance_id: str) -> dict[str, Any]:
+        """The admin API's instance faults: "kill" (a host failure) or "stop" (EC2 StopInstances)."""
+        from moto.ec2.models import ec2_backends
+
+        with self.lock:
+            found = [
+                (region, backend, instance)
+                for _, region, backend in _located_backends(ec2_backends)
+                if (instance := backend.get_instance_by_id(instance_id)) is not None
+            ]
+            if not found:
+                raise AdminError(404, f"no instance {instance_id} in the sandbox")
+            region, backend, instance = found[0]
+            if instance.state in ("terminated", "shutting-down"):
+                raise AdminError(409, f"instance {instance_id} is {instance.state}")
+            if action == "stop":
+                backend.stop_instances([instance_id])
+                log.info("fault: instance %s stopped (admin API)", instance_id)
+                return {"instance_id": instance_id, "region": region, "action": "stop", "state": instance.state}
+            if instance.state != "running":
+                raise AdminError(409, f"instance {instance_id} is {instance.state}; only a running one can be killed")
+            kill = getattr(self.runtime.dataplane, "kill", None)
+        if callable(kill):
+            try:
+                kill(instance_id)
+            except KilnError as err:
+                raise AdminError(409, f"instance {instance_id} could not be killed: {err}") from None
+            effect = "its processes were killed; health checks will fail"
+        else:
+            self.targets.policy.set(instance_id=instance_id, healthy=False)
+            effect = "no data plane: its health checks fail from now on"
+        log.info("fault: instance %s killed (%s)", instance_id, effect)
+        return {"instance_id": instance_id, "region": region, "action": "kill", "effect": effect}
+
     # ---- WSGI -----------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -367,6 +407,31 @@ class SandboxServer:
             body = self._read_body(environ)
             status, payload = self.admin.handle(environ.get("REQUEST_METHOD", "GET"), path, body)
             return self._send(start_response, Reply(status, json.dumps(payload).encode(), "application/json"))
+        injection = self._fault_for(environ)
+        if injection is None:
+            return self._dispatch(environ, start_response)
+        fault = injection.fault
+        if fault.kind == "error":
+            error = render_error(injection)
+            start_response(f"{error.status} {_REASONS.get(error.status, 'Error')}",
+                           [*error.headers, ("Content-Length", str(len(error.body)))])
+            return [error.body]
+        if fault.kind == "latency":
+            self.clock.sleep(fault.delay)  # outside the lock: the rest of the cloud keeps answering
+        answer = list(self._dispatch(environ, start_response))  # performed; nothing is sent yet
+        if fault.kind == "timeout":
+            self.clock.sleep(fault.delay)  # the client's read timeout fires; the call took effect
+        return answer
+
+    def _fault_for(self, environ: dict[str, Any]) -> Injection | None:
+        scope = _credential_scope(environ)
+        call = identify(environ, self._read_body(environ), scope[1] if scope else None)
+        injection = self.faults.take(call) if call is not None else None
+        if injection is not None:
+            log.info("fault %s: %s %s", injection.rule_id, call.name if call else "?", injection.fault.describe())
+        return injection
+
+    def _dispatch(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         scope = _credential_scope(environ)
         if scope is not None:
             self.publish_base_image(scope[0])
@@ -426,9 +491,8 @@ class SandboxServer:
 
     @staticmethod
     def _send(start_response: StartResponse, reply: Reply) -> list[bytes]:
-        reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
         start_response(
-            f"{reply.status} {reasons.get(reply.status, 'Error')}",
+            f"{reply.status} {_REASONS.get(reply.status, 'Error')}",
             [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body)))],
         )
         return [reply.body]

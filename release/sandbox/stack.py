@@ -30,7 +30,7 @@ from typing import Any
 
 from release.aws import Aws, Target, client_factory
 from release.config import Config, Environment
-from release.errors import SandboxError
+from release.errors import SandboxError, UsageError
 from release.sandbox import lifecycle
 from release.sandbox.postgres import PostgresServer
 from release.sandbox.provision import SeedNames, provision
@@ -198,6 +198,53 @@ def publish_base_image(endpoint: str, name: str) -> dict[str, str]:
             return dict(json.loads(response.read())["images"])
     except (urllib.error.URLError, OSError, ValueError, KeyError) as err:
         raise SandboxError(f"the sandbox at {endpoint} did not publish a base image ({err})",
+                           hint="Is it running? inv sandbox.status") from None
+
+
+def faults(endpoint: str) -> dict[str, Any]:
+    """The fault rules in force and the last ones that ended (admin API, faults.py)."""
+    return _admin(endpoint, "GET", "faults")
+
+
+def add_fault(endpoint: str, rule: dict[str, Any]) -> dict[str, Any]:
+    """Add one fault rule; UsageError with the sandbox's reason when it refuses it."""
+    return dict(_admin(endpoint, "POST", "faults", rule)["rule"])
+
+
+def clear_faults(endpoint: str) -> int:
+    """End every fault rule; how many were in force."""
+    return int(_admin(endpoint, "DELETE", "faults")["cleared"])
+
+
+def instance_fault(endpoint: str, instance_id: str, action: str) -> dict[str, Any]:
+    """"kill" (a host failure) or "stop" (EC2 StopInstances) one instance."""
+    return _admin(endpoint, "POST", f"instances/{instance_id}/{action}")
+
+
+def set_target_health(endpoint: str, instance_id: str, *, healthy: bool) -> dict[str, Any]:
+    """Make an instance fail (or pass again) its load balancer health checks."""
+    return _admin(endpoint, "POST", "target-health", {"instance_id": instance_id, "healthy": healthy})
+
+
+def _admin(endpoint: str, method: str, route: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One admin API call. The sandbox refusing (4xx) is a UsageError with its reason: nothing changed."""
+    request = urllib.request.Request(f"{endpoint}/_kiln/{route}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as err:
+        try:
+            reason = str(json.loads(err.read())["error"])
+        except (ValueError, KeyError, TypeError):
+            reason = f"HTTP {err.code}"
+        if 400 <= err.code < 500:
+            raise UsageError(f"the sandbox refused {method} /_kiln/{route}: {reason}") from None
+        raise SandboxError(f"the sandbox failed {method} /_kiln/{route}: {reason}",
+                           hint="See its log (inv sandbox.status shows where).") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise SandboxError(f"the sandbox at {endpoint} did not answer {method} /_kiln/{route} ({err})",
                            hint="Is it running? inv sandbox.status") from None
 
 

@@ -188,21 +188,9 @@ class ServiceWire:
 
     def render_error(self, error: WireError, request_id: str | None = None) -> Reply:
         request_id = request_id or new_request_id()
-        code, message = escape(error.code), escape(error.message)
-        if self.protocol == "ec2":
-            body = (
-                '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-                f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
-                f"<RequestID>{request_id}</RequestID></Response>"
-            )
-        else:
-            kind = "Sender" if error.sender else "Receiver"
-            body = (
-                f'<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse xmlns="{self.namespace}">'
-                f"<Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error>"
-                f"<RequestId>{request_id}</RequestId></ErrorResponse>"
-            )
-        return Reply(error.status, body.encode())
+        namespace = None if self.protocol == "ec2" else self.namespace
+        body = error_xml(self.protocol, error.code, error.message, request_id, sender=error.sender, namespace=namespace)
+        return Reply(error.status, body)
 
     def _render_members(self, shape: Any, value: Mapping[str, Any]) -> str:
         out: list[str] = []
@@ -235,6 +223,26 @@ class ServiceWire:
             )
             return f"<{tag}>{entries}</{tag}>"
         return f"<{tag}>{escape(_render_scalar(kind, value))}</{tag}>"
+
+
+def error_xml(
+    protocol: str, code: str, message: str, request_id: str, *, sender: bool = True, namespace: str | None = None
+) -> bytes:
+    """An error body as a query (`<ErrorResponse>`) or ec2 (`<Response><Errors>`) service sends it."""
+    code, message = escape(code), escape(message)
+    if protocol == "ec2":
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+            f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>"
+        ).encode()
+    kind = "Sender" if sender else "Receiver"
+    xmlns = f' xmlns="{namespace}"' if namespace else ""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse{xmlns}>'
+        f"<Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+        f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+    ).encode()
 
 
 def _parse_scalar(kind: str, text: str, where: str) -> Any:

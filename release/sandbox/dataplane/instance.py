@@ -3,6 +3,7 @@
 Boot = mount the overlay, then start the instance's init (init.py) as PID 1 of new PID, mount and
 UTS namespaces via unshare(1). Halt = SIGTERM that init, which stops the units; if it does not
 finish in time, SIGKILL it, and the kernel kills everything left in the PID namespace.
+Kill (a host failure) = that SIGKILL at once.
 """
 
 from __future__ import annotations
@@ -160,6 +161,17 @@ class InstanceProcess:
                 _signal(pid, signal.SIGKILL)
             time.sleep(0.02)
         layout.pids(self.dir).unlink(missing_ok=True)
+
+    def kill(self, timeout: float = HALT_TIMEOUT_S) -> None:
+        """SIGKILL the instance's init (PID 1 of its namespace: the kernel kills every other process
+        in it) and unshare; returns when they are gone. No unit is stopped, nothing is unmounted."""
+        unshare_pid, init_pid = self._recorded()
+        for pid in (init_pid, unshare_pid):
+            if pid:
+                _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while self._alive(unshare_pid, init_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _alive(self, unshare_pid: int | None, init_pid: int | None) -> bool:
         if self.popen is not None:

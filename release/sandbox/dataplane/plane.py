@@ -174,6 +174,13 @@ class LocalDataPlane:
             record.state = "running"
             record.save(instance_dir)
 
+    def kill(self, instance_id: str) -> None:
+        """A host failure: every process of the instance dies at once, with no shutdown. Its files
+        and mounts stay until EC2 stops or terminates it (halt and unmount find nothing running)."""
+        self._existing_dir(instance_id, "kill")
+        with self._instance_lock(instance_id):
+            self._process(instance_id).kill()
+
     def terminate(self, instance_id: str) -> None:
         with self._instance_lock(instance_id):
             self._destroy(instance_id)
