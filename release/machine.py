@@ -157,6 +157,7 @@ class Probes:
     workers: int = 8
     _known: dict[str, ProbeResult] = field(default_factory=dict)
     _running: dict[str, Future[ProbeResult]] = field(default_factory=dict)
+    _sampling: Future[dict[str, int]] | None = None
     _pool: ThreadPoolExecutor | None = None
 
     def look(self, instances: list[InstanceState], budget: float) -> dict[str, ProbeResult]:
@@ -180,9 +181,16 @@ class Probes:
     def sample_load_balancer(self, budget: float) -> dict[str, int] | None:
         if self.through_load_balancer is None:
             return None
-        future = self._executor().submit(self.through_load_balancer)
-        done, _ = wait([future], timeout=budget, return_when=FIRST_COMPLETED)
-        return future.result() if done else {}
+        if self._sampling is None:  # one sample in flight at a time, however slow the load balancer
+            self._sampling = self._executor().submit(self.through_load_balancer)
+        done, _ = wait([self._sampling], timeout=budget, return_when=FIRST_COMPLETED)
+        if not done:
+            return {}
+        future, self._sampling = self._sampling, None
+        try:
+            return future.result()
+        except Exception as err:
+            return {f"error: {type(err).__name__}": 1}
 
     def close(self) -> None:
         if self._pool is not None:
