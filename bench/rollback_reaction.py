@@ -41,6 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--config", default=str(ROOT / "versions.toml"))
+    parser.add_argument("--verbose", action="store_true", help="print each release's own output")
     args = parser.parse_args()
     cfg = config.load(Path(args.config))
     ctx = commands.open_context(cfg, ENV, UI(stdout=io.StringIO(), stderr=io.StringIO()))
@@ -66,20 +67,22 @@ def main() -> int:
                "--config", args.config]
         if Version(target) < Version(live.version):
             cmd.append("--allow-downgrade")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
         signal_at = _when_refresh_under_way(ctx, proc)
         cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="bench: failing signal")
-        _, err = proc.communicate(timeout=900)
+        out, _ = proc.communicate(timeout=900)
         record = ctx.ledger.history(ENV, limit=1)[0]
         if proc.returncode != 10 or record.outcome is not Outcome.ROLLED_BACK:
             print(f"run {run}: expected a rollback (exit 10), got exit {proc.returncode}, {record.outcome}: "
-                  f"{err.strip()[-400:]}")
+                  f"{out.strip()[-400:]}")
             return 1
         issued = next(e.at for e in record.journal if e.phase == "rolling_back")
         assert record.ended_at is not None
         reaction = (issued - signal_at).total_seconds()
         safe = (record.ended_at - signal_at).total_seconds()
+        if args.verbose:
+            print(out)
         reactions.append(reaction)
         safes.append(safe)
         print(f"run {run}: {live.version} -> {target}: reaction {reaction:.1f} s, time to safe {safe:.1f} s")
