@@ -30,6 +30,7 @@ Safety, in the order it matters:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -221,6 +222,7 @@ class Releaser:
         self.observe_budget = env.gate.poll_interval + OBSERVE_SLACK_SECONDS
         self.probe_budget = max(0.5, env.gate.poll_interval / 2)
         self.record: ReleaseRecord | None = None
+        self.retried: Counter[str] = Counter()  # transient AWS errors the gate rode out, by code
         self._observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe")
 
     @property
@@ -388,6 +390,7 @@ class Releaser:
         except AwsError as err:
             if not err.transient:
                 raise
+            self.retried[err.code or "no answer"] += 1
             group = None
         grace = group.health_check_grace_period if group else 0
         return max(grace, self.env.refresh.instance_warmup or 0) * self.time_scale
@@ -417,6 +420,7 @@ class Releaser:
                 if not err.transient:
                     verdict = Verdict(VerdictKind.FAIL, f"cannot observe the fleet: {err}")
                 else:
+                    self.retried[err.code or "no answer"] += 1
                     verdict = self._waiting(f"AWS answered {err.code or 'nothing'} ({err.where}); asking again",
                                             deadline)
             self._emit(Phase(self._current().phase), verdict.reason, verdict, snapshot)
@@ -611,6 +615,9 @@ class Releaser:
         self._emit(phase, message)
 
     def _finish(self, phase: Phase, message: str) -> None:
+        if self.retried:  # the journal tells what the gate rode out
+            rode_out = ", ".join(f"{code}×{n}" for code, n in sorted(self.retried.items()))
+            message += f" (the gate retried {rode_out})"
         self._step(phase, message, outcome=FINAL[phase], ended_at=self.clock.now(),
                    reason=None if phase is Phase.SUCCEEDED else message)
         self.ledger.release_lock(self.env.name, self.driver.holder)

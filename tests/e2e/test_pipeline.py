@@ -406,6 +406,76 @@ def test_past_twenty_template_versions_a_failing_release_returns_to_the_groups_r
     converged(world, record, serving=live.version)
 
 
+def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: World) -> None:
+    """Through `inv sandbox.fault`, as a user rehearsing failures would: throttling on every
+    describe call the gate makes, a lost answer to StartInstanceRefresh, a new instance killed."""
+    cli = Cli(world)
+
+    def fault(*args: str) -> None:
+        done = subprocess.run([str(Path(sys.executable).parent / "inv"), "sandbox.fault", *args], cwd=ROOT,
+                              env=cli.env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def other() -> tuple[str, list[str]]:
+        live = world.ctx().ledger.live(ENV)
+        assert live is not None
+        target = "1.1.0" if live.version == "1.0.0" else "1.0.0"
+        return target, ["--allow-downgrade"] if target < live.version else []
+
+    # 1. Every describe call the gate makes is throttled for a while: retried, never fatal.
+    for operation in ("DescribeAutoScalingGroups", "DescribeInstanceRefreshes", "DescribeTargetHealth",
+                      "DescribeInstances", "DescribeAlarms"):
+        fault("--operation", operation, "--error", "Throttling", "--seconds", "6")
+    target, extra = other()
+    out = cli.run("release", "--version", target, *extra)
+    fault("--clear")
+    assert out.returncode == 0, out.stdout + out.stderr
+    record = world.ctx().ledger.history(ENV, limit=1)[0]
+    assert record.outcome is Outcome.SUCCEEDED and "the gate retried Throttling" in record.journal[-1].message
+    converged(world, record, serving=target)
+
+    # 2. StartInstanceRefresh reaches AWS but its answer is lost: the retry meets InstanceRefreshInProgress,
+    #    and Kiln adopts the refresh that did start (one refresh, not two, not "failed").
+    fault("--operation", "StartInstanceRefresh", "--timeout", "12", "--count", "1")
+    target, extra = other()
+    out = cli.run("release", "--version", target, *extra)
+    fault("--clear")
+    assert out.returncode == 0, out.stdout + out.stderr
+    record = world.ctx().ledger.history(ENV, limit=1)[0]
+    assert record.outcome is Outcome.SUCCEEDED
+    assert any("adopted" in e.message for e in record.journal), record.journal
+    converged(world, record, serving=target)
+
+    # 3. A new instance dies mid-refresh (a host failure): the gate fails and Kiln rolls back.
+    live_before = world.ctx().ledger.live(ENV)
+    assert live_before is not None
+    target, extra = other()
+    ctx = world.ctx()
+    new_image = next(i.image_id for i in ctx.cloud.app_images(ctx.cfg.app.name, target) if i.validated)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "inv"), "release", "--version", target, *extra,
+                             "--env", ENV, "--config", cli.config], cwd=ROOT, env=cli.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        group = ctx.cloud.group(ctx.env.asg)
+        victim = next((i.instance_id for i in (group.instances if group else ())
+                       if i.image_id == new_image and i.lifecycle == "InService"), None)
+        time.sleep(0.2)
+    assert victim is not None, "no new instance came into service"
+    fault("--kill", victim)
+    output, _ = proc.communicate(timeout=600)
+    record = world.ctx().ledger.history(ENV, limit=1)[0]
+    assert proc.returncode in (0, 10), output  # the group may replace it in time; else the gate fails
+    if proc.returncode == 10:
+        assert record.outcome is Outcome.ROLLED_BACK and victim in (record.reason or ""), record.reason
+        converged(world, record, serving=live_before.version)
+    else:
+        assert record.outcome is Outcome.SUCCEEDED
+        converged(world, record, serving=target)
+    print(f"\nkilled {victim} mid-refresh: {record.outcome.value}: {record.reason or record.journal[-1].message}")
+
+
 def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
     cfg = world.config_for("1.1.0")
     plan = commands.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)

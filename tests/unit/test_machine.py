@@ -443,6 +443,7 @@ def test_throttling_during_the_gate_is_retried_not_fatal() -> None:
     assert record.outcome is Outcome.SUCCEEDED
     assert sum("asking again" in e.message for e in events) >= 5
     assert ledger.lock is None
+    assert "the gate retried Throttling×6" in record.journal[-1].message  # the ledger tells what happened
 
 
 def test_a_non_transient_error_in_a_step_leaves_the_release_for_resume_or_rollback() -> None:
