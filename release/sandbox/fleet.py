@@ -13,7 +13,12 @@ from typing import Any
 
 from release.clock import Clock
 from release.sandbox.contracts import GroupView, Member
-from release.sandbox.patches.autoscaling import LT_VERSION_TAG, LaunchFailed, launch_into_group
+from release.sandbox.patches.autoscaling import (
+    LT_VERSION_TAG,
+    LaunchFailed,
+    deregister_from_target_groups,
+    launch_into_group,
+)
 from release.sandbox.patches.targets import TargetHealthBook
 
 log = logging.getLogger("kiln.sandbox.fleet")
@@ -118,11 +123,7 @@ class MotoFleet:
 
     def terminate(self, group: str, instance_id: str) -> None:
         asg = self._group(group)
-        elbv2 = self._autoscaling().elbv2_backend
-        for arn in asg.target_group_arns:
-            target_group = elbv2.target_groups.get(arn)
-            if target_group is not None and instance_id in target_group.targets:
-                target_group.deregister([{"Id": instance_id}])
+        deregister_from_target_groups(asg, [instance_id])
         # Leave the group first, so moto's terminate hook does not launch a replacement:
         # replacing is the engine's decision during a refresh.
         asg.instance_states = [s for s in asg.instance_states if s.instance.id != instance_id]
@@ -171,10 +172,7 @@ def sweep_elb_health(
         return []
     backend = group.autoscaling_backend
     for state in sick:
-        for arn in group.target_group_arns:
-            target_group = backend.elbv2_backend.target_groups.get(arn)
-            if target_group is not None and state.instance.id in target_group.targets:
-                target_group.deregister([{"Id": state.instance.id}])
+        deregister_from_target_groups(group, [state.instance.id])
         group.instance_states.remove(state)
         backend.ec2_backend.terminate_instances([state.instance.id])
     try:

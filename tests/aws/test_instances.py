@@ -106,3 +106,36 @@ def test_a_bastion_is_found_by_its_name_tag_and_only_when_it_is_one_running_inst
     with pytest.raises(NotFound, match=r"2 running instances named .*no other running instance has"):
         cloud.running_instance_named(name)
     ec2.terminate_instances(InstanceIds=[first, second])
+
+
+@pytest.mark.parametrize("decrement", [False, True])
+def test_terminate_instance_in_auto_scaling_group_deregisters_it_from_the_target_groups(
+    kit: Kit, seed: SeedResources, decrement: bool
+) -> None:
+    victim = kit.group(seed.asg_name)["Instances"][0]["InstanceId"]
+    kit.client("autoscaling").terminate_instance_in_auto_scaling_group(
+        InstanceId=victim, ShouldDecrementDesiredCapacity=decrement
+    )
+    members = {m["InstanceId"] for m in kit.group(seed.asg_name)["Instances"]}
+    assert victim not in members and len(members) == (3 if decrement else 4)
+    states = kit.target_states(seed.target_group_arn)
+    assert states[victim]["State"] == "draining"  # connection draining, as for any deregistered target
+    assert members <= set(states)
+    kit.wait_for("the victim to finish draining", lambda: victim not in kit.target_states(seed.target_group_arn))
+    gone = kit.client("elbv2").describe_target_health(TargetGroupArn=seed.target_group_arn, Targets=[{"Id": victim}])
+    assert gone["TargetHealthDescriptions"][0]["TargetHealth"]["Reason"] == "Target.NotRegistered"
+    kit.wait_for(
+        "the members to be healthy",
+        lambda: all(kit.target_states(seed.target_group_arn)[m]["State"] == "healthy" for m in members),
+    )
+
+
+def test_detach_instances_deregisters_them_from_the_target_groups(kit: Kit, seed: SeedResources) -> None:
+    detached = kit.group(seed.asg_name)["Instances"][0]["InstanceId"]
+    kit.client("autoscaling").detach_instances(
+        AutoScalingGroupName=seed.asg_name, InstanceIds=[detached], ShouldDecrementDesiredCapacity=True
+    )
+    assert kit.target_states(seed.target_group_arn)[detached]["State"] == "draining"
+    kit.wait_for("the detached instance to finish draining",
+                 lambda: detached not in kit.target_states(seed.target_group_arn))  # fmt: skip
+    kit.client("ec2").terminate_instances(InstanceIds=[detached])

@@ -9,7 +9,11 @@ version, and the instance carries it (EC2's own `aws:ec2launchtemplate:version` 
 what DescribeAutoScalingGroups then reports.
 
 moto also does not register replacements (e.g. after TerminateInstances) in the group's target
-groups; AWS registers every instance the group launches. Launches here always register.
+groups; AWS registers every instance the group launches. Launches here always register. The other
+way round, moto leaves an instance registered when it leaves the group through
+TerminateInstanceInAutoScalingGroup or DetachInstances; AWS deregisters it from the group's target
+groups (its target drains for the deregistration delay, then is gone). Here every way out of a
+group deregisters.
 
 Instances are spread over the group's subnets by Availability Zone, fewest instances first, as
 AWS balances a group across its AZs.
@@ -45,6 +49,19 @@ def _pick_subnet(group: Any) -> tuple[str | None, str]:
     zones = list(group.availability_zones)
     zone = min(zones, key=lambda z: (per_az[z], zones.index(z)))
     return None, zone
+
+
+def deregister_from_target_groups(group: Any, instance_ids: list[str]) -> None:
+    """Deregister instances leaving the group from its target groups (they drain, then are gone),
+    as AWS does for every instance that leaves a group: terminated, detached or replaced."""
+    elbv2 = group.autoscaling_backend.elbv2_backend
+    for arn in group.target_group_arns:
+        target_group = elbv2.target_groups.get(arn)
+        if target_group is None:
+            continue
+        registered = [{"Id": i} for i in instance_ids if i in target_group.targets]
+        if registered:
+            target_group.deregister(registered)
 
 
 def launch_into_group(
@@ -97,7 +114,7 @@ def launch_into_group(
 
 
 def apply() -> None:
-    from moto.autoscaling.models import FakeAutoScalingGroup, InstanceState
+    from moto.autoscaling.models import AutoScalingBackend, FakeAutoScalingGroup, InstanceState
 
     original_replace: Any = FakeAutoScalingGroup.replace_autoscaling_group_instances
 
@@ -123,5 +140,16 @@ def apply() -> None:
             "Version": by_key.get(LT_VERSION_TAG),
         }
 
+    original_detach: Any = AutoScalingBackend.detach_instances
+
+    def detach_instances(self: Any, group_name: str, instance_ids: list[str], should_decrement: bool) -> Any:
+        # TerminateInstanceInAutoScalingGroup detaches first too: both leave the target groups.
+        group = self.autoscaling_groups.get(group_name)
+        if group is not None:
+            members = {s.instance.id for s in group.instance_states}
+            deregister_from_target_groups(group, [i for i in instance_ids if i in members])
+        return original_detach(self, group_name, instance_ids, should_decrement)
+
     replace(FakeAutoScalingGroup, "replace_autoscaling_group_instances", replace_autoscaling_group_instances)
+    replace(AutoScalingBackend, "detach_instances", detach_instances)
     replace(InstanceState, "launch_template", property(launch_template))

@@ -339,3 +339,23 @@ def test_elb_failures_count_only_after_the_grace_period() -> None:
 
     first_kill = next(step for step, what, i in fleet.events if what == "terminate" and i not in originals)
     assert first_kill - launched_at >= 30  # unhealthy targets are tolerated during the grace period
+
+
+def test_rollback_after_every_instance_was_replaced_starts_at_once() -> None:
+    # The sandbox's seed preferences at time scale 0.1: the refresh has replaced all four
+    # instances (two still warming up) when the rollback starts.
+    fleet = FakeFleet(desired=4, grace_period=300, boot_steps=3)
+    rig = Rig(fleet, time_scale=0.1, seconds_per_step=0.2)
+    rig.start(preferences={"MinHealthyPercentage": 50, "MaxHealthyPercentage": 100, "InstanceWarmup": 30})
+    while fleet.on_version("1") or fleet.serving() < 4:
+        rig.step()
+    assert rig.latest()["Status"] == "InProgress"
+    rig.engine.rollback(GROUP)
+    before = len(fleet.events)
+
+    rig.step()
+
+    assert [what for _, what, _ in fleet.events[before:]].count("terminate") == 2
+    final = rig.run()
+    assert final["Status"] == "RollbackSuccessful"
+    assert (final["EndTime"] - final["RollbackDetails"]["RollbackStartTime"]).total_seconds() < 10
