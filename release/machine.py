@@ -224,6 +224,7 @@ class Releaser:
         self.record: ReleaseRecord | None = None
         self.retried: Counter[str] = Counter()  # transient AWS errors the gate rode out, by code
         self._observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe")
+        self._beats = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heartbeat")
 
     @property
     def ttl(self) -> timedelta:
@@ -403,8 +404,9 @@ class Releaser:
         pending: Future[Snapshot] | None = None
         budget = self.observe_budget
         polls = 0
+        beat: Future[None] | None = None
         while True:
-            self._heartbeat()
+            beat = self._heartbeat_in_background(beat)
             if pending is None:
                 pending = self._observer.submit(self._observe, expect, refresh_id, seen)
             snapshot: Snapshot | None = None
@@ -596,6 +598,28 @@ class Releaser:
     def _heartbeat(self) -> None:
         self.ledger.renew(self.env.name, self.driver.holder, self.clock.now(), self.ttl, self._current().phase)
 
+    def _heartbeat_in_background(self, beat: Future[None] | None) -> Future[None] | None:
+        """The gate's heartbeat: renewed in the background, so that a slow ledger never holds up a
+        poll (the lease outlasts three polls). A lost lease stops the driver at once; a transient
+        failure is tried again at the next poll. Returns the heartbeat still in flight, if any."""
+        if beat is None or beat.done():
+            if beat is not None:
+                self._settle(beat)
+            beat = self._beats.submit(self._heartbeat)
+            wait([beat], timeout=0.5)
+        if beat.done():
+            self._settle(beat)
+            return None
+        return beat
+
+    def _settle(self, beat: Future[None]) -> None:
+        try:
+            beat.result()  # LeaseLost propagates: this driver must stop
+        except AwsError as err:
+            if not err.transient:
+                raise
+            self.retried[err.code or "no answer"] += 1
+
     def _fence(self) -> None:
         """Before every mutating call: still ours? (renews the lease; LeaseLost when not)."""
         self._heartbeat()
@@ -628,4 +652,5 @@ class Releaser:
 
     def close(self) -> None:
         self._observer.shutdown(wait=False, cancel_futures=True)
+        self._beats.shutdown(wait=False, cancel_futures=True)
         self.probes.close()

@@ -142,6 +142,9 @@ def main() -> None:
             time.sleep(0.1)
         out["health"] = health
         ec2.terminate_instances(InstanceIds=[a, b])
+        deadline = time.monotonic() + 10  # EC2 terminates in the background: the call returns at once
+        while time.monotonic() < deadline and not {a, b} <= {e[1] for e in plane.events if e[0] == "terminate"}:
+            time.sleep(0.05)
 
         broken = ec2.register_image(Name="broken", RootDeviceName="/dev/xvda")["ImageId"]
         plane.broken_images.add(broken)

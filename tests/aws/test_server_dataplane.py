@@ -90,6 +90,9 @@ def test_group_instances_boot_from_the_base_image_and_down_leaves_nothing(state_
     assert "SSH HOST KEY" in ec2.get_console_output(InstanceId=first["InstanceId"])["Output"]
 
     ec2.terminate_instances(InstanceIds=[first["InstanceId"]])
+    deadline = time.monotonic() + 40  # shutting down in the background, as on EC2
+    while answers_ssh(first["PrivateIpAddress"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not answers_ssh(first["PrivateIpAddress"])
 
     # The ALB's listener is a real proxy. The base image serves nothing on port 80, so the targets

@@ -9,6 +9,10 @@
   is plugged in, after moto has recorded the change. Without one the sandbox is control plane only.
   An instance the data plane cannot start (e.g. its AMI has no root filesystem) ends `terminated`
   with StateReason Server.InternalError, as EC2 reports instances it could not launch.
+- TerminateInstances returns at once, as EC2's does (the instance is shutting down): the data
+  plane halts the instance in the background, outside the server's lock. Halting waits for the
+  instance's units to stop (up to 30 s for one that does not), and a refresh or health sweep that
+  terminated instances under the lock froze every API call for that long.
 - GetConsoleOutput returns the data plane's console text (base64, as EC2 sends it); without a
   data plane, moto's sample text.
 """
@@ -17,12 +21,29 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
+import time
 from typing import Any
 
 from release.sandbox.contracts import LaunchedInstance
 from release.sandbox.patches._replace import replace
 
 log = logging.getLogger("kiln.sandbox.instances")
+
+
+def _halt_in_background(dataplane: Any, instance_id: str) -> None:
+    def halt() -> None:
+        started = time.monotonic()
+        try:
+            dataplane.terminate(instance_id)
+        except Exception:
+            log.exception("terminating %s in the data plane failed", instance_id)
+            return
+        took = time.monotonic() - started
+        if took > 5:
+            log.info("%s: halting took %.1f s", instance_id, took)
+
+    threading.Thread(target=halt, name=f"terminate-{instance_id}", daemon=True).start()
 
 
 def _runtime() -> Any:
@@ -128,7 +149,7 @@ def apply() -> None:
         dataplane = _runtime().dataplane
         if dataplane is not None:
             for instance, _ in result:
-                dataplane.terminate(instance.id)
+                _halt_in_background(dataplane, instance.id)
         return result
 
     original_console: Any = General.get_console_output
