@@ -115,7 +115,8 @@ def rollback(c: Context, env: str | None = None, config: str | None = None, json
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON})
 def status(c: Context, env: str | None = None, config: str | None = None, json: bool = False) -> None:
-    """What is live, what is in progress, and each instance's version and health."""
+    """What is live, what the group launches, the lock, any unfinished release (and what resume or
+    rollback would do), where the ledger and the cloud disagree, and each instance's health."""
     with kiln_errors():
         commands.status(open_context(env, config, json))
 
