@@ -30,6 +30,7 @@ Safety, in the order it matters:
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -155,18 +156,26 @@ class Probes:
 
     check_instance: Callable[[InstanceState], ProbeResult]
     through_load_balancer: Callable[[], dict[str, int]] | None  # None: no load balancer
-    workers: int = 8
+    workers: int = 16
+    stale_after: float = 60.0  # real seconds
     _known: dict[str, ProbeResult] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
     _running: dict[str, Future[ProbeResult]] = field(default_factory=dict)
     _sampling: Future[dict[str, int]] | None = None
     _pool: ThreadPoolExecutor | None = None
 
     def look(self, instances: list[InstanceState], budget: float) -> dict[str, ProbeResult]:
         pool = self._executor()
+        now = time.monotonic()
+        for instance_id, started in list(self._started.items()):
+            if instance_id in self._running and now - started > self.stale_after:
+                # A probe stuck past every timeout it was given: ask again rather than wait forever.
+                del self._running[instance_id]
         for i in instances:
             confirmed = self._known.get(i.instance_id)
             if i.instance_id not in self._running and not (confirmed and confirmed.health_ok):
                 self._running[i.instance_id] = pool.submit(self.check_instance, i)
+                self._started[i.instance_id] = now
         wanted = [self._running[i.instance_id] for i in instances if i.instance_id in self._running]
         if wanted:
             wait(wanted, timeout=budget)

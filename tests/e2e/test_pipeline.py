@@ -83,7 +83,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
     if os.geteuid() != 0:
         pytest.fail("the sandbox's real instances need root on Linux (./bootstrap test runs as root)")
     state = Path(tempfile.mkdtemp(prefix="kiln-e2e-", dir="/var/tmp"))
@@ -96,6 +96,11 @@ def world() -> Iterator[World]:
         w.wait_until_serving()
         yield w
     finally:
+        if request.session.testsfailed:  # what Kiln and the sandbox said, for the failure above
+            print("\n--- Kiln's output (last 6000 characters) ---\n" + w.out.getvalue()[-6000:])
+            log = state / "server.log"
+            if log.exists():
+                print("--- sandbox server log (last 4000 characters) ---\n" + log.read_text()[-4000:])
         stack.down(state)
         commands.SANDBOX_DIR = saved
         leftovers = [line for line in Path("/proc/mounts").read_text().splitlines() if str(state) in line]
