@@ -524,3 +524,13 @@ def test_a_vanished_new_instance_fails_the_gate() -> None:
     cloud._advance = terminate_a_new_one  # type: ignore[method-assign]
     with pytest.raises(GateFailed, match="taken out of service"):
         releaser.release(plan_for(cloud))
+
+
+def test_the_state_machine_loads_no_aws_library() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, release.machine, release.plan, release.gate, release.record; "
+            "print(sorted(m for m in ('boto3', 'botocore', 'invoke', 'paramiko') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
