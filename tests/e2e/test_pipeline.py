@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -406,16 +405,21 @@ def test_past_twenty_template_versions_a_failing_release_returns_to_the_groups_r
     live = ctx.ledger.live(ENV)
     assert live is not None and before.image_id == live.image_id
     target, extra = other(live.version)
-    new_image = next(i.image_id for i in ctx.cloud.app_images(ctx.cfg.app.name, target) if i.validated)
-    endpoint = ctx.aws.target.endpoint_url
-    admin = urllib.request.Request(f"{endpoint}/_kiln/target-health", method="POST",
-                                   data=json.dumps({"image_id": new_image, "healthy": False}).encode())
-    urllib.request.urlopen(admin, timeout=10).close()
-    try:
-        out = cli.run("release", "--version", target, *extra)
-    finally:
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/_kiln/target-health", method="DELETE"),
-                               timeout=10).close()
+    # The release fails on an alarm once its refresh is under way, as a bad version's 5xx would.
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "inv"), "release", "--version", target, *extra,
+                             "--env", ENV, "--config", cli.config], cwd=ROOT, env=cli.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        running = ctx.ledger.in_progress(ENV)
+        refresh = ctx.cloud.refresh(ctx.env.asg, running.refresh_id) if running and running.refresh_id else None
+        if refresh is not None and refresh.percentage_complete > 0:
+            break
+        time.sleep(0.2)
+    alarm = next(a for a in ctx.env.alarms if "5xx" in a)
+    ctx.aws.client("cloudwatch").set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="a bad version")
+    output, _ = proc.communicate(timeout=600)
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
     assert out.returncode == 10, out.stdout + out.stderr
     record = ctx.ledger.history(ENV, limit=1)[0]
     assert record.outcome is Outcome.ROLLED_BACK and record.template_before == before.number
