@@ -172,7 +172,7 @@ class SandboxServer:
 
         with self.lock:
             self.runtime.dataplane = dataplane
-            self.targets.probe = dataplane_probe(dataplane) if dataplane else self.targets.policy
+            self.targets.probe = dataplane_probe(dataplane, self.targets.policy) if dataplane else self.targets.policy
 
     def set_health_probe(self, probe: ProbeFn) -> None:
         """Replace what one target health check does (health.Probe -> (status, timed_out))."""

@@ -68,17 +68,22 @@ class AdminHealthPolicy:
                 "unhealthy_images": sorted(self.unhealthy_images),
             }
 
-    def __call__(self, probe: Probe) -> ProbeOutcome:
-        image_id = self._image_of(probe.target_id)
+    def failing(self, target_id: str) -> bool:
+        image_id = self._image_of(target_id)
         with self._lock:
-            failing = probe.target_id in self.unhealthy_instances or image_id in self.unhealthy_images
-        return (503 if failing else 200), False
+            return target_id in self.unhealthy_instances or image_id in self.unhealthy_images
+
+    def __call__(self, probe: Probe) -> ProbeOutcome:
+        return (503 if self.failing(probe.target_id) else 200), False
 
 
-def dataplane_probe(dataplane: DataPlane) -> ProbeFn:
-    """A real HTTP health check through the data plane."""
+def dataplane_probe(dataplane: DataPlane, policy: AdminHealthPolicy | None = None) -> ProbeFn:
+    """A real HTTP health check through the data plane; a target the admin policy marked unhealthy
+    answers 503 whatever the instance says (`inv sandbox.fault --unhealthy`)."""
 
     def probe(p: Probe) -> ProbeOutcome:
+        if policy is not None and policy.failing(p.target_id):
+            return 503, False
         return dataplane.probe(p.ip, p.port, p.path, p.timeout), False
 
     return probe

@@ -254,3 +254,31 @@ def test_concurrent_recording_is_safe() -> None:
     for thread in threads:
         thread.join()
     assert len(tracker.healthy_targets(TG)) == 50
+
+
+def test_a_target_marked_unhealthy_fails_its_real_health_check_too() -> None:
+    """`inv sandbox.fault --unhealthy` with real instances: the admin mark wins over the probe."""
+    from release.sandbox.patches.targets import AdminHealthPolicy, dataplane_probe
+
+    class Plane:
+        def __init__(self) -> None:
+            self.probed: list[str] = []
+
+        def probe(self, ip: str, port: int, path: str, timeout: float) -> int | None:
+            self.probed.append(ip)
+            return 200
+
+    plane = Plane()
+    policy = AdminHealthPolicy(lambda target: "ami-new" if target == "i-2" else "ami-old")
+    check = dataplane_probe(plane, policy)  # type: ignore[arg-type]
+
+    def probe(target: str) -> Probe:
+        return Probe("tg", target, 80, f"127.100.0.{target[-1]}", 80, "/health", 5.0, 1)
+
+    assert check(probe("i-1")) == (200, False)
+    policy.set(instance_id="i-1", healthy=False)
+    policy.set(image_id="ami-new", healthy=False)
+    assert check(probe("i-1")) == (503, False) and check(probe("i-2")) == (503, False)
+    assert plane.probed == ["127.100.0.1"]  # marked targets are not even asked
+    policy.clear()
+    assert check(probe("i-2")) == (200, False)
