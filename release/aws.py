@@ -99,7 +99,7 @@ class Aws:
     def __init__(self, target: Target, *, attempts: int = 10) -> None:
         self.target = target
         self._session = self._make_session()
-        self._clients: dict[tuple[str, str], Any] = {}
+        self._clients: dict[tuple[str, str, bool], Any] = {}
         self._config = BotoConfig(retries={"mode": "adaptive", "max_attempts": attempts}, connect_timeout=10,
                                   read_timeout=target.read_timeout)
         self._lock = threading.Lock()  # clients are thread-safe; making them from a session is not
@@ -113,13 +113,17 @@ class Aws:
             return base
         return _assumed_role_session(base, t.role_arn, t.session_name, t.region)
 
-    def client(self, service: str, region: str | None = None) -> Any:
+    def client(self, service: str, region: str | None = None, *, once: bool = False) -> Any:
+        """A client for `service`. With `once`, botocore never re-sends a call: for calls AWS cannot
+        make idempotent (StartInstanceRefresh has no client token), whose caller looks before it
+        asks again."""
         region = region or self.target.region
-        key = (service, region)
+        key = (service, region, once)
         with self._lock:
             if key not in self._clients:
+                config = self._config.merge(BotoConfig(retries={"total_max_attempts": 1})) if once else self._config
                 self._clients[key] = self._session.client(
-                    service, region_name=region, endpoint_url=self.target.endpoint_url, config=self._config)
+                    service, region_name=region, endpoint_url=self.target.endpoint_url, config=config)
             return self._clients[key]
 
     def frozen_credentials(self) -> dict[str, str]:
@@ -542,9 +546,13 @@ class Cloud:
                      if r.status in ("Pending", "InProgress", "Baking", "Cancelling", "RollbackInProgress")), None)
 
     def start_refresh(self, group: str, template: str, version: int, preferences: dict[str, Any]) -> str:
-        """Refresh the group to a numbered LT version, applied to the group only on success."""
+        """Refresh the group to a numbered LT version, applied to the group only on success.
+
+        Sent once: botocore re-sending it after a lost answer would start a second refresh when the
+        first has already ended (or be refused when it has not). The caller looks for the refresh
+        that targets its version before asking again (machine.Releaser)."""
         with self.aws.call("StartInstanceRefresh", group):
-            out = self._asg().start_instance_refresh(
+            out = self.aws.client("autoscaling", once=True).start_instance_refresh(
                 AutoScalingGroupName=group, Strategy="Rolling", Preferences=preferences,
                 DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateName": template, "Version": str(version)}})
         return str(out["InstanceRefreshId"])

@@ -349,12 +349,13 @@ class Releaser:
                 refresh_id = self.cloud.start_refresh(record.group, record.template, record.template_after,
                                                       dict(record.preferences))
             except AwsError as err:
-                # A retry of a start that reached AWS is refused: look for the one that did start.
-                if err.code != "InstanceRefreshInProgress" or (mine := self._my_refresh()) is None:
+                # No answer (the start may have reached AWS), or refused as a repeat: look before
+                # leaping again. Not found: the release stays here, and resume looks again.
+                if err.code not in (None, "InstanceRefreshInProgress") or (mine := self._my_refresh()) is None:
                     raise
                 refresh_id = mine.refresh_id
             self.checkpoint("refresh-started")
-            how = "started" if mine is None else "adopted (AWS refused a repeated start)"
+            how = "started" if mine is None else "adopted (the start reached AWS; its answer was lost or refused)"
         else:
             refresh_id, how = mine.refresh_id, "adopted (started before it was recorded)"
         self._step(Phase.REFRESH, f"{how} instance refresh {refresh_id} to v{record.template_after}",
@@ -565,7 +566,7 @@ class Releaser:
             new_id = self.cloud.start_refresh(record.group, record.template, record.template_before,
                                               dict(record.rollback_preferences))
         except AwsError as err:
-            if err.code != "InstanceRefreshInProgress" or (back := self._refresh_back(mine)) is None:
+            if err.code not in (None, "InstanceRefreshInProgress") or (back := self._refresh_back(mine)) is None:
                 raise
             new_id = back.refresh_id
         self.checkpoint("rollback-started")

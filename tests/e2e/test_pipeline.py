@@ -442,14 +442,30 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
         target = "1.1.0" if live.version == "1.0.0" else "1.0.0"
         return target, ["--allow-downgrade"] if target < live.version else []
 
-    # 1. Every describe call the gate makes is throttled for a while: retried, never fatal.
+    def start_release(target: str, extra: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen([str(Path(sys.executable).parent / "inv"), "release", "--version", target, *extra,
+                                 "--env", ENV, "--config", cli.config], cwd=ROOT, env=cli.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def until_gating(proc: subprocess.Popen[str]) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            running = world.ctx().ledger.in_progress(ENV)
+            if running is not None and running.phase == "gating":
+                return
+            time.sleep(0.1)
+        raise AssertionError("the release never reached its gate")
+
+    # 1. Once the gate watches, every describe call it makes is throttled for a while: retried, never fatal.
+    target, extra = other()
+    proc = start_release(target, extra)
+    until_gating(proc)
     for operation in ("DescribeAutoScalingGroups", "DescribeInstanceRefreshes", "DescribeTargetHealth",
                       "DescribeInstances", "DescribeAlarms"):
-        fault("--operation", operation, "--error", "Throttling", "--seconds", "6")
-    target, extra = other()
-    out = cli.run("release", "--version", target, *extra)
+        fault("--operation", operation, "--error", "Throttling", "--seconds", "8")
+    output, _ = proc.communicate(timeout=600)
     fault("--clear")
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert proc.returncode == 0, output
     record = world.ctx().ledger.history(ENV, limit=1)[0]
     assert record.outcome is Outcome.SUCCEEDED and "the gate retried Throttling" in record.journal[-1].message
     converged(world, record, serving=target)
@@ -472,9 +488,7 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
     target, extra = other()
     ctx = world.ctx()
     new_image = next(i.image_id for i in ctx.cloud.app_images(ctx.cfg.app.name, target) if i.validated)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "inv"), "release", "--version", target, *extra,
-                             "--env", ENV, "--config", cli.config], cwd=ROOT, env=cli.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_release(target, extra)
     deadline = time.monotonic() + 120
     victim = None
     while victim is None and time.monotonic() < deadline and proc.poll() is None:

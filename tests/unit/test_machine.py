@@ -406,17 +406,30 @@ def test_a_crash_while_rolling_back_then_resume_or_rollback_finishes_going_back(
 
 
 def test_a_lost_answer_to_start_instance_refresh_adopts_the_refresh_that_started() -> None:
-    cloud, ledger, releaser, _events = setup({"lost_answers": {"StartInstanceRefresh"}})
-    with pytest.raises(AwsError):  # the adapter's own retry would meet InstanceRefreshInProgress; here: no answer
+    cloud, _ledger, releaser, _events = setup({"lost_answers": {"StartInstanceRefresh"}})
+    record = releaser.release(plan_for(cloud))
+    assert record.outcome is Outcome.SUCCEEDED and len(cloud.runs) == 1
+    assert any("adopted (the start reached AWS" in e.message for e in record.journal)
+
+
+def test_a_lost_answer_to_a_start_that_never_arrived_leaves_the_release_for_resume() -> None:
+    cloud, ledger, releaser, _events = setup()
+    original = cloud.start_refresh
+
+    def lost_on_the_way(*args: Any) -> str:
+        cloud.start_refresh = original  # type: ignore[method-assign]
+        raise AwsError("Connect timeout on endpoint URL", operation="StartInstanceRefresh")
+
+    cloud.start_refresh = lost_on_the_way  # type: ignore[method-assign]
+    with pytest.raises(AwsError):
         releaser.release(plan_for(cloud))
     (record,) = ledger.records.values()
-    assert record.outcome is Outcome.IN_PROGRESS and record.phase == Phase.TEMPLATE
+    assert record.outcome is Outcome.IN_PROGRESS and record.phase == Phase.TEMPLATE and cloud.runs == []
     assert ledger.lock is None  # given back at once: resume need not wait for the lease
     again = new_driver(cloud, ledger, name="two")
     again.take_over(record, ledger.lock, force=False)
     done = again.resume(record)
     assert done.outcome is Outcome.SUCCEEDED and len(cloud.runs) == 1
-    assert any("adopted" in e.message for e in done.journal)
 
 
 def test_a_repeated_start_refused_as_in_progress_adopts_ours() -> None:
@@ -430,7 +443,7 @@ def test_a_repeated_start_refused_as_in_progress_adopts_ours() -> None:
     cloud.start_refresh = start_twice  # type: ignore[method-assign]
     record = releaser.release(plan_for(cloud))
     assert record.outcome is Outcome.SUCCEEDED and len(cloud.runs) == 1
-    assert any("AWS refused a repeated start" in e.message for e in record.journal)
+    assert any("adopted (the start reached AWS" in e.message for e in record.journal)
 
 
 def test_throttling_during_the_gate_is_retried_not_fatal() -> None:
