@@ -485,6 +485,15 @@ class Releaser:
         expect, refresh_id = started
         deadline = self.clock.now() + timedelta(seconds=self.env.gate.timeout)
         verdict = self._watch(expect, deadline, refresh_id, first="rollback-watching")
+        if verdict.kind is not VerdictKind.PASS and expect.done_status == "RollbackSuccessful":
+            # AWS's rollback ended, but on another configuration than "before" (the group had been
+            # moved to the new version before the refresh, the known trap): refresh back ourselves.
+            ended = self.cloud.refresh(str(record.group), refresh_id)
+            if ended is not None and ended.status == "RollbackSuccessful":
+                self._emit(Phase.ROLLING_BACK, f"AWS's rollback ended elsewhere ({verdict.reason}); refreshing back")
+                mine = self._my_refresh() or ended
+                expect, refresh_id = self._start_refresh_back(mine)
+                verdict = self._watch(expect, deadline, refresh_id, first="rollback-watching")
         self._restore_default()
         if verdict.kind is VerdictKind.PASS:
             return self._rolled_back(reason, verdict.reason, gate_failed)
@@ -555,6 +564,12 @@ class Releaser:
                 self._emit(Phase.ROLLING_BACK, f"AWS cannot roll back ({err.code}); cancelling and refreshing back")
                 self._fence()
                 self.cloud.cancel_refresh(record.group)
+        return self._start_refresh_back(mine)
+
+    def _start_refresh_back(self, mine: RefreshState) -> tuple[Expectation, str]:
+        """A refresh back to the saved "before" version (or the one already started for it)."""
+        record = self._current()
+        assert record.group and record.template and record.template_before is not None
         back = self._refresh_back(mine)
         if back is not None:
             self._step(Phase.ROLLING_BACK, f"adopted refresh {back.refresh_id} back to v{record.template_before} "

@@ -25,7 +25,7 @@ BOOT_SCRIPT = ROOT / "ansible" / "roles" / "boot" / "files" / "webapp-boot"
 # How the code names its clients: receiver source pattern -> botocore service name.
 RECEIVERS = [
     (r"^self\._ec2\(\)$", "ec2"),
-    (r"^self\._asg\(\)$", "autoscaling"),
+    (r"^self\._asg\(\)$|client\(['\"]autoscaling['\"]", "autoscaling"),
     (r"^elb$|client\(['\"]elbv2['\"]\)", "elbv2"),
     (r"client\(['\"]cloudwatch['\"]\)", "cloudwatch"),
     (r"^self\.db$", "dynamodb"),

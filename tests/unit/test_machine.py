@@ -547,3 +547,24 @@ def test_the_state_machine_loads_no_aws_library() -> None:
             "print(sorted(m for m in ('boto3', 'botocore', 'invoke', 'paramiko') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_when_aws_rolls_back_to_the_wrong_configuration_kiln_refreshes_back_to_before() -> None:
+    """The known trap: the group was moved to the new version before the refresh, so AWS's
+    rollback "restores" the bad version. Kiln notices the fleet is not back and refreshes back."""
+    cloud, ledger, releaser, _ = setup({"alarm_on": "ami-new"})
+    original = cloud.start_refresh
+
+    def start_then_someone_moves_the_group(group: str, template: str, version: int, prefs: dict[str, Any]) -> str:
+        refresh_id = original(group, template, version, prefs)
+        if version == 2:
+            cloud.group_ref = "2"
+        return refresh_id
+
+    cloud.start_refresh = start_then_someone_moves_the_group  # type: ignore[method-assign]
+    with pytest.raises(GateFailed):
+        releaser.release(plan_for(cloud))
+    assert "rollback_refresh" in cloud.calls and "start_refresh v1" in cloud.calls
+    assert set(cloud.images.values()) == {"ami-old"}
+    (record,) = ledger.records.values()
+    assert record.outcome is Outcome.ROLLED_BACK and ledger.lock is None
