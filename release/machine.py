@@ -172,8 +172,10 @@ class Probes:
                 # A probe stuck past every timeout it was given: ask again rather than wait forever.
                 del self._running[instance_id]
         for i in instances:
-            confirmed = self._known.get(i.instance_id)
-            if i.instance_id not in self._running and not (confirmed and confirmed.health_ok):
+            known = self._known.get(i.instance_id)
+            # Only a whole answer stands: a version and a healthy /health. Anything less is asked again.
+            confirmed = known is not None and known.version is not None and known.health_ok is True
+            if i.instance_id not in self._running and not confirmed:
                 self._running[i.instance_id] = pool.submit(self.check_instance, i)
                 self._started[i.instance_id] = now
         wanted = [self._running[i.instance_id] for i in instances if i.instance_id in self._running]

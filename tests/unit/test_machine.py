@@ -568,3 +568,20 @@ def test_when_aws_rolls_back_to_the_wrong_configuration_kiln_refreshes_back_to_b
     assert set(cloud.images.values()) == {"ami-old"}
     (record,) = ledger.records.values()
     assert record.outcome is Outcome.ROLLED_BACK and ledger.lock is None
+
+
+def test_an_instance_whose_version_did_not_answer_is_asked_again() -> None:
+    """A probe that got /health but not /version (the app still starting) is not the final word."""
+    cloud, _ledger, releaser, _ = setup()
+    answers: dict[str, int] = {}
+
+    def flaky(instance: InstanceState) -> ProbeResult:
+        answers[instance.instance_id] = answers.get(instance.instance_id, 0) + 1
+        if answers[instance.instance_id] == 1:
+            return ProbeResult(None, True, "GET /version failed: connection refused")
+        return ProbeResult(VERSIONS[instance.image_id], True)
+
+    releaser.probes = Probes(flaky, None)
+    record = releaser.release(plan_for(cloud))
+    assert record.outcome is Outcome.SUCCEEDED
+    assert all(n == 2 for n in answers.values()), answers
