@@ -401,9 +401,7 @@ class Releaser:
         try:
             group = self.cloud.group(self.env.asg, self.env.target_groups)
         except AwsError as err:
-            if not err.transient:
-                raise
-            self.retried[err.code or "no answer"] += 1
+            self._ride_out(err)
             group = None
         grace = group.health_check_grace_period if group else 0
         return max(grace, self.env.refresh.instance_warmup or 0) * self.time_scale
@@ -434,7 +432,7 @@ class Releaser:
                 if not err.transient:
                     verdict = Verdict(VerdictKind.FAIL, f"cannot observe the fleet: {err}")
                 else:
-                    self.retried[err.code or "no answer"] += 1
+                    self._note_retry(err)
                     verdict = self._waiting(f"AWS answered {err.code or 'nothing'} ({err.where}); asking again",
                                             deadline)
             self._emit(Phase(self._current().phase), verdict.reason, verdict, snapshot)
@@ -643,9 +641,16 @@ class Releaser:
         try:
             beat.result()  # LeaseLost propagates: this driver must stop
         except AwsError as err:
-            if not err.transient:
-                raise
-            self.retried[err.code or "no answer"] += 1
+            self._ride_out(err)
+
+    def _ride_out(self, err: AwsError) -> None:
+        """A transient AWS error is noted and lived with (the next poll asks again); any other is raised."""
+        if not err.transient:
+            raise err
+        self._note_retry(err)
+
+    def _note_retry(self, err: AwsError) -> None:
+        self.retried[err.code or "no answer"] += 1
 
     def _fence(self) -> None:
         """Before every mutating call: still ours? (renews the lease; LeaseLost when not)."""
