@@ -25,6 +25,18 @@ source "amazon-ebs" "app" {
   region              = var.region
   custom_endpoint_ec2 = var.ec2_endpoint
 
+  # With a bake role, Packer assumes it itself from the credentials Kiln hands it, so the AWS SDK
+  # refreshes the role's credentials however long the bake takes.
+  dynamic "assume_role" {
+    for_each = var.assume_role_arn == "" ? [] : [var.assume_role_arn]
+    content {
+      role_arn         = assume_role.value
+      session_name     = var.assume_role_session_name
+      external_id      = var.assume_role_external_id
+      duration_seconds = var.assume_role_duration_seconds
+    }
+  }
+
   source_ami = var.source_ami
   dynamic "source_ami_filter" {
     for_each = var.source_ami == "" ? [var.source_ami_name] : []

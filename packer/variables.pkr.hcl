@@ -98,6 +98,30 @@ variable "root_volume_size" {
   description = "GiB; at least the base AMI's root snapshot."
 }
 
+variable "assume_role_arn" {
+  type        = string
+  default     = ""
+  description = "A role for Packer to assume (refreshed by the AWS SDK). Empty: use the credentials as given."
+}
+
+variable "assume_role_session_name" {
+  type        = string
+  default     = "kiln"
+  description = "Who assumes the role, as CloudTrail shows it (kiln-<user>)."
+}
+
+variable "assume_role_external_id" {
+  type        = string
+  default     = ""
+  description = "The ExternalId the role's trust policy demands, if any."
+}
+
+variable "assume_role_duration_seconds" {
+  type        = number
+  default     = 3600
+  description = "Length of one assumed-role session; the SDK assumes the role again before it ends."
+}
+
 variable "kms_key_id" {
   type        = string
   default     = ""

@@ -10,17 +10,23 @@ resource and what to do.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
-from botocore.credentials import RefreshableCredentials
+from botocore.credentials import (
+    AssumeRoleCredentialFetcher,
+    CredentialProvider,
+    CredentialResolver,
+    DeferredRefreshableCredentials,
+)
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -45,8 +51,31 @@ from release.model import (
     TemplateVersion,
 )
 
+if TYPE_CHECKING:  # the clients' types (types-boto3, a dev dependency) for mypy; nothing at run time
+    from botocore.client import BaseClient
+    from types_boto3_autoscaling import AutoScalingClient
+    from types_boto3_autoscaling.type_defs import (
+        DescribeInstanceRefreshesTypeTypeDef,
+        InstanceRefreshTypeDef,
+        RefreshPreferencesTypeDef,
+    )
+    from types_boto3_cloudwatch import CloudWatchClient
+    from types_boto3_dynamodb import DynamoDBClient
+    from types_boto3_ec2 import EC2Client
+    from types_boto3_ec2.type_defs import (
+        FilterTypeDef,
+        ImageTypeDef,
+        InstanceTypeDef,
+        LaunchTemplateVersionTypeDef,
+        TagTypeDef,
+    )
+    from types_boto3_elbv2 import ElasticLoadBalancingv2Client
+    from types_boto3_secretsmanager import SecretsManagerClient
+    from types_boto3_ssm import SSMClient
+    from types_boto3_sts import STSClient
+
 # Fake credentials for the sandbox; the sandbox accepts anything and nothing else sees them.
-SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+SANDBOX_KEY = "testing"
 
 # No answer at all: worth asking again (the request may or may not have reached AWS).
 _NO_ANSWER = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
@@ -71,7 +100,9 @@ class Target:
     endpoint_url: str | None = None  # the sandbox's endpoint; None for real AWS
     profile: str | None = None
     role_arn: str | None = None
-    session_name: str = "kiln"
+    session_name: str = "kiln"  # who assumes the role, as CloudTrail shows it: see session_name()
+    external_id: str | None = None  # the role's trust policy may demand one (third-party accounts)
+    role_duration: int = 3600  # seconds per assumed-role session (botocore refreshes before expiry)
     # How long one AWS second lasts here: 1 on AWS; the sandbox runs its clocks faster.
     time_scale: float = 1.0
     # How long to wait for an answer. The sandbox is on loopback: an answer later than 10 s is a
@@ -98,6 +129,7 @@ class Aws:
 
     def __init__(self, target: Target, *, attempts: int = 10) -> None:
         self.target = target
+        self._base: boto3.Session | None = None  # what the role is assumed from, when there is one
         self._session = self._make_session()
         self._clients: dict[tuple[str, str, bool], Any] = {}
         self._config = BotoConfig(retries={"mode": "adaptive", "max_attempts": attempts}, connect_timeout=10,
@@ -107,11 +139,39 @@ class Aws:
     def _make_session(self) -> boto3.Session:
         t = self.target
         if t.is_sandbox:
-            return boto3.Session(region_name=t.region, **SANDBOX_CREDENTIALS)
-        base = boto3.Session(profile_name=t.profile, region_name=t.region)
-        if not t.role_arn:
-            return base
-        return _assumed_role_session(base, t.role_arn, t.session_name, t.region)
+            return boto3.Session(region_name=t.region, aws_access_key_id=SANDBOX_KEY, aws_secret_access_key=SANDBOX_KEY)
+        with self.call("credentials", t.profile and f"profile {t.profile}",
+                       hint="Check the profile name (aws configure list-profiles)."):
+            base = boto3.Session(profile_name=t.profile, region_name=t.region)
+            if not t.role_arn:
+                return base
+            self._base = base
+            return _assumed_role_session(base, t.role_arn, t)
+
+    # Typed clients (types-boto3), so mypy checks every call's parameters and answer.
+    @overload
+    def client(self, service: Literal["autoscaling"], region: str | None = None, *,
+               once: bool = False) -> AutoScalingClient: ...
+    @overload
+    def client(self, service: Literal["cloudwatch"], region: str | None = None, *,
+               once: bool = False) -> CloudWatchClient: ...
+    @overload
+    def client(self, service: Literal["dynamodb"], region: str | None = None, *,
+               once: bool = False) -> DynamoDBClient: ...
+    @overload
+    def client(self, service: Literal["ec2"], region: str | None = None, *, once: bool = False) -> EC2Client: ...
+    @overload
+    def client(self, service: Literal["elbv2"], region: str | None = None, *,
+               once: bool = False) -> ElasticLoadBalancingv2Client: ...
+    @overload
+    def client(self, service: Literal["secretsmanager"], region: str | None = None, *,
+               once: bool = False) -> SecretsManagerClient: ...
+    @overload
+    def client(self, service: Literal["ssm"], region: str | None = None, *, once: bool = False) -> SSMClient: ...
+    @overload
+    def client(self, service: Literal["sts"], region: str | None = None, *, once: bool = False) -> STSClient: ...
+    @overload
+    def client(self, service: str, region: str | None = None, *, once: bool = False) -> BaseClient: ...
 
     def client(self, service: str, region: str | None = None, *, once: bool = False) -> Any:
         """A client for `service`. With `once`, botocore never re-sends a call: for calls AWS cannot
@@ -122,21 +182,23 @@ class Aws:
         with self._lock:
             if key not in self._clients:
                 config = self._config.merge(BotoConfig(retries={"total_max_attempts": 1})) if once else self._config
-                self._clients[key] = self._session.client(
-                    service, region_name=region, endpoint_url=self.target.endpoint_url, config=config)
+                make: Callable[..., Any] = self._session.client  # typed per literal service name
+                self._clients[key] = make(service, region_name=region, endpoint_url=self.target.endpoint_url,
+                                          config=config)
             return self._clients[key]
 
-    def frozen_credentials(self) -> dict[str, str]:
-        """The session's current credentials as environment variables, for tools (Packer) that
-        run in their own process. Assumed-role credentials are short-lived: fetch right before use."""
-        creds = self._session.get_credentials()
-        if creds is None:
-            raise AwsError("no AWS credentials found", operation="credentials",
-                           hint="Configure credentials (aws configure / AWS_PROFILE), or use the sandbox.")
-        frozen = creds.get_frozen_credentials()
-        env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    def source_credentials(self) -> dict[str, str]:
+        """Credentials as environment variables, for a tool in its own process (Packer): the ones
+        the role is assumed from when there is a role (the tool assumes it itself, and so can
+        refresh it: see packer/app.pkr.hcl), else the session's own. Fetch right before use."""
+        with self.call("credentials"):
+            creds = (self._base or self._session).get_credentials()
+            if creds is None:
+                raise NoCredentialsError()
+            frozen = creds.get_frozen_credentials()
+        env = {"AWS_ACCESS_KEY_ID": str(frozen.access_key), "AWS_SECRET_ACCESS_KEY": str(frozen.secret_key)}
         if frozen.token:
-            env["AWS_SESSION_TOKEN"] = frozen.token
+            env["AWS_SESSION_TOKEN"] = str(frozen.token)
         return env
 
     @contextmanager
@@ -163,27 +225,47 @@ class Aws:
                                          if self.target.is_sandbox else None)) from None
 
 
-def _assumed_role_session(
-    base: boto3.Session, role_arn: str, session_name: str, region: str
-) -> boto3.Session:
-    sts = base.client("sts", config=BotoConfig(retries={"mode": "adaptive", "max_attempts": 10}))
+def _assumed_role_session(base: boto3.Session, role_arn: str, t: Target) -> boto3.Session:
+    """A session whose credentials come from assuming `t.role_arn` with `base`'s credentials, and
+    are refreshed by botocore before they expire (so hour-long releases and bakes keep working).
 
-    def fetch() -> dict[str, str]:
-        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
-        expiry: datetime = creds["Expiration"]
-        return {
-            "access_key": creds["AccessKeyId"],
-            "secret_key": creds["SecretAccessKey"],
-            "token": creds["SessionToken"],
-            "expiry_time": expiry.astimezone(UTC).isoformat(),
-        }
-
-    refreshable = RefreshableCredentials.create_from_metadata(
-        metadata=fetch(), refresh_using=fetch, method="sts-assume-role")
+    Built from botocore's public credential classes: AssumeRoleCredentialFetcher (the fetcher
+    botocore's own `role_arn` profiles use) feeding DeferredRefreshableCredentials, registered as
+    the session's only credential provider. MFA belongs in the profile the base session reads
+    (`mfa_serial` in ~/.aws/config): botocore prompts there.
+    """
+    source = base.get_credentials()
+    if source is None:
+        raise NoCredentialsError()
+    extra: dict[str, Any] = {"RoleSessionName": t.session_name, "DurationSeconds": t.role_duration}
+    if t.external_id:
+        extra["ExternalId"] = t.external_id
+    fetcher = AssumeRoleCredentialFetcher(base.client, source, role_arn, extra_args=extra)
+    credentials = DeferredRefreshableCredentials(fetcher.fetch_credentials, method="assume-role")
     core = botocore.session.Session()
-    core._credentials = refreshable  # botocore's documented way to plug refreshable credentials
-    core.set_config_variable("region", region)
+    core.register_component("credential_provider", CredentialResolver([_Fixed(credentials)]))
+    core.set_config_variable("region", t.region)
     return boto3.Session(botocore_session=core)
+
+
+class _Fixed(CredentialProvider):
+    """A credential provider that always answers with the same (refreshing) credentials."""
+
+    METHOD = "assume-role"
+
+    def __init__(self, credentials: DeferredRefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> DeferredRefreshableCredentials:
+        return self._credentials
+
+
+def session_name(user: str) -> str:
+    """`kiln-<user>`, as STS accepts a session name (2-64 of letters, digits and +=,.@-_): CloudTrail
+    then says who released."""
+    cleaned = re.sub(r"[^\w+=,.@-]", "-", user) or "unknown"
+    return f"kiln-{cleaned}"[:64]
 
 
 def client_factory(aws: Aws) -> Callable[[str, str], Any]:
@@ -203,16 +285,16 @@ class Cloud:
         self.aws = aws
         self.region = aws.target.region
 
-    def _ec2(self) -> Any:
+    def _ec2(self) -> EC2Client:
         return self.aws.client("ec2")
 
-    def _asg(self) -> Any:
+    def _asg(self) -> AutoScalingClient:
         return self.aws.client("autoscaling")
 
     # Images
-    def _described_app_images(self, app: str, version: str | None = None) -> list[dict[str, Any]]:
+    def _described_app_images(self, app: str, version: str | None = None) -> list[ImageTypeDef]:
         """EC2's description of the app's AMIs owned by this account (optionally one version)."""
-        filters = [{"Name": "tag:" + TAG_APP, "Values": [app]}]
+        filters: list[FilterTypeDef] = [{"Name": "tag:" + TAG_APP, "Values": [app]}]
         if version is not None:
             filters.append({"Name": "tag:" + TAG_VERSION, "Values": [version]})
         with self.aws.call("DescribeImages", f"{app} images in {self.region}"):
@@ -270,9 +352,25 @@ class Cloud:
             with self.aws.call("DeleteSnapshot", snapshot):
                 self._ec2().delete_snapshot(SnapshotId=snapshot)
 
-    def deprecate_image(self, image_id: str, at: datetime) -> None:
-        with self.aws.call("EnableImageDeprecation", image_id):
-            self._ec2().enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
+    def caller_account(self) -> str:
+        """The account these credentials act in (sts:GetCallerIdentity, which needs no permission).
+        With a role to assume, this is the first call that signs in."""
+        hint = None
+        if self.aws.target.role_arn:
+            hint = (f"Kiln signs in by assuming {self.aws.target.role_arn}: check the role's trust policy "
+                    "(and external_id), and the credentials it is assumed from (aws sts get-caller-identity).")
+        with self.aws.call("GetCallerIdentity", hint=hint):
+            return str(self.aws.client("sts").get_caller_identity()["Account"])
+
+    def require_imds_v2(self, image_id: str, region: str | None = None) -> None:
+        """Mark the AMI IMDSv2-only (ImdsSupport=v2.0): instances launched from it require session
+        tokens unless their launch template says otherwise. AWS cannot undo this on an AMI."""
+        with self.aws.call("ModifyImageAttribute", f"{image_id} ImdsSupport in {region or self.region}"):
+            self.aws.client("ec2", region).modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+
+    def deprecate_image(self, image_id: str, at: datetime, region: str | None = None) -> None:
+        with self.aws.call("EnableImageDeprecation", f"{image_id} in {region or self.region}"):
+            self.aws.client("ec2", region).enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
 
     def copy_image(self, source: AmiRef, kms_key_id: str | None) -> str:
         """Copy an AMI into this region with its tags; encrypted with the key when one is named."""
@@ -303,8 +401,8 @@ class Cloud:
             if lt.get("LaunchTemplateName"):
                 used.setdefault(lt["LaunchTemplateName"], set()).add(str(lt.get("Version") or "$Default"))
         with self.aws.call("DescribeLaunchTemplates", f"all templates in {self.region}"):
-            pages = self._ec2().get_paginator("describe_launch_templates").paginate()
-            launch_templates = [t for page in pages for t in page["LaunchTemplates"]]
+            template_pages = self._ec2().get_paginator("describe_launch_templates").paginate()
+            launch_templates = [t for page in template_pages for t in page["LaunchTemplates"]]
         for t in launch_templates:
             name = t["LaunchTemplateName"]
             wanted = {str(t["DefaultVersionNumber"]): "default", str(t["LatestVersionNumber"]): "latest"}
@@ -317,9 +415,9 @@ class Cloud:
                     templates.setdefault(v.image_id, []).append(f"{name} v{v.number} ({wanted[str(v.number)]})")
         instances: dict[str, list[str]] = {}
         with self.aws.call("DescribeInstances", f"all instances in {self.region}"):
-            pages = self._ec2().get_paginator("describe_instances").paginate(
+            instance_pages = self._ec2().get_paginator("describe_instances").paginate(
                 Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
-            for page in pages:
+            for page in instance_pages:
                 for r in page["Reservations"]:
                     for i in r["Instances"]:
                         instances.setdefault(i["ImageId"], []).append(i["InstanceId"])
@@ -341,7 +439,7 @@ class Cloud:
 
     # Instances
     def instances_tagged(self, tags: dict[str, str], *, states: tuple[str, ...]) -> list[str]:
-        filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
+        filters: list[FilterTypeDef] = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
         filters.append({"Name": "instance-state-name", "Values": list(states)})
         with self.aws.call("DescribeInstances", ", ".join(f"{k}={v}" for k, v in tags.items())):
             pages = self._ec2().get_paginator("describe_instances").paginate(Filters=filters)
@@ -350,7 +448,8 @@ class Cloud:
     def running_instance_named(self, name: str) -> tuple[str, str]:
         """(instance id, address) of the running instance tagged Name=`name`, such as a bastion:
         its public IP, or its private IP when it has none (a VPN, the sandbox)."""
-        filters = [{"Name": "tag:Name", "Values": [name]}, {"Name": "instance-state-name", "Values": ["running"]}]
+        filters: list[FilterTypeDef] = [{"Name": "tag:Name", "Values": [name]},
+                                        {"Name": "instance-state-name", "Values": ["running"]}]
         with self.aws.call("DescribeInstances", f"Name={name}"):
             pages = self._ec2().get_paginator("describe_instances").paginate(Filters=filters)
             found = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
@@ -478,7 +577,7 @@ class Cloud:
                           launch_template_version=lt.get("Version"), instances=instances,
                           health_check_grace_period=int(g.get("HealthCheckGracePeriod") or 0))
 
-    def describe_instances(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def describe_instances(self, instance_ids: list[str]) -> dict[str, InstanceTypeDef]:
         """instance id -> EC2's description of it."""
         if not instance_ids:
             return {}
@@ -524,15 +623,15 @@ class Cloud:
     # Instance refresh
     def refreshes(self, group: str) -> list[RefreshState]:
         """Newest first."""
-        raw: list[dict[str, Any]] = []
-        token: dict[str, str] = {}
+        raw: list[InstanceRefreshTypeDef] = []
+        args: DescribeInstanceRefreshesTypeTypeDef = {"AutoScalingGroupName": group}
         with self.aws.call("DescribeInstanceRefreshes", group):
             while True:  # botocore has no paginator for this call; AWS pages it with NextToken
-                page = self._asg().describe_instance_refreshes(AutoScalingGroupName=group, **token)
+                page = self._asg().describe_instance_refreshes(**args)
                 raw += page["InstanceRefreshes"]
                 if not page.get("NextToken"):
                     break
-                token = {"NextToken": page["NextToken"]}
+                args["NextToken"] = page["NextToken"]
         return [_refresh_state(r) for r in raw]
 
     def refresh(self, group: str, refresh_id: str) -> RefreshState | None:
@@ -551,9 +650,12 @@ class Cloud:
         Sent once: botocore re-sending it after a lost answer would start a second refresh when the
         first has already ended (or be refused when it has not). The caller looks for the refresh
         that targets its version before asking again (machine.Releaser)."""
+        # Built by config.RefreshPreferences.as_aws in AWS's shape (kept as plain JSON in the
+        # ledger's records); the contract tests check that shape against the service model.
+        prefs = cast("RefreshPreferencesTypeDef", preferences)
         with self.aws.call("StartInstanceRefresh", group):
             out = self.aws.client("autoscaling", once=True).start_instance_refresh(
-                AutoScalingGroupName=group, Strategy="Rolling", Preferences=preferences,
+                AutoScalingGroupName=group, Strategy="Rolling", Preferences=prefs,
                 DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateName": template, "Version": str(version)}})
         return str(out["InstanceRefreshId"])
 
@@ -600,16 +702,16 @@ def _worst(states: list[str]) -> str | None:
     return min(states, key=lambda s: _HEALTH_ORDER.index(s) if s in _HEALTH_ORDER else -1)
 
 
-def _snapshot_ids(image: dict[str, Any]) -> tuple[str, ...]:
+def _snapshot_ids(image: ImageTypeDef) -> tuple[str, ...]:
     return tuple(m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
                  if m.get("Ebs", {}).get("SnapshotId"))
 
 
-def _tags(raw: list[dict[str, str]] | None) -> dict[str, str]:
+def _tags(raw: list[TagTypeDef] | None) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in raw or []}
 
 
-def _ami_ref(image: dict[str, Any], region: str) -> AmiRef:
+def _ami_ref(image: ImageTypeDef, region: str) -> AmiRef:
     tags = _tags(image.get("Tags"))
     try:
         version: Version | None = Version(tags[TAG_VERSION])
@@ -621,7 +723,8 @@ def _ami_ref(image: dict[str, Any], region: str) -> AmiRef:
         image_id=image["ImageId"], name=image.get("Name", ""), region=region, state=image.get("State", "unknown"),
         created_at=_parse_time(image.get("CreationDate")) or datetime.min.replace(tzinfo=UTC),
         version=version, fingerprint=tags.get(TAG_FINGERPRINT), validated=validated,
-        deprecation_time=_parse_time(deprecation), tags=tags, root_device_name=image.get("RootDeviceName"))
+        deprecation_time=_parse_time(deprecation), tags=tags, root_device_name=image.get("RootDeviceName"),
+        imds_support=image.get("ImdsSupport"))
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -633,14 +736,16 @@ def _parse_time(value: object) -> datetime | None:
     return None
 
 
-def _template_version(v: dict[str, Any]) -> TemplateVersion:
+def _template_version(v: LaunchTemplateVersionTypeDef) -> TemplateVersion:
+    data = v["LaunchTemplateData"]
     return TemplateVersion(template_id=v["LaunchTemplateId"], template_name=v["LaunchTemplateName"],
-                           number=int(v["VersionNumber"]), image_id=v["LaunchTemplateData"].get("ImageId", ""),
+                           number=int(v["VersionNumber"]), image_id=data.get("ImageId", ""),
                            is_default=bool(v.get("DefaultVersion")), created_at=v.get("CreateTime"),
-                           description=v.get("VersionDescription") or "")
+                           description=v.get("VersionDescription") or "",
+                           http_tokens=data.get("MetadataOptions", {}).get("HttpTokens"))
 
 
-def _refresh_state(r: dict[str, Any]) -> RefreshState:
+def _refresh_state(r: InstanceRefreshTypeDef) -> RefreshState:
     return RefreshState(
         refresh_id=r["InstanceRefreshId"], status=r["Status"], status_reason=r.get("StatusReason"),
         percentage_complete=int(r.get("PercentageComplete", 0) or 0),

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from packaging.version import Version
@@ -137,6 +138,11 @@ class Baker:
         }
         if env.kms_key_id:
             variables["kms_key_id"] = env.kms_key_id
+        if env.role_arn and not self.aws.target.is_sandbox:
+            # Packer assumes the role itself (see aws.Aws.source_credentials), refreshing it as it goes.
+            variables.update(assume_role_arn=env.role_arn, assume_role_session_name=self.aws.target.session_name,
+                             assume_role_external_id=env.external_id or "",
+                             assume_role_duration_seconds=env.role_duration)
         if self.aws.target.is_sandbox:
             # The sandbox reports each instance's loopback address as its private IP.
             variables["ec2_endpoint"] = self.aws.target.endpoint_url
@@ -201,6 +207,13 @@ class Baker:
         copies = {a.region: a.image_id for a in artifacts}
         image_id = copies.get(self.env.region) or artifacts[0].image_id
         self.cloud.tag_image(image_id, {TAG_INPUTS: plan.fingerprint.as_tag()})
+        # What Packer 1.6.6 cannot say in the template (docs/image.md): IMDSv2-only AMIs, and an
+        # end of life when [bake] deprecate_after_days asks for one.
+        for region, copy_id in copies.items():
+            self.cloud.require_imds_v2(copy_id, region)
+            if self.cfg.bake.deprecate_after_days:
+                self.cloud.deprecate_image(copy_id, started + timedelta(days=self.cfg.bake.deprecate_after_days),
+                                           region)
         seconds = (self.clock.now() - started).total_seconds()
         return BakeResult(plan=plan, image_id=image_id, copies=copies, seconds=seconds)
 
@@ -231,8 +244,7 @@ class Baker:
         env["PACKER_NO_COLOR"] = "1"
         env["CHECKPOINT_DISABLE"] = "1"  # Packer must not phone home for version checks
         env["ANSIBLE_HOST_KEY_CHECKING"] = "False"  # Packer's throwaway build instance, key made per build
-        credentials = self.aws.frozen_credentials()
-        env.update(credentials)
+        env.update(self.aws.source_credentials())
         env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = self.env.region
         return env
 

@@ -23,12 +23,12 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from release import fleet
-from release.aws import Aws, Cloud, Target, credentials_configured
+from release.aws import Aws, Cloud, Target, credentials_configured, session_name
 from release.bake import BakePlan, Baker, BakeResult
 from release.catalogue import Action, CatalogueImage, Decision, References, decide
 from release.clock import Clock, SystemClock
 from release.config import Config, Environment, select_environment
-from release.errors import BakeError, LockHeld, NotFound, SandboxError, UsageError
+from release.errors import BakeError, LockHeld, NotFound, SandboxError, UsageError, WrongAccount
 from release.ledger import Ledger
 from release.machine import Driver, Event, ProbeResult, Probes, Releaser
 from release.model import (
@@ -66,6 +66,7 @@ class Context:
     ui: UI
     clock: Clock
     project: Path
+    account: str | None = None  # the AWS account the credentials act in, once checked
 
     @property
     def cloud(self) -> Cloud:
@@ -81,12 +82,33 @@ def open_context(cfg: Config, env_name: str | None, ui: UI, *, clock: Clock | No
     env, why = select_environment(cfg, env_name, aws_credentials=bool(env_name) or credentials_configured())
     if why:
         ui.once(why)
-    return Context(cfg, env, Aws(target_for(env)), ui, clock or SystemClock(), project or PROJECT)
+    ctx = Context(cfg, env, Aws(target_for(env)), ui, clock or SystemClock(), project or PROJECT)
+    if not env.sandbox or env.account_id:
+        ctx.account = check_account(ctx)
+    return ctx
+
+
+def check_account(ctx: Context) -> str:
+    """The account guard: the account the credentials act in (after any role assumption) must be
+    the environment's `account_id`, before any command reads or changes anything else."""
+    seen = ctx.cloud.caller_account()
+    want = ctx.env.account_id
+    if want and seen != want:
+        raise WrongAccount(f"the AWS credentials act in account {seen}, but [environments.{ctx.env.name}] "
+                           f"account_id is {want}; nothing was changed",
+                           hint=f"Sign in to account {want} (AWS_PROFILE, or role_arn in versions.toml), "
+                                "or correct account_id.")
+    if not want:
+        ctx.ui.once(f"[environments.{ctx.env.name}] has no account_id: acting in account {seen} unchecked; "
+                    f"set account_id = \"{seen}\" to have Kiln refuse any other.")
+    return seen
 
 
 def target_for(env: Environment) -> Target:
     if not env.sandbox:
-        return Target(region=env.region, profile=env.profile, role_arn=env.role_arn)
+        return Target(region=env.region, profile=env.profile, role_arn=env.role_arn,
+                      session_name=session_name(actor()), external_id=env.external_id,
+                      role_duration=env.role_duration)
     from release.sandbox import lifecycle  # the sandbox is only loaded when it is used
 
     info = lifecycle.status(SANDBOX_DIR)
@@ -463,6 +485,9 @@ def status(ctx: Context) -> None:
     """What is live, what the group really runs, the lock, any unfinished release and what to do
     about it, and where the ledger and the cloud disagree."""
     env, cloud, ledger, ui, now = ctx.env, ctx.cloud, ctx.ledger, ctx.ui, ctx.clock.now()
+    account = ctx.account or cloud.caller_account()
+    ui.check(True, "account", f"{account}" + (" (the sandbox)" if env.sandbox else
+                                              " = account_id" if env.account_id else " (account_id not set)"))
     live = ledger.live(env.name)
     running = ledger.in_progress(env.name)
     lock = ledger.lock(env.name)

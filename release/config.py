@@ -61,6 +61,7 @@ class ToolsConfig:
 class BakeConfig:
     instance_type: str
     volume_size_gb: int
+    deprecate_after_days: int | None = None  # EnableImageDeprecation this long after the bake
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,10 @@ class Environment:
     refresh: RefreshPreferences
     gate: GateSettings
     ssh: SshSettings
+    external_id: str | None = None  # ExternalId the role's trust policy demands, if any
+    role_duration: int = 3600  # seconds per assumed-role session; botocore refreshes before expiry
+    # A launch template that lets instances use IMDSv1: "warn" in the plan, or "block" the release.
+    imdsv1: str = "block"
 
 
 @dataclass(frozen=True)
@@ -318,7 +323,8 @@ def parse(data: Mapping[str, Any], *, file: str = "versions.toml") -> Config:
 
     with top.sub("bake") as r:
         bake = BakeConfig(instance_type=r.text("instance_type", "t3.small") or "t3.small",
-                          volume_size_gb=r.integer("volume_size_gb", 8, low=1, high=16384) or 8)
+                          volume_size_gb=r.integer("volume_size_gb", 8, low=1, high=16384) or 8,
+                          deprecate_after_days=r.integer("deprecate_after_days", low=1, high=3650))
 
     environments: dict[str, Environment] = {}
     with top.sub("environments", required=True) as envs:
@@ -387,6 +393,13 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
     ami_regions = r.texts("ami_regions", pattern=_REGION)
     ami_users = r.texts("ami_users", pattern=_ACCOUNT)
     kms_key_id = r.text("kms_key_id")
+    external_id = r.text("external_id", pattern=re.compile(r"^[\w+=,.@:/-]{2,1224}$"), example="kiln-prod-7f3a")
+    role_duration = r.integer("role_duration", 3600, low=900, high=43200) or 3600
+    imdsv1 = r.text("imdsv1", "block") or "block"
+    if imdsv1 not in ("block", "warn"):
+        r.problem("imdsv1", f"{imdsv1!r} is not one of 'block', 'warn'")
+    if (external_id or "role_duration" in r.table) and not role_arn:
+        r.problem("external_id" if external_id else "role_duration", "only applies with role_arn; set role_arn too")
     if role_arn and account_id and f"::{account_id}:" not in role_arn:
         r.problem("role_arn", f"is in another account than account_id {account_id}")
 
@@ -424,7 +437,7 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
         profile=profile, asg=asg, launch_template=launch_template, target_groups=target_groups,
         alarms=alarms, secret_id=secret_id, ledger_table=ledger_table or "kiln-ledger",
         requires=requires, ami_regions=ami_regions, ami_users=ami_users, kms_key_id=kms_key_id,
-        refresh=refresh, gate=gate, ssh=ssh,
+        refresh=refresh, gate=gate, ssh=ssh, external_id=external_id, role_duration=role_duration, imdsv1=imdsv1,
     )
 
 

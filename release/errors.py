@@ -63,6 +63,10 @@ class NotFound(UsageError):
     """Something the user named (a version, an AMI, a group) does not exist."""
 
 
+class WrongAccount(UsageError):
+    """The credentials act in another AWS account than the environment names: nothing was done."""
+
+
 class LockHeld(UsageError):
     """Another release holds the environment's lock."""
 

@@ -19,12 +19,17 @@ import contextlib
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from release.aws import Aws
 from release.errors import AwsError, LeaseLost, LockHeld
 from release.model import Lock
 from release.record import Lease, Outcome, ReleaseRecord, dump, load
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb.type_defs import AttributeValueTypeDef, ConditionCheckTypeDef
+
+    Item = dict[str, AttributeValueTypeDef]
 
 __all__ = ["Lease", "Ledger", "Outcome", "ReleaseRecord"]
 
@@ -110,8 +115,9 @@ class Ledger:
             with self.aws.call("PutItem", f"{self.table} release {record.release_id}", hint=self._hint()):
                 self.db.put_item(TableName=self.table, Item=item)
             return
-        check = {"TableName": self.table, "Key": _lock_key(record.environment), "ConditionExpression": "holder = :me",
-                 "ExpressionAttributeValues": {":me": _s(holder)}}
+        check: ConditionCheckTypeDef = {"TableName": self.table, "Key": _lock_key(record.environment),
+                                        "ConditionExpression": "holder = :me",
+                                        "ExpressionAttributeValues": {":me": _s(holder)}}
         try:
             with self.aws.call("TransactWriteItems", f"{self.table} release {record.release_id}", hint=self._hint()):
                 self.db.transact_write_items(TransactItems=[{"ConditionCheck": check},
@@ -160,7 +166,7 @@ class Ledger:
             out.append({**json.loads(item["body"]["S"]), "at": at, "subject": subject})
         return out
 
-    def _newest_first(self, pk: str, limit: int) -> list[dict[str, Any]]:
+    def _newest_first(self, pk: str, limit: int) -> list[Item]:
         """The items under one partition key, newest (highest sort key) first."""
         with self.aws.call("Query", f"{self.table} {pk}", hint=self._hint()):
             pages = self.db.get_paginator("query").paginate(
@@ -174,15 +180,15 @@ class Ledger:
         return f"Does the DynamoDB table {self.table!r} exist in {self.aws.target.region}? See README (ledger)."
 
 
-def _s(text: str) -> dict[str, str]:
+def _s(text: str) -> AttributeValueTypeDef:
     return {"S": text}
 
 
-def _lock_key(env: str) -> dict[str, dict[str, str]]:
+def _lock_key(env: str) -> Item:
     return {"pk": _s(f"lock#{env}"), "sk": _s("lock")}
 
 
-def _lock_item(env: str, lock: Lock) -> dict[str, dict[str, str]]:
+def _lock_item(env: str, lock: Lock) -> Item:
     item = {**_lock_key(env), "holder": _s(lock.holder), "who": _s(lock.who),
             "acquired_at": _s(lock.acquired_at.isoformat()), "expires_at": _s(lock.expires_at.isoformat())}
     for key in ("release_id", "kind", "version", "phase"):

@@ -37,6 +37,7 @@ class AmiRef:
     deprecation_time: datetime | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     root_device_name: str | None = None
+    imds_support: str | None = None  # "v2.0": instances from it require IMDSv2 tokens by default
 
     def deprecated(self, now: datetime) -> bool:
         return self.deprecation_time is not None and self.deprecation_time <= now
@@ -51,6 +52,8 @@ class TemplateVersion:
     is_default: bool
     created_at: datetime | None = None
     description: str = ""
+    # MetadataOptions.HttpTokens: "required" (IMDSv2 only), "optional", or None (the AMI decides).
+    http_tokens: str | None = None
 
 
 class Lifecycle(StrEnum):

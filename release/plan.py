@@ -165,6 +165,10 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         notes.append(f"The group references {ref} (now v{base.number}): the refresh pins it to the new numbered "
                      "version (applied by AWS only on success). AWS cannot roll back from an alias, so on failure "
                      f"Kiln cancels and refreshes back to v{base.number}, which pins the group there.")
+    if base is not None and ami is not None:
+        imds = imdsv1_risk(env, base, ami)
+        if imds:
+            (warnings if env.imdsv1 == "warn" else blockers).append(imds)
     for alarm in observed.missing_alarms:
         blockers.append(f"alarm {alarm!r} does not exist in {where}: an alarm that cannot fire guards nothing; "
                         f"create it or remove it from [environments.{env.name}] alarms.")
@@ -234,6 +238,23 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         notes=tuple(notes),
         noop=bool(ami and live and live.image_id == ami.image_id),
     )
+
+
+def imdsv1_risk(env: Environment, base: TemplateVersion, ami: AmiRef) -> str:
+    """Why instances of the new template version would answer IMDSv1 requests ("" when they would
+    not). The new version inherits the group's MetadataOptions; HttpTokens unset means the AMI
+    decides, and an AMI with ImdsSupport=v2.0 requires tokens (EC2 user guide, "Configure the AMI")."""
+    fix = (f"set MetadataOptions HttpTokens=required in launch template {base.template_name} "
+           f"(aws ec2 create-launch-template-version … --launch-template-data "
+           f"'{{\"MetadataOptions\":{{\"HttpTokens\":\"required\"}}}}' and point the group at it), "
+           f"or accept it with imdsv1 = \"warn\" in [environments.{env.name}]")
+    if base.http_tokens == "required" or (base.http_tokens is None and ami.imds_support == "v2.0"):
+        return ""
+    if base.http_tokens == "optional":
+        return (f"launch template {base.template_name} v{base.number} sets HttpTokens=optional: new instances "
+                f"would answer IMDSv1 requests (credentials readable through any SSRF); {fix}.")
+    return (f"{ami.image_id} is not IMDSv2-only (no ImdsSupport=v2.0; rebake it with this Kiln) and launch template "
+            f"{base.template_name} v{base.number} does not require tokens: new instances would answer IMDSv1; {fix}.")
 
 
 def rollback_preferences(env: Environment) -> dict[str, object]:

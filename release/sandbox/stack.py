@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from release.aws import Aws, Target, client_factory
 from release.config import Config, Environment
@@ -35,6 +35,9 @@ from release.sandbox import lifecycle
 from release.sandbox.postgres import PostgresServer
 from release.sandbox.provision import SeedNames, provision
 from release.ssh import new_key_pair
+
+if TYPE_CHECKING:
+    from types_boto3_ec2.type_defs import FilterTypeDef
 
 KEY_NAME = "kiln-sandbox"
 DATABASE = "webapp"
@@ -160,8 +163,8 @@ def bastion(aws: Aws, name: str, base_image_id: str, subnet_id: str, security_gr
     on) in a public subnet, authorising the sandbox key; Kiln finds it by its Name tag. Started once;
     returns (instance id, address) when its sshd answers."""
     ec2 = aws.client("ec2")
-    filters = [{"Name": "tag:Name", "Values": [name]},
-               {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    filters: list[FilterTypeDef] = [{"Name": "tag:Name", "Values": [name]},
+                                    {"Name": "instance-state-name", "Values": ["pending", "running"]}]
     with aws.call("DescribeInstances", name):
         found = [i for r in ec2.describe_instances(Filters=filters)["Reservations"] for i in r["Instances"]]
     if found:

@@ -95,3 +95,27 @@ def test_image_deprecation_refuses_the_past_and_unknown_images(kit: Kit) -> None
     with pytest.raises(ClientError) as not_ours:
         ec2.enable_image_deprecation(ImageId=public, DeprecateAt=datetime.now(UTC) + timedelta(days=1))
     assert not_ours.value.response["Error"]["Code"] == "AuthFailure"
+
+
+def test_imds_support_is_recorded_reported_and_final(kit: Kit) -> None:
+    """EC2: ImdsSupport's only value is v2.0; set on RegisterImage or by ModifyImageAttribute, it
+    is reported by DescribeImages and DescribeImageAttribute, and cannot be undone."""
+    ec2 = kit.client("ec2")
+    plain = register(kit, unique("app"))
+    assert "ImdsSupport" not in ec2.describe_images(ImageIds=[plain])["Images"][0]
+    assert ec2.describe_image_attribute(ImageId=plain, Attribute="imdsSupport").get("ImdsSupport", {}) == {}
+
+    ec2.modify_image_attribute(ImageId=plain, ImdsSupport={"Value": "v2.0"})
+    assert ec2.describe_images(ImageIds=[plain])["Images"][0]["ImdsSupport"] == "v2.0"
+    attribute = ec2.describe_image_attribute(ImageId=plain, Attribute="imdsSupport")
+    assert attribute["ImdsSupport"] == {"Value": "v2.0"}
+    with pytest.raises(ClientError) as undo:
+        ec2.modify_image_attribute(ImageId=plain, ImdsSupport={"Value": "v1.0"})
+    assert undo.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert ec2.describe_images(ImageIds=[plain])["Images"][0]["ImdsSupport"] == "v2.0"
+
+    registered = str(ec2.register_image(Name=unique("app"), RootDeviceName="/dev/xvda", ImdsSupport="v2.0")["ImageId"])
+    assert ec2.describe_images(ImageIds=[registered])["Images"][0]["ImdsSupport"] == "v2.0"
+    with pytest.raises(ClientError) as missing:
+        ec2.modify_image_attribute(ImageId="ami-00000000000000000", ImdsSupport={"Value": "v2.0"})
+    assert missing.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"

@@ -39,7 +39,7 @@ class FakeCloud:
     clock: FakeClock
     group_ref: str = "1"
     templates: list[TemplateVersion] = field(default_factory=lambda: [
-        TemplateVersion("lt-1", "web-sandbox", 1, "ami-old", True)])
+        TemplateVersion("lt-1", "web-sandbox", 1, "ami-old", True, http_tokens="required")])
     images: dict[str, str] = field(default_factory=lambda: {f"i-{n}": "ami-old" for n in range(4)})
     runs: list[Refresh] = field(default_factory=list)
     broken_target: set[str] = field(default_factory=set)  # images whose targets turn unhealthy
@@ -113,7 +113,8 @@ class FakeCloud:
             return self.tokens[client_token]
         self.calls.append(f"create_template_version from {source}")
         number = self.templates[-1].number + 1
-        self.templates.append(TemplateVersion("lt-1", name, number, image_id, False, description=description))
+        self.templates.append(TemplateVersion("lt-1", name, number, image_id, False, description=description,
+                                              http_tokens="required"))
         self.tokens[client_token] = number
         return number
 

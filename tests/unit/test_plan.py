@@ -19,10 +19,11 @@ ENV = CFG.environment("sandbox")
 
 
 def ami(image_id: str, version: str, *, age_h: int = 1, validated: bool | None = True,
-        state: str = "available", deprecated: bool = False) -> AmiRef:
+        state: str = "available", deprecated: bool = False, imds_support: str | None = "v2.0") -> AmiRef:
     return AmiRef(image_id=image_id, name=f"webapp-{version}-{image_id}", region="us-east-1", state=state,
                   created_at=NOW - timedelta(hours=age_h), version=Version(version), fingerprint="f" + image_id[-3:],
-                  validated=validated, deprecation_time=NOW - timedelta(minutes=1) if deprecated else None)
+                  validated=validated, deprecation_time=NOW - timedelta(minutes=1) if deprecated else None,
+                  imds_support=imds_support)
 
 
 def group(version_ref: str = "1", desired: int = 4) -> GroupState:
@@ -162,3 +163,34 @@ def test_rollback_preferences_never_auto_roll_back() -> None:
     plan = plan_for()
     assert plan.rollback_preferences["AutoRollback"] is False
     assert "AlarmSpecification" not in plan.rollback_preferences
+
+
+# IMDSv2: the new template version inherits the group's MetadataOptions; unset, the AMI decides.
+IMDS_CASES = [
+    # (template HttpTokens, AMI ImdsSupport, allows IMDSv1)
+    ("required", None, False),
+    ("required", "v2.0", False),
+    (None, "v2.0", False),
+    (None, None, True),
+    ("optional", "v2.0", True),  # the template's explicit choice wins over the AMI's default
+]
+
+
+@pytest.mark.parametrize(("tokens", "support", "risky"), IMDS_CASES)
+def test_a_template_that_allows_imdsv1_blocks_the_release(tokens: str | None, support: str | None,
+                                                          risky: bool) -> None:
+    template = replace(TEMPLATES[0], http_tokens=tokens)
+    images = (ami("ami-100", "1.0.0", age_h=48), ami("ami-110", "1.1.0", imds_support=support))
+    plan = plan_for(images=images, group_template=template, default_template=template)
+    imds = [b for b in plan.blockers if "IMDSv1" in b]
+    assert bool(imds) is risky and plan.ok is not risky
+    if risky:
+        assert "HttpTokens=required" in imds[0] and 'imdsv1 = "warn"' in imds[0]
+
+
+def test_imdsv1_warns_instead_when_the_environment_accepts_it() -> None:
+    template = replace(TEMPLATES[0], http_tokens="optional")
+    plan = make_plan(replace(ENV, imdsv1="warn"), Request(Version("1.1.0"), NOW),
+                     observed(group_template=template, default_template=template))
+    assert plan.ok
+    assert any("HttpTokens=optional" in w for w in plan.warnings)

@@ -12,6 +12,9 @@ AWS behaviours followed (EC2 API reference):
   past is refused, at most 10 years ahead; DisableImageDeprecation clears it; DescribeImages
   reports DeprecationTime. IncludeDeprecated: deprecated AMIs are left out unless asked for, but
   an owner always sees its own. (moto has none of this.)
+- ImdsSupport (RegisterImage, ModifyImageAttribute): the only value is "v2.0", and once set it
+  cannot be undone; only the owner may set it. DescribeImages and DescribeImageAttribute
+  (imdsSupport) report it. (moto ignores it, and DescribeImageAttribute imdsSupport crashes.)
 """
 
 from __future__ import annotations
@@ -62,6 +65,19 @@ def _image_tags(tag_specifications: list[dict[str, Any]]) -> dict[str, str]:
     return tags
 
 
+def _check_imds_value(value: object) -> None:
+    from moto.ec2.exceptions import EC2ClientError
+
+    if value != "v2.0":
+        raise EC2ClientError("InvalidParameterValue", f"Value ({value}) for parameter imdsSupport is invalid. "
+                                                      "The only supported value is v2.0.")
+
+
+def _set_imds_support(ami: Any) -> None:
+    ami.imds_support = "v2.0"  # moto's serializer renders Image.ImdsSupport from it
+    ami.imds = "v2.0"  # what moto's DescribeImageAttribute(imdsSupport) reads
+
+
 def is_deprecated(ami: Any, now: datetime) -> bool:
     moment = getattr(ami, "kiln_deprecate_at", None)
     return moment is not None and moment <= now
@@ -104,16 +120,48 @@ def apply() -> None:
         if dataplane is not None:
             dataplane.deregister_image(ami_id)
 
+    original_modify_response: Any = AmisResponse.modify_image_attribute
+    original_attribute_response: Any = AmisResponse.describe_image_attribute
     original_register_response: Any = AmisResponse.register_image
     original_copy_response: Any = AmisResponse.copy_image
     original_describe_response: Any = AmisResponse.describe_images
 
     def register_image_response(self: Any) -> Any:
         tags = _image_tags(self._get_param("TagSpecifications", []))  # validate before creating
+        imds = self._get_param("ImdsSupport")
+        if imds is not None:
+            _check_imds_value(imds)
         result = original_register_response(self)
         if tags:
             self.ec2_backend.create_tags([result.result["ImageId"]], tags)
+        if imds is not None:
+            _set_imds_support(self.ec2_backend.amis[result.result["ImageId"]])
         return result
+
+    def modify_image_attribute_response(self: Any) -> Any:
+        imds = self._get_param("ImdsSupport")
+        if imds is None:
+            return original_modify_response(self)
+        from moto.ec2.exceptions import EC2ClientError
+
+        _check_imds_value(imds.get("Value") if isinstance(imds, dict) else imds)
+        image_id = self._get_param("ImageId")
+        ami = self.ec2_backend.amis.get(image_id)
+        if ami is None:
+            raise EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+        if ami.owner_id != self.current_account:
+            raise EC2ClientError("AuthFailure", f"Not authorized for image:{image_id}")
+        _set_imds_support(ami)
+        from moto.core.responses import EmptyResult
+
+        return EmptyResult()
+
+    def describe_image_attribute_response(self: Any) -> Any:
+        if self._get_param("Attribute") == "imdsSupport":
+            ami = self.ec2_backend.amis.get(self._get_param("ImageId"))
+            if ami is not None and not hasattr(ami, "imds"):
+                ami.imds = None  # moto reads this attribute and has none; AWS answers with no value
+        return original_attribute_response(self)
 
     def copy_image_response(self: Any) -> Any:
         from moto.ec2.models import ec2_backends
@@ -145,6 +193,8 @@ def apply() -> None:
     replace(AmiBackend, "copy_image", copy_image)
     replace(AmiBackend, "deregister_image", deregister_image)
     replace(AmisResponse, "register_image", register_image_response)
+    replace(AmisResponse, "modify_image_attribute", modify_image_attribute_response)
+    replace(AmisResponse, "describe_image_attribute", describe_image_attribute_response)
     replace(AmisResponse, "copy_image", copy_image_response)
     replace(AmisResponse, "describe_images", describe_images_response)
 
