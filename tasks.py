@@ -16,7 +16,7 @@ from invoke.tasks import task
 
 from release import commands
 from release import config as kiln_config
-from release.errors import KilnError
+from release.errors import KilnError, UsageError
 from release.ui import UI
 
 CONFIG = "Path of versions.toml (default: ./versions.toml)."
@@ -83,8 +83,8 @@ def bake(c: Context, env: str | None = None, config: str | None = None, json: bo
             "json": JSON, "dry_run": DRY_RUN + " Prints the plan (and any unfinished release).",
             "allow_downgrade": "Allow releasing a version older than the live one.",
             "force": "Accept an unvalidated or deprecated AMI, or one that skipped lower environments."})
-def release(c: Context, version: str, env: str | None = None, config: str | None = None, json: bool = False,
-            dry_run: bool = False, allow_downgrade: bool = False, force: bool = False) -> None:
+def release(c: Context, version: str | None = None, env: str | None = None, config: str | None = None,
+            json: bool = False, dry_run: bool = False, allow_downgrade: bool = False, force: bool = False) -> None:
     """Release a baked version: new LT version, gated instance refresh, automatic rollback."""
     with kiln_errors():
         wanted = commands.parse_version(version)  # bad input first: before touching anything
@@ -131,7 +131,7 @@ def history(c: Context, env: str | None = None, config: str | None = None, json:
 
 @task(help={"version": "The version to record for what the group runs now (PEP 440).", "env": ENV,
             "config": CONFIG, "json": JSON, "force": "Adopt even when the environment has a release history."})
-def adopt(c: Context, version: str, env: str | None = None, config: str | None = None, json: bool = False,
+def adopt(c: Context, version: str | None = None, env: str | None = None, config: str | None = None, json: bool = False,
           force: bool = False) -> None:
     """Record what an existing group runs now as a release (release 0), so Kiln can roll back to it."""
     with kiln_errors():
@@ -151,7 +151,7 @@ def ami_cleanup(c: Context, env: str | None = None, config: str | None = None, j
 
 @task(name="deprecate", help={"version": "The version whose AMIs to deprecate.", "reason": "Why (kept in a tag "
                                "and the ledger).", "env": ENV, "config": CONFIG, "json": JSON})
-def ami_deprecate(c: Context, version: str, reason: str = "deprecated by hand", env: str | None = None,
+def ami_deprecate(c: Context, version: str | None = None, reason: str = "deprecated by hand", env: str | None = None,
                   config: str | None = None, json: bool = False) -> None:
     """Mark a bad version's AMIs deprecated: release refuses them unless forced; rollback skips them."""
     with kiln_errors():
@@ -162,11 +162,13 @@ def ami_deprecate(c: Context, version: str, reason: str = "deprecated by hand", 
 @task(name="promote", help={"version": "The version to promote: the exact AMI that passed in --env.",
                              "to": "The environment to promote to.", "env": "The environment it passed in.",
                              "config": CONFIG, "json": JSON})
-def ami_promote(c: Context, version: str, to: str, env: str | None = None, config: str | None = None,
-                json: bool = False) -> None:
+def ami_promote(c: Context, version: str | None = None, to: str | None = None, env: str | None = None,
+                config: str | None = None, json: bool = False) -> None:
     """Copy (and share, and re-key) the AMI that passed in one environment to another. Never a rebake."""
     with kiln_errors():
         wanted = commands.parse_version(version)
+        if not to:
+            raise UsageError("inv ami.promote needs --to", hint="Name the environment to promote to, e.g. --to prod.")
         commands.promote(open_context(env, config, json), wanted, to=to)
 
 

@@ -128,7 +128,7 @@ def actor() -> str:
 def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeResult | BakePlan:
     ui = ctx.ui
     baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: ui.note(f"  {s}"),
-                  on_line=lambda line: None)
+                  on_line=lambda line: None, bastion_key=sandbox_key() if ctx.env.sandbox else None)
     plan = baker.plan(force=force)
     fp = plan.fingerprint.value
     ui.info(f"{ctx.cfg.app.name} {plan.version}: fingerprint {fp}, base image {plan.base_image.image_id}")
@@ -206,7 +206,9 @@ def _passed(ctx: Context, fingerprint: str | None, image_ids: set[str]) -> froze
     return frozenset(passed)
 
 
-def parse_version(text: str) -> Version:
+def parse_version(text: str | None) -> Version:
+    if not text:
+        raise UsageError("--version is required", hint="Name the version, e.g. --version 1.4.2 (see `inv history`).")
     try:
         return Version(text)
     except InvalidVersion:
