@@ -680,6 +680,8 @@ def promote(ctx: Context, version: Version, *, to: str) -> str:
         ctx.ui.note(f"{image_id} in {target_env.region} is already a copy of {source.image_id}")
     else:
         image_id = target.cloud.copy_image(source, target_env.kms_key_id)
+        if source.imds_support == "v2.0":  # a copy is a new AMI: make it as IMDSv2-only as its source
+            target.cloud.require_imds_v2(image_id)
         ctx.ui.success(f"copied {source.image_id} ({source.region}) to {image_id} ({target_env.region})")
     details = {"from": ctx.env.name, "to": to, "version": str(version), "source": source.image_id,
                "image_id": image_id, "fingerprint": source.fingerprint, "by": actor()}

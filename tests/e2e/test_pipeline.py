@@ -146,6 +146,13 @@ def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) ->
                 "kiln:inputs"):
         assert ami.tags.get(tag), tag
     assert ami.tags["kiln:version"] == "1.0.0"
+    # IMDSv2-only, as the AWS CLI sees it.
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    cli_env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=ctx.env.region)
+    aws_cli = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", str(ctx.aws.target.endpoint_url)]
+    described = subprocess.run([*aws_cli, "ec2", "describe-images", "--image-ids", result.image_id, "--output", "json"],
+                               env=cli_env, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(described.stdout)["Images"][0]["ImdsSupport"] == "v2.0"
     layer = world.state / "dataplane" / "layers" / result.image_id
     assert (layer / "opt/webapp/releases/1.0.0/MANIFEST.sha256").exists()
     assert json.loads((layer / "etc/webapp/build-info.json").read_text())["fingerprint"] == ami.fingerprint
@@ -541,6 +548,7 @@ def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: Wo
     source, copy = east.cloud.image(live.image_id), west.cloud.image(image_id)
     assert source is not None and copy is not None
     assert copy.region == west.env.region and copy.image_id != source.image_id and copy.validated is True
+    assert source.imds_support == copy.imds_support == "v2.0"
     for tag in ("kiln:version", "kiln:fingerprint", "kiln:git-sha", "kiln:base-ami", "kiln:built-at"):
         assert copy.tags[tag] == source.tags[tag], tag
     assert (world.state / "dataplane" / "layers" / live.image_id).exists()  # the copy shares the frozen rootfs
