@@ -8,6 +8,7 @@ fails, as it does in a virtualenv without the extra.
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -48,3 +49,23 @@ def test_the_cli_works_without_moto(args: list[str]) -> None:
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "release" in done.stdout
+
+
+def test_pip_install_without_extras_pulls_no_moto_and_the_cli_runs(tmp_path: Path) -> None:
+    """For real: a fresh virtualenv, `pip install .` (pinned by constraints.txt), then the CLI."""
+    venv, source = tmp_path / "venv", tmp_path / "kiln"
+    # pip builds in the tree it is given: a copy keeps build/ litter out of the checkout.
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", ".kiln",
+                                                                 "__pycache__", ".*_cache"))
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "constraints.txt"), str(source)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    listed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format=freeze"], capture_output=True, text=True,
+                            timeout=60, check=True).stdout.lower()
+    installed = {line.split("==")[0] for line in listed.splitlines()}
+    assert installed.isdisjoint({"moto", "werkzeug", "cfn-lint", "sympy", "docker"}), sorted(installed)
+    for args in (["--list"], ["release", "--help"]):
+        done = subprocess.run([str(venv / "bin" / "inv"), *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0 and "release" in done.stdout, done.stderr
