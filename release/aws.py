@@ -473,9 +473,17 @@ class Cloud:
         return str(out["Instances"][0]["InstanceId"])
 
     def instance(self, instance_id: str) -> tuple[str, str | None]:
-        """(state, private IP)."""
-        with self.aws.call("DescribeInstances", instance_id):
-            r = self._ec2().describe_instances(InstanceIds=[instance_id])["Reservations"]
+        """(state, private IP). An instance just launched may not show yet (EC2's reads are
+        eventually consistent: InvalidInstanceID.NotFound, or no reservation): it is "pending"."""
+        try:
+            with self.aws.call("DescribeInstances", instance_id):
+                r = self._ec2().describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except AwsError as err:
+            if err.code != "InvalidInstanceID.NotFound":
+                raise
+            return "pending", None
+        if not r or not r[0].get("Instances"):
+            return "pending", None
         i = r[0]["Instances"][0]
         return i["State"]["Name"], i.get("PrivateIpAddress")
 

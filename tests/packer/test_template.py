@@ -55,8 +55,18 @@ def test_hcl_is_formatted(directory: str) -> None:
             "-var",
             "kms_key_id=alias/kiln",
         ],
+        [  # a bake role Packer assumes itself (and refreshes)
+            "-var",
+            "assume_role_arn=arn:aws:iam::333333333333:role/kiln-bake",
+            "-var",
+            "assume_role_session_name=kiln-ana@laptop",
+            "-var",
+            "assume_role_external_id=kiln-prod-7f3a",
+            "-var",
+            "assume_role_duration_seconds=7200",
+        ],
     ],
-    ids=["filter", "pinned", "sandbox", "copies"],
+    ids=["filter", "pinned", "sandbox", "copies", "assume-role"],
 )
 def test_template_validates(extra: list[str]) -> None:
     result = packer("validate", "-var-file", str(VARS), *extra, "packer")

@@ -1,0 +1,60 @@
+"""What Packer gets to sign in with: with a bake role, the credentials the role is assumed from
+plus the role itself (Packer's assume_role block), so the AWS SDK inside Packer refreshes the
+role's credentials however long the bake takes. No AWS call is made to hand them over."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from release import config
+from release.aws import Aws, Target, session_name
+from release.bake import Baker
+from release.clock import FakeClock
+from release.model import AmiRef
+
+ROOT = Path(__file__).parents[2]
+NOW = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
+BASE = AmiRef("ami-0123456789abcdef0", "debian-12-amd64-20261101", "eu-central-1", "available", NOW, None, None, None)
+
+
+def baker(env_name: str, tmp_path: Path, *, external_id: str | None = None) -> Baker:
+    cfg = config.load(ROOT / "versions.toml")
+    env = replace(cfg.environment(env_name), external_id=external_id, role_duration=7200)
+    env = replace(env, ssh=replace(env.ssh, bastion=None, bastion_instance=None))  # no bastion to look up
+    target = Target(region=env.region, role_arn=env.role_arn, session_name=session_name("ana@laptop"),
+                    external_id=env.external_id, role_duration=env.role_duration)
+    return Baker(cfg, env, Aws(target), tmp_path, FakeClock(NOW), on_step=print, on_line=print)
+
+
+@pytest.fixture
+def base_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEBASE00000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "base-secret")
+
+
+@pytest.mark.usefixtures("base_credentials")
+def test_with_a_role_packer_assumes_it_from_the_base_credentials(tmp_path: Path) -> None:
+    b = baker("prod", tmp_path, external_id="kiln-prod-7f3a")
+    variables = b._variables(SimpleNamespace(value="f" * 64), BASE)  # type: ignore[arg-type]
+    assert variables["assume_role_arn"] == b.env.role_arn
+    assert variables["assume_role_session_name"] == "kiln-ana@laptop"
+    assert (variables["assume_role_external_id"], variables["assume_role_duration_seconds"]) == ("kiln-prod-7f3a", 7200)
+    env = b._packer_env()
+    assert env["AWS_ACCESS_KEY_ID"] == "AKIAFAKEBASE00000001" and "AWS_SESSION_TOKEN" not in env
+    assert env["AWS_REGION"] == b.env.region
+
+
+@pytest.mark.usefixtures("base_credentials")
+def test_in_the_sandbox_packer_gets_no_role(tmp_path: Path) -> None:
+    cfg = config.load(ROOT / "versions.toml")
+    env = cfg.environment("sandbox")
+    env = replace(env, ssh=replace(env.ssh, bastion=None, bastion_instance=None))
+    b = Baker(cfg, env, Aws(Target(region=env.region, endpoint_url="http://127.0.0.1:9")), tmp_path, FakeClock(NOW),
+              on_step=print, on_line=print)
+    variables = b._variables(SimpleNamespace(value="f" * 64), BASE)  # type: ignore[arg-type]
+    assert "assume_role_arn" not in variables and variables["ec2_endpoint"] == "http://127.0.0.1:9"
