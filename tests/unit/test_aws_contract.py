@@ -1,5 +1,6 @@
-"""Contract tests of the boto3 adapter (release/aws.py's Cloud): every AWS call it makes, checked
-against the service models botocore ships, without AWS and without a network.
+"""Contract tests of the boto3 adapter (release/aws.py, and release/ledger.py through it): every
+AWS call it makes, checked against the service models botocore ships, without AWS and without a
+network.
 
 Each client Aws hands out gets a botocore Stubber, which
 - checks every request against the service model (names, types, required members) and against
@@ -23,13 +24,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.session
 import pytest
 from botocore import xform_name
 from botocore.stub import ANY, Stubber
 from packaging.version import Version
 
-from release.aws import Aws, Cloud, Target
+from release.aws import Aws, Cloud, Target, _assumed_role_session
 from release.config import RefreshPreferences
 from release.errors import AwsError, LeaseLost, LockHeld, NotFound
 from release.ledger import Ledger
@@ -50,13 +52,13 @@ class Stubs:
 
     def __init__(self, aws: Aws) -> None:
         self.aws = aws
-        self._stubbers: dict[tuple[str, str | None, bool], Stubber] = {}
+        self._stubbers: dict[tuple[str, str, bool], Stubber] = {}
         for service in SERVICES:
             self(service)
         self("autoscaling", once=True)
 
     def __call__(self, service: str, region: str | None = None, *, once: bool = False) -> Stubber:
-        key = (service, region, once)
+        key = (service, region or self.aws.target.region, once)
         if key not in self._stubbers:
             stubber = Stubber(self.aws.client(service, region, once=once))
             stubber.activate()
@@ -322,6 +324,30 @@ def test_caller_account(cloud: Cloud, stubs: Stubs) -> None:
     stubs("sts").add_response("get_caller_identity", {"Account": "111122223333", "UserId": "AIDA",
                                                       "Arn": "arn:aws:iam::111122223333:user/ci"}, {})
     assert cloud.caller_account() == "111122223333"
+
+
+def test_role_assumption_asks_sts_for_the_role_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The assumed-role session's credentials come from sts:AssumeRole (botocore's
+    AssumeRoleCredentialFetcher, asked with the base session's client) on first use."""
+    base = boto3.Session(region_name=REGION, aws_access_key_id="AKIABASE", aws_secret_access_key="base")
+    sts = base.client("sts", endpoint_url="http://127.0.0.1:1")
+    stubber = Stubber(sts)
+    role = "arn:aws:iam::333333333333:role/kiln-deploy"
+    stubber.add_response(
+        "assume_role",
+        {"Credentials": {"AccessKeyId": "ASIAROLEEXAMPLE00001", "SecretAccessKey": "role-secret",
+                         "SessionToken": "token", "Expiration": datetime.now(UTC) + timedelta(hours=2)},
+         "AssumedRoleUser": {"AssumedRoleId": "AROA:kiln-ana", "Arn": f"{role}/kiln-ana"}},
+        {"RoleArn": role, "RoleSessionName": "kiln-ana", "DurationSeconds": 7200, "ExternalId": "kiln-prod-7f3a"})
+    monkeypatch.setattr(base, "client", lambda service, **_: sts if service == "sts" else pytest.fail(service))
+    target = Target(region=REGION, role_arn=role, session_name="kiln-ana", external_id="kiln-prod-7f3a",
+                    role_duration=7200)
+    with stubber:
+        credentials = _assumed_role_session(base, role, target).get_credentials()
+        assert credentials is not None
+        frozen = credentials.get_frozen_credentials()
+        stubber.assert_no_pending_responses()
+    assert (frozen.access_key, frozen.secret_key, frozen.token) == ("ASIAROLEEXAMPLE00001", "role-secret", "token")
 
 
 def test_expired_credentials_say_how_to_refresh_them(cloud: Cloud, stubs: Stubs) -> None:
@@ -1045,11 +1071,15 @@ def _calls(function: ast.FunctionDef) -> Iterator[tuple[str, str, ast.Call]]:
             yield ast.unparse(node.func.value), name, node
 
 
+# AWS calls the adapter makes through botocore rather than on a client of its own.
+INDIRECT = {"aws._assumed_role_session": {"assume_role"}}  # AssumeRoleCredentialFetcher
+
+
 def adapter_calls() -> dict[str, set[str]]:
     """function -> the AWS calls it makes itself ("paginate:<call>" when paged), across aws.py and
     ledger.py: a call named like an operation of one of the services, on anything but `self`
     (Cloud's own methods share a name or two with EC2's)."""
-    found: dict[str, set[str]] = {}
+    found: dict[str, set[str]] = dict(INDIRECT)
     for path in ADAPTER:
         for qualified, function in _functions(path):
             calls = {name for receiver, name, _ in _calls(function)
@@ -1083,8 +1113,8 @@ def contracted() -> tuple[set[str], set[str]]:
             answered.add(str(node.args[0].value))
         if name == "paged" and isinstance(node.args[1], ast.Constant):
             answered |= {str(node.args[1].value), "paginate:" + str(node.args[1].value)}
-        if isinstance(func, ast.Attribute):
-            called.add(func.attr)
+        if name:
+            called.add(name)
     return answered, called
 
 
