@@ -31,7 +31,11 @@ if TYPE_CHECKING:
 
     Item = dict[str, AttributeValueTypeDef]
 
-__all__ = ["Lease", "Ledger", "Outcome", "ReleaseRecord"]
+__all__ = ["KEY_SCHEMA", "Lease", "Ledger", "Outcome", "ReleaseRecord"]
+
+# The table's key: partition key `pk` and sort key `sk`, both strings (the items above).
+# iam/kiln.cfn.yaml creates the table with it; tests/unit/test_cloudformation.py holds them together.
+KEY_SCHEMA = {"pk": "HASH", "sk": "RANGE"}
 
 
 class Ledger:
@@ -177,7 +181,8 @@ class Ledger:
     def _hint(self) -> str:
         if self.aws.target.is_sandbox:
             return "The sandbox creates this table: is it running? (inv sandbox.status)"
-        return f"Does the DynamoDB table {self.table!r} exist in {self.aws.target.region}? See README (ledger)."
+        return (f"Does the DynamoDB table {self.table!r} exist in {self.aws.target.region}? The CloudFormation "
+                "template iam/kiln.cfn.yaml creates it (see iam/README.md).")
 
 
 def _s(text: str) -> AttributeValueTypeDef:
