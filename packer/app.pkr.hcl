@@ -19,6 +19,18 @@ locals {
     "kiln:built-at" = var.built_at
     "kiln:builder"  = var.builder
   }
+
+  # Through a bastion, Packer's own connection uses the ssh_bastion_* settings below (it does not
+  # check the bastion's host key), and Ansible, which runs its own ssh (use_proxy = false), jumps
+  # with this ProxyCommand; that one checks the bastion's key against ssh_bastion_known_hosts.
+  bastion_user = var.ssh_bastion_username == "" ? var.ssh_username : var.ssh_bastion_username
+  bastion_jump = join(" ", compact([
+    "ssh -W %h:%p -p ${var.ssh_bastion_port} -o BatchMode=yes -o ConnectTimeout=10",
+    var.ssh_bastion_private_key_file == "" ? "" : "-o IdentitiesOnly=yes -i '${var.ssh_bastion_private_key_file}'",
+    var.ssh_bastion_known_hosts == "" ? "" : "-o StrictHostKeyChecking=yes -o UserKnownHostsFile='${var.ssh_bastion_known_hosts}'",
+    "${local.bastion_user}@${var.ssh_bastion_host}",
+  ]))
+  ansible_jump = var.ssh_bastion_host == "" ? [] : ["--ssh-common-args", "-o ProxyCommand=\"${local.bastion_jump}\""]
 }
 
 source "amazon-ebs" "app" {
@@ -86,6 +98,12 @@ source "amazon-ebs" "app" {
   ssh_keypair_name     = var.ssh_keypair_name
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout          = "10m"
+
+  ssh_bastion_host             = var.ssh_bastion_host
+  ssh_bastion_port             = var.ssh_bastion_port
+  ssh_bastion_username         = local.bastion_user
+  ssh_bastion_private_key_file = var.ssh_bastion_private_key_file
+  ssh_bastion_agent_auth       = var.ssh_bastion_agent_auth
 }
 
 build {
@@ -100,7 +118,7 @@ build {
       "ANSIBLE_CONFIG=${path.root}/../ansible/ansible.cfg",
       "ANSIBLE_FORCE_COLOR=0",
     ]
-    extra_arguments = [
+    extra_arguments = concat(local.ansible_jump, [
       "--extra-vars", "ansible_python_interpreter=/usr/bin/python3",
       "--extra-vars", jsonencode({
         kiln_version     = var.app_version
@@ -110,7 +128,7 @@ build {
         kiln_base_ami    = build.SourceAMI
         kiln_wheelhouse  = var.wheelhouse
       }),
-    ]
+    ])
   }
 
   post-processor "manifest" {

@@ -180,3 +180,40 @@ variable "ssh_private_key_file" {
   type    = string
   default = ""
 }
+
+# --- a bastion between this machine and the build instance ------------------------------------
+
+variable "ssh_bastion_host" {
+  type        = string
+  default     = ""
+  description = "Reach the build instance through this SSH jump host (Packer's and Ansible's connections). Empty: directly."
+}
+
+variable "ssh_bastion_port" {
+  type    = number
+  default = 22
+}
+
+variable "ssh_bastion_username" {
+  type        = string
+  default     = ""
+  description = "Login on the bastion. Empty: ssh_username."
+}
+
+variable "ssh_bastion_private_key_file" {
+  type        = string
+  default     = ""
+  description = "Key for the bastion (PEM or OpenSSH, unencrypted). Empty: ssh-agent (ssh_bastion_agent_auth)."
+}
+
+variable "ssh_bastion_agent_auth" {
+  type        = bool
+  default     = false
+  description = "Log in to the bastion with the keys of the ssh-agent at SSH_AUTH_SOCK."
+}
+
+variable "ssh_bastion_known_hosts" {
+  type        = string
+  default     = ""
+  description = "A known_hosts file with the bastion's host key: Ansible's jump checks it strictly. Empty: ssh's defaults."
+}

@@ -472,6 +472,27 @@ class Cloud:
                                     "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
         return str(out["Instances"][0]["InstanceId"])
 
+    def fleet_network(self, template: str, group: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(subnet ids, security group ids) the group's instances get: the group's subnets and the
+        security groups of the template's default version; empty where either does not say."""
+        with self.aws.call("DescribeAutoScalingGroups", group):
+            found = self._asg().describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+        subnets = tuple(s.strip() for s in (found[0].get("VPCZoneIdentifier") or "").split(",") if s.strip()) \
+            if found else ()
+        try:
+            with self.aws.call("DescribeLaunchTemplateVersions", f"{template} $Default"):
+                versions = self._ec2().describe_launch_template_versions(
+                    LaunchTemplateName=template, Versions=["$Default"])["LaunchTemplateVersions"]
+        except AwsError as err:
+            if err.code and ("NotFound" in err.code or "DoesNotExist" in err.code):
+                return subnets, ()
+            raise
+        data = versions[0].get("LaunchTemplateData", {}) if versions else {}
+        groups = list(data.get("SecurityGroupIds", []))
+        for interface in data.get("NetworkInterfaces", []):
+            groups += [g for g in interface.get("Groups", []) if g not in groups]
+        return subnets, tuple(groups)
+
     def instance(self, instance_id: str) -> tuple[str, str | None]:
         """(state, private IP). An instance just launched may not show yet (EC2's reads are
         eventually consistent: InvalidInstanceID.NotFound, or no reservation): it is "pending"."""

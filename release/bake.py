@@ -32,6 +32,7 @@ from release.clock import Clock
 from release.config import Config, Environment
 from release.errors import BakeError
 from release.model import TAG_VALIDATED, TAG_VALIDATION_REASON, AmiRef, Check
+from release.ssh import Ssh, host_label
 
 TAG_INPUTS = "kiln:inputs"
 
@@ -65,8 +66,12 @@ class BakeResult:
 
 
 class Baker:
+    """`bastion_key`: the key for the environment's bastion when its [ssh] settings name none (the
+    sandbox's key); without either, Packer and Ansible log in to the bastion with ssh-agent."""
+
     def __init__(self, cfg: Config, env: Environment, aws: Aws, project: Path, clock: Clock,
-                 on_step: Callable[[str], None], on_line: Callable[[str], None]) -> None:
+                 on_step: Callable[[str], None], on_line: Callable[[str], None],
+                 bastion_key: Path | None = None) -> None:
         self.cfg = cfg
         self.env = env
         self.aws = aws
@@ -75,6 +80,7 @@ class Baker:
         self.clock = clock
         self.on_step = on_step
         self.on_line = on_line
+        self.bastion_key = bastion_key
         self.work = project / ".kiln" / "bake"
 
     # ------------------------------------------------------------------ plan (reads only)
@@ -147,6 +153,41 @@ class Baker:
             # The sandbox reports each instance's loopback address as its private IP.
             variables["ec2_endpoint"] = self.aws.target.endpoint_url
             variables["ssh_interface"] = "private_ip"
+        variables.update(self._bastion_variables())
+        return variables
+
+    def _bastion_variables(self) -> dict[str, object]:
+        """With a bastion in the environment's [ssh] settings, the build instance is where the fleet
+        is — a subnet of the Auto Scaling group, the launch template's security groups, which admit
+        SSH from the bastion — and Packer and Ansible reach its private address through the bastion,
+        as the release's checks reach the fleet's instances."""
+        ssh = self.env.ssh
+        if not (ssh.bastion or ssh.bastion_instance):
+            return {}
+        address = ssh.bastion or self.cloud.running_instance_named(ssh.bastion_instance or "")[1]
+        variables: dict[str, object] = {
+            "ssh_interface": "private_ip",
+            "ssh_bastion_host": address,
+            "ssh_bastion_port": ssh.bastion_port,
+            "ssh_bastion_username": ssh.bastion_user or ssh.user,
+            # Written by bake() with the bastion's host key, once Kiln has verified it.
+            "ssh_bastion_known_hosts": str(self.work / "bastion_known_hosts"),
+        }
+        key = Path(ssh.bastion_key).expanduser() if ssh.bastion_key else self.bastion_key
+        if key is not None:
+            variables["ssh_bastion_private_key_file"] = str(key)
+        elif os.environ.get("SSH_AUTH_SOCK"):
+            variables["ssh_bastion_agent_auth"] = True
+        else:
+            raise BakeError(f"no key to log in to the bastion {address} with",
+                            where=f"[environments.{self.env.name}.ssh]",
+                            hint="Name the bastion's private key with bastion_key, or start ssh-agent and add it "
+                                 "(ssh-add).")
+        subnets, groups = self.cloud.fleet_network(self.env.launch_template, self.env.asg)
+        if subnets:
+            variables["subnet_id"] = subnets[0]
+        if groups:
+            variables["security_group_ids"] = list(groups)
         return variables
 
     # ------------------------------------------------------------------ bake (changes things)
@@ -176,6 +217,9 @@ class Baker:
         started = self.clock.now()
         self.on_step("building the app's wheelhouse")
         self._wheelhouse(Path(str(plan.variables["wheelhouse"])))
+        if plan.variables.get("ssh_bastion_host"):
+            self.on_step(f"logging in to the bastion {plan.variables['ssh_bastion_host']}")
+            self._trust_bastion(plan)
         var_file = self.work / "bake.pkrvars.json"
         var_file.write_text(packer.var_file_text(plan.variables))
         manifest = Path(str(plan.variables["manifest_path"]))
@@ -201,8 +245,8 @@ class Baker:
             detail = f" at Ansible task [{task}]" if task else ""
             raise BakeError(f"packer build failed (exit {rc}){detail}: {packer.first_error(lines)[:300]}",
                             where=f"bake {plan.version}",
-                            hint=f"Nothing was registered. Full output: {log_path}. Fix the cause and run "
-                                 "`inv bake` again.")
+                            hint=f"Nothing was registered. {self._ssh_hint(plan, lines)}Full output: {log_path}. "
+                                 "Fix the cause and run `inv bake` again.")
         artifacts = packer.parse_manifest(manifest.read_text(), where=str(manifest))
         copies = {a.region: a.image_id for a in artifacts}
         image_id = copies.get(self.env.region) or artifacts[0].image_id
@@ -247,6 +291,29 @@ class Baker:
         env.update(self.aws.source_credentials())
         env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = self.env.region
         return env
+
+    def _trust_bastion(self, plan: BakePlan) -> None:
+        """Log in to the bastion as every Kiln connection does — its host key verified strictly, from
+        known_hosts or the bastion instance's console output — and write the key it proved to the
+        known_hosts file Ansible's jump checks (Packer's own connection checks none). A bastion Kiln
+        cannot log in to fails the bake here, before any build instance is launched."""
+        with Ssh(self.env.ssh, use_agent=True, console_output=self.cloud.console_output,
+                 locate_bastion=self.cloud.running_instance_named, bastion_key=self.bastion_key) as ssh:
+            bastion = ssh.bastion()
+            assert bastion is not None  # the settings name a bastion
+            key = bastion.host_key
+        host = host_label(str(plan.variables["ssh_bastion_host"]), int(str(plan.variables["ssh_bastion_port"])))
+        Path(str(plan.variables["ssh_bastion_known_hosts"])).write_text(f"{host} {key.get_name()} {key.get_base64()}\n")
+
+    def _ssh_hint(self, plan: BakePlan, lines: list[str]) -> str:
+        if not packer.ssh_failed(lines):
+            return ""
+        bastion = plan.variables.get("ssh_bastion_host")
+        if bastion:
+            return (f"Packer could not log in to the build instance through the bastion {bastion}: check that the "
+                    f"security groups of launch template {self.env.launch_template} admit SSH from the bastion. ")
+        return ("Packer could not log in to the build instance over SSH. If it is reachable only through a bastion, "
+                f"name the bastion in [environments.{self.env.name}.ssh] (bastion or bastion_instance). ")
 
     def _clean_up_build_instances(self, plan: BakePlan) -> None:
         """Packer terminates its build instance on failure; make sure nothing was left behind."""

@@ -130,3 +130,14 @@ def first_error(lines: Sequence[str]) -> str:
         if found:
             return found
     return lines[-1].strip() if lines else "no output"
+
+
+# Packer 1.6.6's words when its SSH connection to the build instance fails (step_connect_ssh.go),
+# and Ansible's when its own ssh cannot reach the host.
+_SSH_FAILURES = ("Timeout waiting for SSH", "error when trying to connect via SSH", "Error waiting for SSH",
+                 "UNREACHABLE!")
+
+
+def ssh_failed(lines: Sequence[str]) -> bool:
+    """Did the build fail because Packer or Ansible could not log in to the build instance?"""
+    return any(marker in line for line in lines for marker in _SSH_FAILURES)
