@@ -8,6 +8,10 @@
                                 (only with a data plane; an empty list otherwise)
   POST   /_kiln/base-image      {"name": "debian-12-amd64-…"}: publish a newer base AMI under that
                                 name in every region (Debian's security updates) -> {"images": {region: id}}
+  POST   /_kiln/ssh-ingress     {"instance_id": "i-…", "client": "127.0.0.1:40522", "server": "127.100.1.5:22"}:
+                                do the instance's security groups admit that SSH connection's source?
+                                -> {"allowed": bool, "source": "…", "reason": "…"} (asked by each
+                                instance's sshd at every login; docs/dataplane.md)
 
 Fault injection (faults.py has the rules' meaning):
 
@@ -75,6 +79,7 @@ class AdminApi:
         publish_base_image: Callable[[str], dict[str, str]] | None = None,
         faults: FaultBook | None = None,
         instance_action: Callable[[str, str], Json] | None = None,
+        ssh_ingress: Callable[[str, tuple[str, int], tuple[str, int]], Json] | None = None,
     ) -> None:
         self._health = health
         self._policy = policy
@@ -82,6 +87,7 @@ class AdminApi:
         self._publish_base_image = publish_base_image
         self._faults = faults
         self._instance_action = instance_action  # (action, instance id) -> result; raises AdminError
+        self._ssh_ingress = ssh_ingress  # (instance id, client, server) -> verdict; raises AdminError
 
     def handles(self, path: str) -> bool:
         return path.startswith(PREFIX)
@@ -98,6 +104,8 @@ class AdminApi:
             return self._fault_rules(method, route, body)
         if route.startswith("instances/") and method == "POST" and self._instance_action is not None:
             return self._instance_fault(route)
+        if route == "ssh-ingress" and method == "POST" and self._ssh_ingress is not None:
+            return self._ssh_verdict(body)
         if route == "target-health":
             if method == "GET":
                 return 200, dict(self._policy.snapshot())
@@ -160,6 +168,24 @@ class AdminApi:
                 return 400, {"error": str(exc)}
         return 404, {"error": f"no admin route {method} /_kiln/{route}"}
 
+    def _ssh_verdict(self, body: bytes) -> tuple[int, Json]:
+        assert self._ssh_ingress is not None
+        try:
+            request = json.loads(body or b"{}")
+        except json.JSONDecodeError as exc:
+            return 400, {"error": f"body is not JSON: {exc}"}
+        usage = 'send {"instance_id": "i-…", "client": "address:port", "server": "address:port"}'
+        if not isinstance(request, Mapping):
+            return 400, {"error": usage}
+        instance_id = request.get("instance_id")
+        client, server = _endpoint(request.get("client")), _endpoint(request.get("server"))
+        if not (isinstance(instance_id, str) and _INSTANCE_ID.match(instance_id)) or client is None or server is None:
+            return 400, {"error": usage}
+        try:
+            return 200, self._ssh_ingress(instance_id, client, server)
+        except AdminError as exc:
+            return exc.status, {"error": exc.message}
+
     def _instance_fault(self, route: str) -> tuple[int, Json]:
         assert self._instance_action is not None
         parts = route.split("/")
@@ -172,3 +198,13 @@ class AdminApi:
             return 200, self._instance_action(action, instance_id)
         except AdminError as exc:
             return exc.status, {"error": exc.message}
+
+
+def _endpoint(value: object) -> tuple[str, int] | None:
+    """"127.0.0.1:40522" -> ("127.0.0.1", 40522); None for anything else."""
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    address, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or not address:
+        return None
+    return address.strip("[]"), int(port)

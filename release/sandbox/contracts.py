@@ -93,6 +93,9 @@ class LaunchedInstance:
     public_key: str | None  # OpenSSH public key of key_name, to authorise for the default user
     user_data: str | None
     region: str
+    # True: the instance's sshd lets a login in only when the control plane says the instance's
+    # security groups admit its source (docs/dataplane.md, "SSH and security groups").
+    ssh_by_security_groups: bool = False
 
 
 class DataPlane(Protocol):

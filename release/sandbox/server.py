@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl
 
 from release.clock import Clock, SystemClock
 from release.errors import KilnError
-from release.sandbox import paging, patches
+from release.sandbox import ingress, paging, patches
 from release.sandbox.admin import AdminApi, AdminError
 from release.sandbox.contracts import DataPlane
 from release.sandbox.faults import FaultBook, Injection, identify, render_error
@@ -146,6 +146,7 @@ class SandboxServer:
         self.admin = AdminApi(
             health=self.health, policy=self.targets.policy, load_balancers=self.describe_load_balancers,
             publish_base_image=self.publish_newer_base_image, faults=self.faults, instance_action=self.instance_fault,
+            ssh_ingress=self.ssh_ingress,
         )
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
         self.base_image = base_image or BaseImage()
@@ -399,6 +400,33 @@ class SandboxServer:
         log.info("fault: instance %s killed (%s)", instance_id, effect)
         return {"instance_id": instance_id, "region": region, "action": "kill", "effect": effect}
 
+    def ssh_ingress(self, instance_id: str, client: tuple[str, int], server: tuple[str, int]) -> dict[str, Any]:
+        """Do `instance_id`'s security groups admit this SSH connection (its sshd asks at each login)?
+        The source is the instance whose process opened the connection (the data plane finds it),
+        or this machine; the rules are the groups' ingress rules as they are now (ingress.py)."""
+        from moto.ec2.models import ec2_backends
+
+        finder = getattr(self.runtime.dataplane, "connection_source", None)
+        source_id = finder(client, server) if callable(finder) else None  # reads /proc: outside the lock
+        with self.lock:
+            found = {
+                i.id: i for b in _backends(ec2_backends) for i in b.all_instances() if i.id in (instance_id, source_id)
+            }
+            target = found.get(instance_id)
+            if target is None:
+                raise AdminError(404, f"no instance {instance_id} in the sandbox")
+            groups = {group.id: _permissions(group) for group in target.security_groups}
+            labels = {g.id: f"{g.id} ({g.name})" for b in _backends(ec2_backends) for g in b.describe_security_groups()}
+            peer = found.get(source_id or "")
+            source = (
+                ingress.Source(str(peer.private_ip), peer.id, tuple(g.id for g in peer.security_groups))
+                if peer is not None else ingress.Source(client[0])
+            )  # fmt: skip
+        verdict = ingress.admits(groups, source, port=server[1], labels=labels)
+        if not verdict.allowed:
+            log.info("SSH to %s refused: %s", instance_id, verdict.reason)
+        return {"allowed": verdict.allowed, "source": source.describe(labels), "reason": verdict.reason}
+
     # ---- WSGI -----------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -496,6 +524,18 @@ class SandboxServer:
             [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body)))],
         )
         return [reply.body]
+
+
+def _permissions(group: Any) -> list[ingress.Permission]:
+    """A moto security group's ingress rules (one source each, as moto keeps them)."""
+    return [
+        ingress.Permission(
+            protocol=str(rule.ip_protocol), from_port=rule.from_port, to_port=rule.to_port,
+            cidr=(rule.ip_range or {}).get("CidrIp") or (rule.ip_range or {}).get("CidrIpv6"),
+            group_id=(rule.source_group or {}).get("GroupId"),
+        )
+        for rule in group.ingress_rules
+    ]
 
 
 def serve(

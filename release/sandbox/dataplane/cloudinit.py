@@ -25,6 +25,8 @@ from release.sandbox.dataplane.rootfs import read_account, resolve_in_root
 DEFAULT_USER = "admin"
 HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # what `ssh-keygen -A` makes on Debian 12
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-sandbox.conf"
+# sshd's AuthorizedKeysCommand for instances whose SSH their security groups decide (ssh_gate.py).
+SSH_GATE = "/etc/ssh/sandbox-ssh-gate"
 METADATA = "/etc/kiln/instance-metadata.json"
 # cloud-init's place for a user-data script; the instance's init runs it once, on first boot.
 USER_SCRIPT = "/var/lib/cloud/instance/scripts/part-001"
@@ -32,7 +34,7 @@ USER_SCRIPT = "/var/lib/cloud/instance/scripts/part-001"
 # Files a launch writes: an image made from the instance leaves them out (see images.py), except
 # files the instance itself changed afterwards (hash differs), which are the instance's own work.
 LAUNCH_FILES = (
-    SSHD_DROPIN, "/etc/hostname", "/etc/hosts", "/etc/machine-id", "/etc/resolv.conf", METADATA,
+    SSHD_DROPIN, SSH_GATE, "/etc/hostname", "/etc/hosts", "/etc/machine-id", "/etc/resolv.conf", METADATA,
     f"/home/{DEFAULT_USER}/.ssh/authorized_keys", "/root/.ssh/authorized_keys",
 )  # fmt: skip
 
@@ -45,6 +47,13 @@ class Identity:
     aws_endpoint_url: str
     aws_access_key_id: str
     aws_secret_access_key: str
+
+
+_SSH_BY_SECURITY_GROUPS = (
+    "# The instance's security groups decide who may log in: for each connection the control plane\n"
+    "# says whether they admit its source; only then does the gate hand sshd the user's keys.\n"
+    f"AuthorizedKeysFile none\nAuthorizedKeysCommand {SSH_GATE} %u %h\nAuthorizedKeysCommandUser root\n"
+)
 
 
 def hostname_for(private_ip: str) -> str:
@@ -148,9 +157,13 @@ def inject(root: Path, spec: LaunchedInstance, identity: Identity) -> dict[str, 
         "# Key logins only, as cloud-init configures cloud images.\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "# Packer 1.6.6's SSH client signs with RSA/SHA-1 (ssh-rsa), which OpenSSH 9 refuses by default.\n"
-        "PubkeyAcceptedAlgorithms +ssh-rsa\n",
+        "PubkeyAcceptedAlgorithms +ssh-rsa\n"
+        + (_SSH_BY_SECURITY_GROUPS if spec.ssh_by_security_groups else ""),
         0o644,
     )
+    if spec.ssh_by_security_groups:
+        gate = (Path(__file__).with_name("ssh_gate.py")).read_text()
+        written[SSH_GATE] = _write(root, SSH_GATE, "#!/usr/bin/python3\n" + gate, 0o755)
     written["/etc/hostname"] = _write(root, "/etc/hostname", f"{hostname}\n", 0o644)
     hosts = f"127.0.0.1\tlocalhost\n{spec.private_ip}\t{hostname}\n::1\tlocalhost ip6-localhost\n"
     written["/etc/hosts"] = _write(root, "/etc/hosts", hosts, 0o644)

@@ -18,7 +18,7 @@ from typing import Any
 
 from release.errors import SandboxError
 from release.sandbox.contracts import LaunchedInstance
-from release.sandbox.dataplane import cloudinit, layout
+from release.sandbox.dataplane import cloudinit, layout, peers
 from release.sandbox.dataplane.baseimage import DEFAULT_CACHE_DIR, BuiltImage, build_base_image
 from release.sandbox.dataplane.cloudinit import Identity
 from release.sandbox.dataplane.images import ImageTable
@@ -220,6 +220,20 @@ class LocalDataPlane:
 
     def probe(self, ip: str, port: int, path: str, timeout: float) -> int | None:
         return http_probe(ip, port, path, timeout)
+
+    def connection_source(self, client: tuple[str, int], server: tuple[str, int]) -> str | None:
+        """The instance whose process opened the TCP connection from `client` to `server` (as the
+        server sees it: its peer's address and port, its own); None for anything else, such as a
+        process of the host's or of another sandbox's instance (peers.py)."""
+        inode = peers.socket_inode(client, server)
+        if inode is None:
+            return None
+        instances = self.state_dir / "instances"
+        root = peers.holder_root(inode, instances)
+        if root is None:
+            return None
+        instance_id = root.relative_to(instances).parts[0]
+        return instance_id if layout.rootfs(instances / instance_id) in (root, *root.parents) else None
 
     def instance_ids(self) -> list[str]:
         return sorted(d.name for d in self._instance_dirs())

@@ -15,6 +15,8 @@
   terminated instances under the lock froze every API call for that long.
 - GetConsoleOutput returns the data plane's console text (base64, as EC2 sends it); without a
   data plane, moto's sample text.
+- Instances launched here let SSH in only from sources their security groups admit: each login
+  asks the server (POST /_kiln/ssh-ingress, server.ssh_ingress; docs/dataplane.md).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def _launched(backend: Any, instance: Any) -> LaunchedInstance:
         public_key=public_key,
         user_data=_user_data(instance),
         region=backend.region_name,
+        ssh_by_security_groups=True,
     )
 
 
