@@ -12,9 +12,10 @@ For each instance it compares, against the release that should be live:
 `judge()` is pure (expected + observed -> verdict); `observe()` and `audit()` do the I/O.
 An instance that cannot be reached is reported as such; it never stops the audit of the others.
 
-The same pieces serve two other callers: `served_versions()` is what the release gate asks of
-new instances (GET /version through the jump), and `smoke_check()` is the bake's smoke test of
-a fresh image (SSH with a verified host key, services, /health, /version, the baked files).
+The same pieces serve two other callers: `probe_release()` is what the release gate asks of
+each new instance (GET /version and /health through the jump), and `smoke_check()` is the
+bake's smoke test of a fresh image (SSH with a verified host key, services, /health, /version,
+the baked files).
 """
 
 from __future__ import annotations
