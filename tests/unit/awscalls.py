@@ -81,7 +81,8 @@ def _common_operation_names() -> frozenset[str]:
     such a name on something the scan cannot type might be an unclassified client call."""
     services = ("autoscaling", "cloudwatch", "dynamodb", "ec2", "elbv2", "iam", "kms", "s3", "secretsmanager",
                 "ssm", "sts")
-    return frozenset(name for s in services for name in operations(s)) | {"get_paginator", "get_waiter"}
+    generic = {"sign", "verify", "encrypt", "decrypt", "encapsulate", "decapsulate"}  # crypto verbs, not only KMS's
+    return frozenset(name for s in services for name in operations(s)) - generic | {"get_paginator", "get_waiter"}
 
 
 def iam_action(service: str, operation: str) -> str:
@@ -89,8 +90,10 @@ def iam_action(service: str, operation: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- types
-# A type is a string: "release.aws.Cloud" (a Kiln class), "client:ec2", "seq:<type>" (a container
-# or iterator of that type), "module:<name>", "class:<qualname>" / "func:<qualname>" (references).
+# A type is a string: "release.aws.Cloud" (an instance of a Kiln class), "client:ec2" (a boto3
+# client), "seq:<type>" (a container or iterator of that type); and references: "module:<name>",
+# "class:<qualname>", "func:<qualname>", "method:<qualname>" (a bound method), "methods:<q1>,<q2>"
+# (a Protocol's method: its implementations), "method-of:<type>" (dict.values() and the like).
 
 
 @dataclass
@@ -159,7 +162,7 @@ class Scan:
     # ---------------------------------------------------------------------------------- loading
     def add_source(self, name: str, source: str) -> None:
         """Scan one more module (tests of the scan itself)."""
-        module = self._load(name, self.root / f"{name}.py", source)
+        module = self._load(name, self.root / f"{name.replace('.', '/')}.py", source)
         for function in self._all_functions(module):
             self.functions[function.qualname] = function
         for cls in module.classes.values():
@@ -474,6 +477,10 @@ class Scan:
                                "type the scan cannot tell: annotate it (a Kiln class or a boto3 stub client)")
 
     # ---------------------------------------------------------------------------------- results
+    def check(self) -> None:
+        if self.errors:
+            raise ScanError("\n".join(self.errors))
+
     def reachable(self, roots: set[str]) -> set[str]:
         seen: set[str] = set()
         todo = [r for r in roots]
