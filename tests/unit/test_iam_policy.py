@@ -296,6 +296,13 @@ def test_every_statement_is_plain(path: Path) -> None:
 
 
 @pytest.mark.parametrize("role", sorted(POLICIES))
+def test_iam_readme_explains_every_statement(role: str) -> None:
+    readme = (IAM / "README.md").read_text()
+    unexplained = [s["Sid"] for s in policy(role)["Statement"] if f"`{s['Sid']}`" not in readme]
+    assert unexplained == [], "say in iam/README.md why each statement exists"
+
+
+@pytest.mark.parametrize("role", sorted(POLICIES))
 def test_unscoped_writes_are_the_reviewed_ones(role: str) -> None:
     """A write action with no condition, on every resource of its types, is either listed in
     UNSCOPED_WRITES with its reason or a finding."""
