@@ -243,10 +243,11 @@ class Baker:
             self._clean_up_build_instances(plan)
             task = packer.failing_task(lines)
             detail = f" at Ansible task [{task}]" if task else ""
+            login = self._ssh_hint(plan.variables.get("ssh_bastion_host"), lines)
             raise BakeError(f"packer build failed (exit {rc}){detail}: {packer.first_error(lines)[:300]}",
                             where=f"bake {plan.version}",
-                            hint=f"Nothing was registered. {self._ssh_hint(plan, lines)}Full output: {log_path}. "
-                                 "Fix the cause and run `inv bake` again.")
+                            hint=f"Nothing was registered. {login}Full output: {log_path}. Fix the cause and run "
+                                 "`inv bake` again.")
         artifacts = packer.parse_manifest(manifest.read_text(), where=str(manifest))
         copies = {a.region: a.image_id for a in artifacts}
         image_id = copies.get(self.env.region) or artifacts[0].image_id
@@ -305,10 +306,10 @@ class Baker:
         host = host_label(str(plan.variables["ssh_bastion_host"]), int(str(plan.variables["ssh_bastion_port"])))
         Path(str(plan.variables["ssh_bastion_known_hosts"])).write_text(f"{host} {key.get_name()} {key.get_base64()}\n")
 
-    def _ssh_hint(self, plan: BakePlan, lines: list[str]) -> str:
+    def _ssh_hint(self, bastion: object, lines: list[str]) -> str:
+        """What to check when Packer or Ansible could not log in to the build instance."""
         if not packer.ssh_failed(lines):
             return ""
-        bastion = plan.variables.get("ssh_bastion_host")
         if bastion:
             return (f"Packer could not log in to the build instance through the bastion {bastion}: check that the "
                     f"security groups of launch template {self.env.launch_template} admit SSH from the bastion. ")

@@ -73,6 +73,54 @@ def test_template_validates(extra: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def bastion(*extra: str, key: Path | None = None) -> list[str]:
+    args = ["-var", "ssh_bastion_host=127.100.3.6", "-var", "ssh_bastion_username=jump",
+            "-var", "ssh_bastion_port=2222", "-var", "ssh_interface=private_ip", *extra]
+    return [*args, "-var", f"ssh_bastion_private_key_file={key}"] if key else args
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "bastion key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def test_template_validates_through_a_bastion(key: Path) -> None:
+    for extra in (bastion(key=key), bastion("-var", "ssh_bastion_agent_auth=true")):
+        result = packer("validate", "-var-file", str(VARS), *extra, "packer")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_packer_1_6_6_refuses_a_bastion_it_cannot_log_in_to(tmp_path: Path) -> None:
+    result = packer("validate", "-var-file", str(VARS), *bastion(), "packer")
+    assert result.returncode != 0
+    assert "ssh_bastion_password or ssh_bastion_private_key_file must be specified" in result.stdout + result.stderr
+    result = packer("validate", "-var-file", str(VARS), *bastion(key=tmp_path / "missing"), "packer")
+    assert result.returncode != 0
+    assert "ssh_bastion_private_key_file is invalid" in result.stdout + result.stderr
+
+
+def console(expression: str, *extra: str) -> str:
+    result = subprocess.run(["packer", "console", "-var-file", str(VARS), *extra, "packer"], cwd=ROOT,
+                            input=expression + "\n", capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_ansible_jumps_through_the_bastion_with_its_key_and_known_hosts(key: Path) -> None:
+    jump = console("local.ansible_jump", *bastion("-var", "ssh_bastion_known_hosts=/k/known hosts", key=key))
+    assert "--ssh-common-args" in jump
+    assert (f"-o ProxyCommand=\\\"ssh -W %h:%p -p 2222 -o BatchMode=yes -o ConnectTimeout=10 -o IdentitiesOnly=yes "
+            f"-i '{key}' -o StrictHostKeyChecking=yes -o UserKnownHostsFile='/k/known hosts' "
+            "jump@127.100.3.6\\\"") in jump
+    # With ssh-agent, and without a user of its own: the instance's user on the bastion too.
+    agent = console("local.bastion_jump", "-var", "ssh_bastion_host=bastion.example.com")
+    assert agent.strip() == "ssh -W %h:%p -p 22 -o BatchMode=yes -o ConnectTimeout=10 admin@bastion.example.com"
+    assert console("local.ansible_jump").strip() == "[]"  # no bastion: Ansible connects directly
+
+
 def test_validate_rejects_what_the_builder_rejects() -> None:
     result = packer("validate", "-var-file", str(VARS), "-var", "ssh_interface=carrier_pigeon", "packer")
     assert result.returncode != 0
