@@ -470,6 +470,15 @@ def findings(path: Path) -> list[tuple[str, set[str], str]]:
 
 
 @pytest.mark.parametrize("path", sorted(IAM.glob("*.json")), ids=lambda p: p.name)
+def test_each_policy_fits_in_a_role(path: Path) -> None:
+    """IAM allows a role 10,240 characters of inline policy (whitespace aside); leave room for
+    five KMS keys."""
+    keys = ",".join([json.dumps(SAMPLE_VALUES["${KmsKeyArns}"])] * 5)
+    text = rendered(path).replace(json.dumps(SAMPLE_VALUES["${KmsKeyArns}"]), f"[{keys}]")
+    assert len(json.dumps(json.loads(text), separators=(",", ":"))) <= 10_240
+
+
+@pytest.mark.parametrize("path", sorted(IAM.glob("*.json")), ids=lambda p: p.name)
 def test_parliament_finds_nothing_unexplained(path: Path) -> None:
     unexplained = [detail for issue, actions, detail in findings(path)
                    if not any(path.name in a["files"] and issue == a["issue"] and actions and actions <= a["actions"]
