@@ -453,6 +453,28 @@ def test_launch_from_template_uses_the_default_version_with_another_image(cloud:
     assert cloud.launch_from_template("webapp", "ami-1", "kiln-smoke", {"kiln:smoke": "1.0.0"}) == "i-smoke"
 
 
+def test_fleet_network_is_the_groups_subnets_and_the_templates_security_groups(cloud: Cloud,
+                                                                               stubs: Stubs) -> None:
+    stubs("autoscaling").add_response(
+        "describe_auto_scaling_groups", {"AutoScalingGroups": [asg(VPCZoneIdentifier="subnet-1, subnet-2")]},
+        {"AutoScalingGroupNames": ["webapp"]})
+    version = template_version(7, "ami-7", default=True)
+    version["LaunchTemplateData"].update(SecurityGroupIds=["sg-1"], NetworkInterfaces=[
+        {"DeviceIndex": 0, "Groups": ["sg-1", "sg-2"]}])
+    stubs("ec2").add_response("describe_launch_template_versions", {"LaunchTemplateVersions": [version]},
+                              {"LaunchTemplateName": "webapp", "Versions": ["$Default"]})
+    assert cloud.fleet_network("webapp", "webapp") == (("subnet-1", "subnet-2"), ("sg-1", "sg-2"))
+
+
+def test_fleet_network_of_a_missing_group_and_template_is_empty(cloud: Cloud, stubs: Stubs) -> None:
+    stubs("autoscaling").add_response("describe_auto_scaling_groups", {"AutoScalingGroups": []},
+                                      {"AutoScalingGroupNames": ["webapp"]})
+    stubs("ec2").add_client_error("describe_launch_template_versions", "InvalidLaunchTemplateName.NotFoundException",
+                                  "does not exist",
+                                  expected_params={"LaunchTemplateName": "webapp", "Versions": ["$Default"]})
+    assert cloud.fleet_network("webapp", "webapp") == ((), ())
+
+
 def test_instance_state_and_private_address(cloud: Cloud, stubs: Stubs) -> None:
     stubs("ec2").add_response("describe_instances",
                               {"Reservations": [reservation(ec2_instance("i-1", PrivateIpAddress="10.0.0.5"))]},
