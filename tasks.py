@@ -38,8 +38,8 @@ def load_config(config: str | None) -> kiln_config.Config:
     return kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
 
 
-def open_context(env: str | None, config: str | None, json: bool) -> commands.Context:
-    return commands.open_context(load_config(config), env, UI(json_mode=json))
+def open_context(env: str | None, config: str | None, json: bool, *, bake: bool = False) -> commands.Context:
+    return commands.open_context(load_config(config), env, UI(json_mode=json), bake=bake)
 
 
 @task(help={"config": CONFIG, "env": ENV, "json": JSON})
@@ -76,7 +76,7 @@ def bake(c: Context, env: str | None = None, config: str | None = None, json: bo
          force: bool = False, if_changed: bool = False) -> None:
     """Bake the AMI for versions.toml's [app] version with Packer + Ansible, then smoke-test it."""
     with kiln_errors():
-        commands.bake(open_context(env, config, json), force=force, dry_run=dry_run, if_changed=if_changed)
+        commands.bake(open_context(env, config, json, bake=True), force=force, dry_run=dry_run, if_changed=if_changed)
 
 
 @task(help={"version": "The version to release (PEP 440), baked and validated.", "env": ENV, "config": CONFIG,

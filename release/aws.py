@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import boto3
@@ -130,6 +130,7 @@ class Aws:
     def __init__(self, target: Target, *, attempts: int = 10) -> None:
         self.target = target
         self._base: boto3.Session | None = None  # what the role is assumed from, when there is one
+        self._role: _RoleCredentials | None = None
         self._session = self._make_session()
         self._clients: dict[tuple[str, str, bool], Any] = {}
         self._config = BotoConfig(retries={"mode": "adaptive", "max_attempts": attempts}, connect_timeout=10,
@@ -146,7 +147,8 @@ class Aws:
             if not t.role_arn:
                 return base
             self._base = base
-            return _assumed_role_session(base, t.role_arn, t)
+            self._role = _RoleCredentials(base, t.role_arn, t)
+            return _role_session(self._role, t.region)
 
     # Typed clients (types-boto3), so mypy checks every call's parameters and answer.
     @overload
@@ -187,6 +189,18 @@ class Aws:
                                           config=config)
             return self._clients[key]
 
+    def role_for_tools(self) -> str | None:
+        """The role a tool in its own process (Packer) must assume itself: the target's role, unless
+        the credentials Kiln was given already act as it (then there is nothing to assume)."""
+        if self._role is None:
+            return None
+        if self._role.already_the_role is None:
+            with self.call("credentials"):
+                credentials = self._session.get_credentials()
+                if credentials is not None:
+                    credentials.get_frozen_credentials()  # signs in, which decides
+        return None if self._role.already_the_role else self.target.role_arn
+
     def source_credentials(self) -> dict[str, str]:
         """Credentials as environment variables, for a tool in its own process (Packer): the ones
         the role is assumed from when there is a role (the tool assumes it itself, and so can
@@ -225,26 +239,54 @@ class Aws:
                                          if self.target.is_sandbox else None)) from None
 
 
-def _assumed_role_session(base: boto3.Session, role_arn: str, t: Target) -> boto3.Session:
-    """A session whose credentials come from assuming `t.role_arn` with `base`'s credentials, and
-    are refreshed by botocore before they expire (so hour-long releases and bakes keep working).
+class _RoleCredentials:
+    """Credentials for acting as `role_arn`, refreshed by botocore before they expire (so
+    hour-long releases and bakes keep working).
 
-    Built from botocore's public credential classes: AssumeRoleCredentialFetcher (the fetcher
-    botocore's own `role_arn` profiles use) feeding DeferredRefreshableCredentials, registered as
-    the session's only credential provider. MFA belongs in the profile the base session reads
-    (`mfa_serial` in ~/.aws/config): botocore prompts there.
+    The first fetch asks who the base credentials are: when they already act as the role (a CI
+    job that signed in as it through OIDC), they are used as they are, since a role cannot assume
+    itself unless its own trust policy names it. Otherwise the role is assumed with botocore's
+    AssumeRoleCredentialFetcher (the fetcher of botocore's own `role_arn` profiles). MFA belongs
+    in the profile the base session reads (`mfa_serial` in ~/.aws/config): botocore prompts there.
     """
-    source = base.get_credentials()
-    if source is None:
-        raise NoCredentialsError()
-    extra: dict[str, Any] = {"RoleSessionName": t.session_name, "DurationSeconds": t.role_duration}
-    if t.external_id:
-        extra["ExternalId"] = t.external_id
-    fetcher = AssumeRoleCredentialFetcher(base.client, source, role_arn, extra_args=extra)
-    credentials = DeferredRefreshableCredentials(fetcher.fetch_credentials, method="assume-role")
+
+    def __init__(self, base: boto3.Session, role_arn: str, t: Target) -> None:
+        source = base.get_credentials()
+        if source is None:
+            raise NoCredentialsError()
+        extra: dict[str, Any] = {"RoleSessionName": t.session_name, "DurationSeconds": t.role_duration}
+        if t.external_id:
+            extra["ExternalId"] = t.external_id
+        self._base, self._source, self._role_arn = base, source, role_arn
+        self._assume = AssumeRoleCredentialFetcher(base.client, source, role_arn, extra_args=extra).fetch_credentials
+        self.already_the_role: bool | None = None  # known after the first fetch
+
+    def fetch(self) -> dict[str, str | None]:
+        if self.already_the_role is None:
+            identity = self._base.client("sts").get_caller_identity()["Arn"]
+            self.already_the_role = acts_as_role(identity, self._role_arn)
+        if not self.already_the_role:
+            return dict(self._assume())
+        frozen = self._source.get_frozen_credentials()
+        return {"access_key": frozen.access_key, "secret_key": frozen.secret_key, "token": frozen.token,
+                "expiry_time": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+
+
+def acts_as_role(identity_arn: str, role_arn: str) -> bool:
+    """Whether a GetCallerIdentity ARN (arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION) is a session
+    of the role arn:aws:iam::ACCOUNT:role/[PATH/]NAME. Assumed-role ARNs carry no path."""
+    identity = re.fullmatch(r"arn:aws[\w-]*:sts::(\d{12}):assumed-role/([^/]+)/.+", identity_arn)
+    role = re.fullmatch(r"arn:aws[\w-]*:iam::(\d{12}):role/(?:.*/)?([^/]+)", role_arn)
+    return bool(identity and role and identity.groups() == role.groups())
+
+
+def _role_session(role: _RoleCredentials, region: str) -> boto3.Session:
+    """A session whose only credential provider is `role` (DeferredRefreshableCredentials, both
+    botocore's public credential classes)."""
+    credentials = DeferredRefreshableCredentials(role.fetch, method="assume-role")
     core = botocore.session.Session()
     core.register_component("credential_provider", CredentialResolver([_Fixed(credentials)]))
-    core.set_config_variable("region", t.region)
+    core.set_config_variable("region", region)
     return boto3.Session(botocore_session=core)
 
 

@@ -144,11 +144,12 @@ class Baker:
         }
         if env.kms_key_id:
             variables["kms_key_id"] = env.kms_key_id
-        if env.role_arn and not self.aws.target.is_sandbox:
+        role = self.aws.role_for_tools()
+        if role:
             # Packer assumes the role itself (see aws.Aws.source_credentials), refreshing it as it goes.
-            variables.update(assume_role_arn=env.role_arn, assume_role_session_name=self.aws.target.session_name,
-                             assume_role_external_id=env.external_id or "",
-                             assume_role_duration_seconds=env.role_duration)
+            variables.update(assume_role_arn=role, assume_role_session_name=self.aws.target.session_name,
+                             assume_role_external_id=self.aws.target.external_id or "",
+                             assume_role_duration_seconds=self.aws.target.role_duration)
         if self.aws.target.is_sandbox:
             # The sandbox reports each instance's loopback address as its private IP.
             variables["ec2_endpoint"] = self.aws.target.endpoint_url

@@ -78,11 +78,12 @@ class Context:
 
 
 def open_context(cfg: Config, env_name: str | None, ui: UI, *, clock: Clock | None = None,
-                 project: Path | None = None) -> Context:
+                 project: Path | None = None, bake: bool = False) -> Context:
+    """The world of one command. `bake`: act as the environment's bake role (bake_role_arn)."""
     env, why = select_environment(cfg, env_name, aws_credentials=bool(env_name) or credentials_configured())
     if why:
         ui.once(why)
-    ctx = Context(cfg, env, Aws(target_for(env)), ui, clock or SystemClock(), project or PROJECT)
+    ctx = Context(cfg, env, Aws(target_for(env, bake=bake)), ui, clock or SystemClock(), project or PROJECT)
     if not env.sandbox or env.account_id:
         ctx.account = check_account(ctx)
     return ctx
@@ -104,9 +105,10 @@ def check_account(ctx: Context) -> str:
     return seen
 
 
-def target_for(env: Environment) -> Target:
+def target_for(env: Environment, *, bake: bool = False) -> Target:
     if not env.sandbox:
-        return Target(region=env.region, profile=env.profile, role_arn=env.role_arn,
+        role = (env.bake_role_arn or env.role_arn) if bake else env.role_arn
+        return Target(region=env.region, profile=env.profile, role_arn=role,
                       session_name=session_name(actor()), external_id=env.external_id,
                       role_duration=env.role_duration)
     from release.sandbox import lifecycle  # the sandbox is only loaded when it is used

@@ -139,6 +139,7 @@ class Environment:
     refresh: RefreshPreferences
     gate: GateSettings
     ssh: SshSettings
+    bake_role_arn: str | None = None  # the role `inv bake` (and Packer) act as; default: role_arn
     external_id: str | None = None  # ExternalId the role's trust policy demands, if any
     role_duration: int = 3600  # seconds per assumed-role session; botocore refreshes before expiry
     # A launch template that lets instances use IMDSv1: "warn" in the plan, or "block" the release.
@@ -378,8 +379,9 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
     sandbox = r.flag("sandbox", False)
     region = r.text("region", required=True, pattern=_REGION, example="eu-central-1")
     account_id = r.text("account_id", pattern=_ACCOUNT, example="123456789012")
-    role_arn = r.text("role_arn", pattern=re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$"),
-                     example="arn:aws:iam::123456789012:role/kiln-deployer")
+    role_pattern = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    role_arn = r.text("role_arn", pattern=role_pattern, example="arn:aws:iam::123456789012:role/kiln-deployer")
+    bake_role_arn = r.text("bake_role_arn", pattern=role_pattern, example="arn:aws:iam::123456789012:role/kiln-bake")
     profile = r.text("profile")
     asg = r.text("asg", required=True, pattern=_NAME)
     launch_template = r.text("launch_template", required=True, pattern=_NAME)
@@ -398,10 +400,11 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
     imdsv1 = r.text("imdsv1", "block") or "block"
     if imdsv1 not in ("block", "warn"):
         r.problem("imdsv1", f"{imdsv1!r} is not one of 'block', 'warn'")
-    if (external_id or "role_duration" in r.table) and not role_arn:
+    if (external_id or "role_duration" in r.table) and not (role_arn or bake_role_arn):
         r.problem("external_id" if external_id else "role_duration", "only applies with role_arn; set role_arn too")
-    if role_arn and account_id and f"::{account_id}:" not in role_arn:
-        r.problem("role_arn", f"is in another account than account_id {account_id}")
+    for key, arn in (("role_arn", role_arn), ("bake_role_arn", bake_role_arn)):
+        if arn and account_id and f"::{account_id}:" not in arn:
+            r.problem(key, f"is in another account than account_id {account_id}")
 
     with r.sub("refresh") as p:
         refresh = _refresh(p)
@@ -437,7 +440,8 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
         profile=profile, asg=asg, launch_template=launch_template, target_groups=target_groups,
         alarms=alarms, secret_id=secret_id, ledger_table=ledger_table or "kiln-ledger",
         requires=requires, ami_regions=ami_regions, ami_users=ami_users, kms_key_id=kms_key_id,
-        refresh=refresh, gate=gate, ssh=ssh, external_id=external_id, role_duration=role_duration, imdsv1=imdsv1,
+        refresh=refresh, gate=gate, ssh=ssh, bake_role_arn=bake_role_arn, external_id=external_id,
+        role_duration=role_duration, imdsv1=imdsv1,
     )
 
 

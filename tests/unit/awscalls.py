@@ -44,7 +44,7 @@ FACTORIES = {
 }
 # `x.client` passed on uncalled: who calls AWS with it, and with which credentials.
 CLIENT_FACTORY_REFERENCES = {
-    "release.aws._assumed_role_session": "botocore's AssumeRoleCredentialFetcher calls sts:AssumeRole with the "
+    "release.aws._RoleCredentials.__init__": "botocore's AssumeRoleCredentialFetcher calls sts:AssumeRole with the "
                                          "caller's own credentials, before the role is in effect",
 }
 # Attributes of a client that are not AWS calls.
