@@ -94,9 +94,13 @@ class Baker:
                          cfg.base_image.ssh_username],
             tools=tools)
         images = self.cloud.app_images(cfg.app.name)
-        existing = next((i for i in images if i.fingerprint == print_.value and i.state == "available"), None)
+        same = [i for i in images if i.fingerprint == print_.value and i.state == "available"]
+        # A deprecated AMI has reached its end of life (deprecate_after_days, ami.deprecate): bake anew.
+        existing = next((i for i in same if not i.deprecated(self.clock.now())), None)
         newest = images[0] if images else None
         changed = tuple(print_.changed_since(newest.tags.get(TAG_INPUTS) if newest else None))
+        if same and existing is None:
+            changed += (f"{same[0].image_id} (these inputs) is deprecated",)
         variables = self._variables(print_, base)
         command = packer.command_line(self.project / "packer", self.work / "bake.pkrvars.json")
         return BakePlan(version=str(cfg.app.version), fingerprint=print_, base_image=base,
