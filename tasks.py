@@ -8,16 +8,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from release import commands
-from release import config as kiln_config
 from release.errors import KilnError, UsageError
-from release.ui import UI
+
+if TYPE_CHECKING:
+    from release import commands
+    from release.config import Config
+    from release.ui import UI
+
+# Loading this file is what `inv --list` and every command pay first, so it imports no AWS, SSH or
+# table code: each task imports what it needs (tests/unit/test_tasks_import.py keeps it so).
 
 CONFIG = "Path of versions.toml (default: ./versions.toml)."
 ENV = "Environment from versions.toml (default: the sandbox without AWS credentials, else default_environment)."
@@ -34,20 +40,31 @@ def kiln_errors() -> Iterator[None]:
         raise Exit(f"kiln: {err}", code=err.exit_code) from None
 
 
-def load_config(config: str | None) -> kiln_config.Config:
+def load_config(config: str | None) -> Config:
+    from release import config as kiln_config
+
     return kiln_config.load(Path(config) if config else kiln_config.DEFAULT_PATH)
 
 
+def make_ui(json: bool) -> UI:
+    from release.ui import UI
+
+    return UI(json_mode=json)
+
+
 def open_context(env: str | None, config: str | None, json: bool, *, bake: bool = False) -> commands.Context:
-    return commands.open_context(load_config(config), env, UI(json_mode=json), bake=bake)
+    from release import commands
+
+    return commands.open_context(load_config(config), env, make_ui(json), bake=bake)
 
 
 @task(help={"config": CONFIG, "env": ENV, "json": JSON})
 def show_config(c: Context, env: str | None = None, config: str | None = None, json: bool = False) -> None:
     """Validate versions.toml and show what one environment resolves to."""
+    from release import config as kiln_config
     from release.aws import credentials_configured
 
-    ui = UI(json_mode=json)
+    ui = make_ui(json)
     with kiln_errors():
         cfg = load_config(config)
         environment, why = kiln_config.select_environment(
@@ -75,6 +92,8 @@ def show_config(c: Context, env: str | None = None, config: str | None = None, j
 def bake(c: Context, env: str | None = None, config: str | None = None, json: bool = False, dry_run: bool = False,
          force: bool = False, if_changed: bool = False) -> None:
     """Bake the AMI for versions.toml's [app] version with Packer + Ansible, then smoke-test it."""
+    from release import commands
+
     with kiln_errors():
         commands.bake(open_context(env, config, json, bake=True), force=force, dry_run=dry_run, if_changed=if_changed)
 
@@ -86,6 +105,8 @@ def bake(c: Context, env: str | None = None, config: str | None = None, json: bo
 def release(c: Context, version: str | None = None, env: str | None = None, config: str | None = None,
             json: bool = False, dry_run: bool = False, allow_downgrade: bool = False, force: bool = False) -> None:
     """Release a baked version: new LT version, gated instance refresh, automatic rollback."""
+    from release import commands
+
     with kiln_errors():
         wanted = commands.parse_version(version)  # bad input first: before touching anything
         commands.release(open_context(env, config, json), wanted, dry_run=dry_run, allow_downgrade=allow_downgrade,
@@ -97,6 +118,8 @@ def release(c: Context, version: str | None = None, env: str | None = None, conf
 def resume(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
            dry_run: bool = False) -> None:
     """Finish an unfinished release whose driver died (once its lock's lease has lapsed)."""
+    from release import commands
+
     with kiln_errors():
         commands.resume(open_context(env, config, json), dry_run=dry_run)
 
@@ -109,6 +132,8 @@ def rollback(c: Context, env: str | None = None, config: str | None = None, json
              dry_run: bool = False, to: str | None = None, break_lock: bool = False) -> None:
     """Go back: an unfinished release to what the group ran before it; otherwise to the previous good
     release, through the same gated path."""
+    from release import commands
+
     with kiln_errors():
         commands.rollback(open_context(env, config, json), to=to, dry_run=dry_run, break_lock=break_lock)
 
@@ -117,6 +142,8 @@ def rollback(c: Context, env: str | None = None, config: str | None = None, json
 def status(c: Context, env: str | None = None, config: str | None = None, json: bool = False) -> None:
     """What is live, what the group launches, the lock, any unfinished release (and what resume or
     rollback would do), where the ledger and the cloud disagree, and each instance's health."""
+    from release import commands
+
     with kiln_errors():
         commands.status(open_context(env, config, json))
 
@@ -125,6 +152,8 @@ def status(c: Context, env: str | None = None, config: str | None = None, json: 
 def history(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
             limit: int = 20) -> None:
     """The release history of an environment, from the ledger."""
+    from release import commands
+
     with kiln_errors():
         commands.history(open_context(env, config, json), limit=limit)
 
@@ -134,6 +163,8 @@ def history(c: Context, env: str | None = None, config: str | None = None, json:
 def adopt(c: Context, version: str | None = None, env: str | None = None, config: str | None = None, json: bool = False,
           force: bool = False) -> None:
     """Record what an existing group runs now as a release (release 0), so Kiln can roll back to it."""
+    from release import commands
+
     with kiln_errors():
         wanted = commands.parse_version(version)
         commands.adopt(open_context(env, config, json), wanted, force=force)
@@ -145,6 +176,8 @@ def adopt(c: Context, version: str | None = None, env: str | None = None, config
 def ami_cleanup(c: Context, env: str | None = None, config: str | None = None, json: bool = False, keep: int = 3,
                 dry_run: bool = False) -> None:
     """Deregister AMIs nothing needs (and their snapshots), in every region they were copied to."""
+    from release import commands
+
     with kiln_errors():
         commands.cleanup(open_context(env, config, json), keep=keep, dry_run=dry_run)
 
@@ -154,6 +187,8 @@ def ami_cleanup(c: Context, env: str | None = None, config: str | None = None, j
 def ami_deprecate(c: Context, version: str | None = None, reason: str = "deprecated by hand", env: str | None = None,
                   config: str | None = None, json: bool = False) -> None:
     """Mark a bad version's AMIs deprecated: release refuses them unless forced; rollback skips them."""
+    from release import commands
+
     with kiln_errors():
         wanted = commands.parse_version(version)
         commands.deprecate(open_context(env, config, json), wanted, reason=reason)
@@ -165,6 +200,8 @@ def ami_deprecate(c: Context, version: str | None = None, reason: str = "depreca
 def ami_promote(c: Context, version: str | None = None, to: str | None = None, env: str | None = None,
                 config: str | None = None, json: bool = False) -> None:
     """Copy (and share, and re-key) the AMI that passed in one environment to another. Never a rebake."""
+    from release import commands
+
     with kiln_errors():
         wanted = commands.parse_version(version)
         if not to:
@@ -177,6 +214,8 @@ def ami_promote(c: Context, version: str | None = None, to: str | None = None, e
 def fleet_verify(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
                  parallel: int = 8, key: str | None = None) -> None:
     """Prove every in-service instance is what was baked (image, /version, files, services) over SSH."""
+    from release import commands
+
     with kiln_errors():
         commands.verify_fleet(open_context(env, config, json), parallel=parallel, key=Path(key) if key else None)
 
@@ -188,31 +227,39 @@ def fleet_verify(c: Context, env: str | None = None, config: str | None = None, 
 def sandbox_up(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1,
                instances: bool = True) -> None:
     """Start the sandbox (idempotent) and provision every sandbox environment; print how to reach it."""
+    from release import commands
+
     with kiln_errors():
         cfg = load_config(config)
-        commands.sandbox_up(cfg, UI(json_mode=json), time_scale=time_scale, instances=instances)
+        commands.sandbox_up(cfg, make_ui(json), time_scale=time_scale, instances=instances)
 
 
 @task(name="status", help={"json": JSON})
 def sandbox_status(c: Context, json: bool = False) -> None:
     """Is the sandbox running, where, and with which load balancers."""
+    from release import commands
+
     with kiln_errors():
-        commands.sandbox_status(UI(json_mode=json))
+        commands.sandbox_status(make_ui(json))
 
 
 @task(name="down", help={"json": JSON})
 def sandbox_down(c: Context, json: bool = False) -> None:
     """Stop the sandbox: its server, every instance, PostgreSQL. Leaves nothing running."""
+    from release import commands
+
     with kiln_errors():
-        commands.sandbox_down(UI(json_mode=json))
+        commands.sandbox_down(make_ui(json))
 
 
 @task(name="new-base-image", help={"config": CONFIG, "json": JSON})
 def sandbox_new_base_image(c: Context, config: str | None = None, json: bool = False) -> None:
     """Publish a newer base AMI in the running sandbox (as Debian does with security updates), so that
     the next `inv bake --if-changed` bakes on it."""
+    from release import commands
+
     with kiln_errors():
-        commands.sandbox_new_base_image(load_config(config), UI(json_mode=json))
+        commands.sandbox_new_base_image(load_config(config), make_ui(json))
 
 
 @task(name="fault", optional=["timeout"], auto_shortflags=False, help={
@@ -241,8 +288,10 @@ def sandbox_fault(c: Context, operation: str | None = None, service: str | None 
                   unhealthy: str | None = None, healthy: str | None = None, json: bool = False) -> None:
     """Rehearse a failure in the running sandbox: AWS calls that fail, lag or lose their response, or an
     instance that dies, stops or fails its health checks."""
+    from release import commands
+
     with kiln_errors():
-        commands.sandbox_fault(UI(json_mode=json), operation=operation, service=service, error=error, status=status,
+        commands.sandbox_fault(make_ui(json), operation=operation, service=service, error=error, status=status,
                                message=message, latency=latency, timeout=timeout, count=count, seconds=seconds,
                                list_rules=list, clear=clear, kill=kill, stop=stop, unhealthy=unhealthy,
                                healthy=healthy)
@@ -251,9 +300,11 @@ def sandbox_fault(c: Context, operation: str | None = None, service: str | None 
 @task(name="reset", help={"config": CONFIG, "json": JSON, "time_scale": "As for sandbox.up."})
 def sandbox_reset(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1) -> None:
     """An empty sandbox: stop it, then start and provision it again (the base image cache stays)."""
+    from release import commands
+
     with kiln_errors():
         cfg = load_config(config)
-        ui = UI(json_mode=json)
+        ui = make_ui(json)
         commands.sandbox_down(ui)
         commands.sandbox_up(cfg, ui, time_scale=time_scale, instances=True)
 

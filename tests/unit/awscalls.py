@@ -521,6 +521,13 @@ class Scope:
             typed = scan.annotation(self.module, param.annotation)
             if typed:
                 self.names[param.arg] = typed
+        for node in ast.walk(function.node):  # an import inside a function (a lazy one) binds what it imports
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    name = (alias.asname or alias.name).split(".")[0]
+                    imported = scan.resolve_name(self.module, name)
+                    if imported:
+                        self.names[name] = imported
         self.local = {p.arg for p in params} | set(self.names) | _bound_names(function.node)
         for _ in range(3):  # locals typed from other locals: a few passes settle them
             if not self._assign_pass():

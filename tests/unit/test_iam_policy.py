@@ -263,6 +263,21 @@ class Holder:
     assert {"ec2:DeregisterImage", "ec2:DeleteSnapshot"} <= set(s.actions({"release.extra.Holder.tag"}))
 
 
+def test_the_scan_follows_imports_inside_functions() -> None:
+    """tasks.py imports the command layer inside each task (so that loading it stays cheap)."""
+    s = Scan()
+    s.add_source("release.extra", '''
+def lazy(aws) -> None:
+    from release import aws as kiln_aws
+    from release.aws import Cloud
+
+    Cloud(aws).delete_image("ami-1", ())
+    kiln_aws.Cloud(aws).delete_image("ami-2", ())
+''')
+    s.check()
+    assert {"ec2:DeregisterImage", "ec2:DeleteSnapshot"} <= set(s.actions({"release.extra.lazy"}))
+
+
 # ------------------------------------------------------------------------------------------ policies
 
 
