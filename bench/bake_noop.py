@@ -23,7 +23,8 @@ def main() -> int:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        out = subprocess.run([inv, "bake", "--if-changed", "--env", "sandbox"], cwd=ROOT, capture_output=True, text=True, check=False)
+        out = subprocess.run([inv, "bake", "--if-changed", "--env", "sandbox"], cwd=ROOT, capture_output=True,
+                             text=True, check=False)
         times.append(time.perf_counter() - started)
         if out.returncode != 0 or "nothing changed" not in out.stdout + out.stderr:
             print(f"not a no-op (exit {out.returncode}): {(out.stdout + out.stderr).strip()[-300:]}")
