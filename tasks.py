@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 # Loading this file is what `inv --list` and every command pay first, so it imports no AWS, SSH or
 # table code: each task imports what it needs (tests/unit/test_tasks_import.py keeps it so).
+
+# invoke turns off writing bytecode (it would leave tasks.pyc beside tasks.py), so every command
+# would compile Kiln's modules anew (some 50 ms). Cache them in release/__pycache__ (ignored by git)
+# unless Python itself was told not to (PYTHONDONTWRITEBYTECODE, -B).
+sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)
 
 CONFIG = "Path of versions.toml (default: ./versions.toml)."
 ENV = "Environment from versions.toml (default: the sandbox without AWS credentials, else default_environment)."
