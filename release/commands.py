@@ -48,7 +48,7 @@ from release.plan import Observed, Plan, Request, make_plan
 from release.record import Outcome, ReleaseRecord, new_release_id
 from release.smoke import smoke_test
 from release.ssh import Ssh, Timeouts
-from release.ui import UI
+from release.ui import UI, Progress
 
 SANDBOX_DIR = Path(os.environ.get("KILN_SANDBOX_DIR", "/var/lib/kiln/sandbox"))
 LB_SAMPLES = 8
@@ -147,13 +147,14 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
         return plan
     del if_changed  # the fingerprint check above is what --if-changed asks for; baking is the default
     with ui.progress(f"baking {plan.version}") as status:
-        baker.on_step = lambda s: status.update(f"baking {plan.version}: {s}")
+        baker.on_step = bake_steps(status)
         result = baker.bake(plan)
         ui.success(f"packer built {result.image_id} in {result.seconds:.0f} s")
+        status.stage("smoke test")
         status.update(f"smoke-testing {result.image_id}")
         checks = smoke_test(ctx.cloud, ctx.env, result.image_id, plan.version, fp, ctx.clock,
                             lambda key, timeouts: ssh_for(ctx, key=key, use_agent=False, timeouts=timeouts),
-                            on_step=lambda s: status.update(s))
+                            on_step=status.update)
     result = replace(result, smoke=checks)
     baker.record_validation(result.image_id, checks)
     for check in checks:
@@ -167,6 +168,19 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
                         hint="Fix the image and bake again; `inv release` refuses it unless --force.")
     ui.success(f"{result.image_id} validated")
     return result
+
+
+def bake_steps(status: Progress) -> Callable[[str], None]:
+    """The Baker's steps as progress. Packer's steps and Ansible's tasks arrive as steps too
+    (packer.step_of); Packer's whole output goes to a log under .kiln/bake/ (the scheduled workflow
+    keeps it)."""
+
+    def on_step(step: str) -> None:
+        if step == "packer build":  # the Baker starts a Packer run (one per layer): its clock starts
+            status.stage("packer")
+        status.update(step)
+
+    return on_step
 
 
 # ---------------------------------------------------------------------------------------------- release
@@ -232,7 +246,9 @@ def release(ctx: Context, version: Version, *, dry_run: bool, allow_downgrade: b
         if not plan.ok:
             raise UsageError(plan.blockers[0])
         return plan
-    with _releaser(ctx) as releaser:
+    doing = f"rolling {ctx.env.name} back to {plan.version}" if kind == "rollback" \
+        else f"releasing {plan.version} to {ctx.env.name}"
+    with _releaser(ctx, doing) as releaser:
         record = releaser.release(plan, kind=kind)
     ui.success(f"{kind} of {record.version} to {ctx.env.name} succeeded: {record.reason or record.journal[-1].message}")
     ui.result({"record": record})
@@ -258,7 +274,7 @@ def resume(ctx: Context, *, dry_run: bool) -> ReleaseRecord | None:
                     f"{_next_step(record)}; nothing changed")
         ctx.ui.result({"unfinished": record, "dry_run": True})
         return record
-    with _releaser(ctx) as releaser:
+    with _releaser(ctx, f"resuming the {record.kind} of {record.version} in {ctx.env.name}") as releaser:
         releaser.take_over(record, lock, force=False)
         ctx.ui.warn(f"taking over {record.kind} {record.version} ({record.release_id}) from "
                     f"{(lock.who if lock else '') or record.actor}, whose lease lapsed")
@@ -311,7 +327,8 @@ def _undo_unfinished(ctx: Context, record: ReleaseRecord, *, dry_run: bool, brea
         ui.info(f"would {what}; nothing changed")
         ui.result({"unfinished": record, "dry_run": True})
         return record
-    with _releaser(ctx) as releaser:
+    with _releaser(ctx, f"{'finishing' if finish else 'undoing'} the {record.kind} of {record.version} in "
+                        f"{ctx.env.name}") as releaser:
         if live:
             assert lock is not None
             ui.warn(f"BREAKING THE LOCK of {ctx.env.name}: {lock.describe(now)}. That process stops at its next "
@@ -366,14 +383,16 @@ def crash_point(name: str) -> None:
 
 
 @contextmanager
-def _releaser(ctx: Context) -> Iterator[Releaser]:
+def _releaser(ctx: Context, doing: str) -> Iterator[Releaser]:
     """The environment's driver: a Releaser whose gate reads the cloud with a small retry budget
-    (it polls again anyway), and whose SSH (and bastion connection) is closed when it is over."""
+    (it polls again anyway), and whose SSH (and bastion connection) is closed when it is over.
+    While it works, a progress line says `doing`, the phase and the refresh's percentage."""
     gate_cloud = Cloud(Aws(ctx.aws.target, attempts=3))
     driver = Driver(holder=uuid.uuid4().hex, who=f"{actor()} pid {os.getpid()}")
-    with ssh_for(ctx) as ssh:
-        releaser = Releaser(ctx.env, gate_cloud, ctx.ledger, ctx.clock, probes_for(ctx, ssh), _printer(ctx.ui),
-                            actor=actor(), driver=driver, time_scale=ctx.aws.target.time_scale,
+    with ssh_for(ctx) as ssh, ctx.ui.progress(doing) as progress:
+        releaser = Releaser(ctx.env, gate_cloud, ctx.ledger, ctx.clock, probes_for(ctx, ssh),
+                            _printer(ctx.ui, progress), actor=actor(), driver=driver,
+                            time_scale=ctx.aws.target.time_scale,
                             checkpoint=crash_point)
         try:
             yield releaser
@@ -439,17 +458,25 @@ def _require_loopback(url: str) -> None:
                            hint="Restart the sandbox (inv sandbox.reset); Kiln never dials outside loopback.")
 
 
-def _printer(ui: UI) -> Callable[[Event], None]:
-    """Print phase changes as lines and gate verdicts as notes, skipping repeats."""
+def _printer(ui: UI, progress: Progress) -> Callable[[Event], None]:
+    """Print phase changes as lines and gate verdicts as notes (with the refresh's percentage),
+    skipping repeats; the progress line carries the phase and the percentage between them."""
     last: dict[str, str] = {}
 
     def on_event(event: Event) -> None:
+        progress.stage(event.phase.value.replace("_", " "), again=False)
         text = event.message
+        refresh = event.snapshot.refresh if event.snapshot is not None else None
         if event.snapshot is not None and event.verdict is not None:
             group = event.snapshot.group
             by_image = Counter(i.image_id for i in group.instances if i.lifecycle == "InService")
+            # The refresh's own waiting reason already says how far it is.
+            said = event.verdict.reason.startswith("instance refresh")
+            done = f"refresh {refresh.percentage_complete} % | " if refresh is not None and not said else ""
             text = (f"[{event.at:%H:%M:%S}] {event.verdict.kind}: {event.verdict.reason} "
-                    f"| in service: {', '.join(f'{n}×{img}' for img, n in sorted(by_image.items()))}")
+                    f"| {done}in service: {', '.join(f'{n}×{img}' for img, n in sorted(by_image.items()))}")
+        if refresh is not None:
+            progress.update(f"instance refresh {refresh.percentage_complete} % ({refresh.status})", say=False)
         if last.get("text") == text:
             return
         last["text"] = text
@@ -736,7 +763,7 @@ def sandbox_up(cfg: Config, ui: UI, *, time_scale: float, instances: bool) -> No
 
     with ui.progress("starting the sandbox") as progress:
         info = stack.up(cfg, SANDBOX_DIR, time_scale=time_scale, dataplane=instances,
-                        on_step=lambda s: progress.update(f"sandbox: {s}"))
+                        on_step=progress.update)
     if info.dataplane:
         # The seeded fleet runs the legacy app; adopt it as release 0, as a user would (README).
         for name in info.environments:

@@ -97,14 +97,30 @@ def run(command: Sequence[str], *, env: Mapping[str, str], cwd: Path, on_line: C
         return proc.wait()
 
 
-# Lines like "==> amazon-ebs.app: Launching a source AWS instance..." name Packer's steps.
+# Lines like "==> amazon-ebs.app: Launching a source AWS instance..." name Packer's steps, and
+# "    amazon-ebs.app: TASK [app : Install the wheelhouse] ****" Ansible's tasks as Packer relays them
+# (handlers: "RUNNING HANDLER [proxy : Reload nginx] ****").
 _STEP = re.compile(r"^==> [\w.-]+: (.+)$")
+_ANSIBLE_TASK = re.compile(r"^\s+[\w.-]+: (TASK|RUNNING HANDLER) \[(.+?)\]")
+_LONGEST_STEP = 80
 
 
 def step_of(line: str) -> str | None:
-    """The step a Packer output line announces, for the progress display (display only)."""
+    """The step a Packer output line announces, for the progress display (display only): Packer's
+    own ("Launching a source AWS instance") or Ansible's current task ("ansible [app : Install the
+    wheelhouse]", "ansible handler [proxy : Reload nginx]")."""
+    task = _ANSIBLE_TASK.match(line)
+    if task:
+        return f"ansible {'handler ' if task.group(1) != 'TASK' else ''}[{task.group(2)}]"
     match = _STEP.match(line)
-    return match.group(1).rstrip(".") if match else None
+    if not match:
+        return None
+    step = match.group(1).strip().rstrip(".")
+    if len(step) > _LONGEST_STEP:
+        # "Executing Ansible: ansible-playbook -e … (a whole command line)" -> "Executing Ansible"
+        head, colon, _ = step.partition(": ")
+        step = head if colon and len(head) <= _LONGEST_STEP else step[:_LONGEST_STEP - 1] + "…"
+    return step
 
 
 # Ansible's failure lines, to name the failing task in the error.

@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,13 +201,15 @@ def up(
     dataplane: bool = False,
     base_image_name: str | None = None,
     base_image_owner: str | None = None,
+    on_step: Callable[[str], None] = lambda s: None,
 ) -> SandboxInfo:
     """Start the sandbox server (or return the running one) and wait until it answers.
 
     `dataplane=True` runs real instances (root on Linux); the first start then also builds the
     Debian base image (minutes; cached per machine afterwards). The server publishes its base AMI
     under `base_image_name`, owned by `base_image_owner` (versions.toml's [base_image] name and
-    owners[0]); the defaults are provision.BASE_IMAGE_NAME and DEBIAN_OWNER_ID."""
+    owners[0]); the defaults are provision.BASE_IMAGE_NAME and DEBIAN_OWNER_ID. While the base
+    image is being built, `on_step` hears debootstrap's stage as it changes."""
     state_dir = state_dir.resolve()
     with _exclusive(state_dir):
         running = status(state_dir)
@@ -251,7 +253,10 @@ def up(
         _children[child.pid] = child
         timeout = DATAPLANE_START_TIMEOUT_S if dataplane else START_TIMEOUT_S
         deadline = time.monotonic() + timeout
+        watch = _BaseImageWatch(on_step) if dataplane else None
         while time.monotonic() < deadline:
+            if watch is not None:
+                watch.look()
             if child.poll() is not None:
                 _children.pop(child.pid, None)
                 raise SandboxError(
@@ -281,6 +286,26 @@ def up(
             where=WHERE,
             hint=f"See {log_file(state_dir)}.",
         )
+
+
+class _BaseImageWatch:
+    """Says what the server's base image build is doing (debootstrap's stage), about once a second."""
+
+    def __init__(self, on_step: Callable[[str], None]) -> None:
+        self.on_step = on_step
+        self.said: str | None = None
+        self.next_look = 0.0
+
+    def look(self) -> None:
+        if time.monotonic() < self.next_look:
+            return
+        self.next_look = time.monotonic() + 1.0
+        from release.sandbox.dataplane import baseimage  # only a data plane builds one
+
+        stage = baseimage.build_stage()
+        if stage is not None and stage != self.said:
+            self.said = stage
+            self.on_step(f"building the base image (once per machine): debootstrap: {stage}")
 
 
 def down(state_dir: Path) -> bool:

@@ -77,7 +77,8 @@ def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TI
     on_step("starting the control plane" + (" and the data plane (first run builds the base image)" if real else ""))
     info = lifecycle.up(state_dir, time_scale=time_scale, dataplane=real,
                         base_image_name=cfg.base_image.name.replace("*", "sandbox"),
-                        base_image_owner=cfg.base_image.owners[0] if cfg.base_image.owners else None)
+                        base_image_owner=cfg.base_image.owners[0] if cfg.base_image.owners else None,
+                        on_step=on_step)
     on_step("starting PostgreSQL for the app")
     database_url = _database(state_dir)
     key = key_file(state_dir)

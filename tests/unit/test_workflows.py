@@ -37,3 +37,11 @@ def test_the_bake_workflow_is_scheduled_authenticates_with_oidc_and_never_overla
     assert "aws-access-key-id" not in text  # no long-lived keys
     assert "concurrency:" in text and "cancel-in-progress: false" in text
     assert "inv bake --if-changed" in text
+
+
+def test_the_bake_workflow_keeps_packers_full_log_even_when_the_bake_fails() -> None:
+    text = (ROOT / ".github" / "workflows" / "bake.yml").read_text()
+    step = text[text.index("name: Keep Packer's and Ansible's full log"):]
+    step = step[:step.find("\n      - ") if "\n      - " in step else len(step)]
+    assert "if: always()" in step and "actions/upload-artifact@" in step
+    assert "path: .kiln/bake/*.log" in step and "include-hidden-files: true" in step

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,6 +128,39 @@ def customise(rootfs: Path, log: Path) -> None:
     _run(["chroot", str(rootfs), "apt-get", "clean"], "apt-get clean", log)
     for leftover in ("var/log/bootstrap.log",):
         (rootfs / leftover).unlink(missing_ok=True)
+
+
+# debootstrap's lines about one package ("I: Retrieving libc6 2.36-9+deb12u10", "I: Unpacking adduser...")
+# rather than a stage ("I: Unpacking required packages...").
+_PER_PACKAGE = re.compile(r"^(Retrieving|Validating|Extracting|Unpacking|Configuring) "
+                          r"(?!(?:required|base|the) )[a-z0-9][a-z0-9.+-]*(?::[a-z0-9]+)?(?: \S+)?$")
+
+
+def debootstrap_stage(log_text: str) -> str | None:
+    """debootstrap's latest stage in its output, from the last "I: …" line ("Retrieving Packages",
+    "Unpacking the base system"; one package's line reads "Retrieving packages"), for people watching
+    a first `sandbox.up` (display only)."""
+    for line in reversed(log_text.splitlines()):
+        if line.startswith("I: "):
+            stage = line[3:].strip().rstrip(".")
+            per_package = _PER_PACKAGE.match(stage)
+            return f"{per_package.group(1)} packages" if per_package else stage or None
+    return None
+
+
+def build_stage(cache_dir: Path = DEFAULT_CACHE_DIR) -> str | None:
+    """What a base image build under way on this machine is doing (from the newest build's log),
+    or None when none is under way."""
+    try:
+        logs = sorted(cache_dir.glob(".building-*/build.log"), key=lambda p: p.stat().st_mtime)
+        if not logs:
+            return None
+        with logs[-1].open("rb") as log:
+            log.seek(max(0, logs[-1].stat().st_size - 4096))
+            tail = log.read().decode(errors="replace")
+    except OSError:  # the build finished (renamed into place) while we looked
+        return None
+    return debootstrap_stage(tail) or "starting debootstrap"
 
 
 def build_base_image(cache_dir: Path = DEFAULT_CACHE_DIR, *, mirror: str | None = None) -> BuiltImage:
