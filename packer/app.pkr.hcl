@@ -1,4 +1,7 @@
-# The app image: Debian 12 + the web app at one version, provisioned by ansible/playbook.yml.
+# The images Kiln bakes, in two layers (var.layer):
+# - "foundation": Debian 12 + everything that does not change with the app's version,
+#   provisioned by ansible/foundation.yml on the base image;
+# - "app": the web app at one version, provisioned by ansible/playbook.yml on a foundation.
 # Loads on Packer 1.6.6 as is; for Packer >= 1.7 run `packer init packer/plugins` first
 # (see docs/image.md).
 
@@ -7,18 +10,35 @@ locals {
   safe_version = regex_replace(var.app_version, "[^A-Za-z0-9()./_-]", "_")
   # The bake time keeps names unique when the same fingerprint is baked again (--force).
   name_stamp = regex_replace(var.built_at, "[^0-9]", "")
-  ami_name   = "${var.app_name}-${local.safe_version}-${substr(var.fingerprint, 0, 16)}-${local.name_stamp}"
+  ami_names = {
+    foundation = "${var.app_name}-foundation-${substr(var.fingerprint, 0, 16)}-${local.name_stamp}"
+    app        = "${var.app_name}-${local.safe_version}-${substr(var.fingerprint, 0, 16)}-${local.name_stamp}"
+  }
+  ami_name = local.ami_names[var.layer]
 
-  provenance = {
+  common = {
     "kiln:app"         = var.app_name
-    "kiln:version"     = var.app_version
     "kiln:fingerprint" = var.fingerprint
     "kiln:git-sha"     = var.git_sha
-    # Rendered by the builder: the AMI the build really started from, pinned or found.
-    "kiln:base-ami" = "{{ .SourceAMI }}"
-    "kiln:built-at" = var.built_at
-    "kiln:builder"  = var.builder
+    "kiln:built-at"    = var.built_at
+    "kiln:builder"     = var.builder
   }
+  # The ancestry: a foundation names its base AMI; an app image its foundation (the AMI the
+  # build started from, rendered by the builder) and the foundation's base.
+  layer_tags = {
+    foundation = {
+      "kiln:layer"    = "foundation"
+      "kiln:base-ami" = "{{ .SourceAMI }}"
+    }
+    app = {
+      "kiln:layer"      = "app"
+      "kiln:version"    = var.app_version
+      "kiln:foundation" = "{{ .SourceAMI }}"
+      "kiln:base-ami"   = var.base_ami
+    }
+  }
+  provenance = merge(local.common, local.layer_tags[var.layer])
+  playbook   = var.layer == "foundation" ? "foundation.yml" : "playbook.yml"
 
   # Through a bastion, Packer's own connection uses the ssh_bastion_* settings below (it does not
   # check the bastion's host key), and Ansible, which runs its own ssh (use_proxy = false), jumps
@@ -110,7 +130,7 @@ build {
   sources = ["source.amazon-ebs.app"]
 
   provisioner "ansible" {
-    playbook_file = "${path.root}/../ansible/playbook.yml"
+    playbook_file = "${path.root}/../ansible/${local.playbook}"
     user          = var.ssh_username
     # Packer's SSH proxy offers only ssh-rsa, which current OpenSSH refuses: connect directly.
     use_proxy = false
@@ -125,7 +145,8 @@ build {
         kiln_fingerprint = var.fingerprint
         kiln_git_sha     = var.git_sha
         kiln_built_at    = var.built_at
-        kiln_base_ami    = build.SourceAMI
+        kiln_base_ami    = var.layer == "foundation" ? build.SourceAMI : var.base_ami
+        kiln_foundation  = var.layer == "foundation" ? "" : build.SourceAMI
         kiln_wheelhouse  = var.wheelhouse
       }),
     ])

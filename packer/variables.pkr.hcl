@@ -2,6 +2,22 @@
 
 # --- what is baked (no defaults: every bake names them) --------------------------------------
 
+variable "layer" {
+  type        = string
+  default     = "app"
+  description = "Which image to bake: \"foundation\" (on the base image) or \"app\" (on a foundation)."
+  validation {
+    condition     = contains(["foundation", "app"], var.layer)
+    error_message = "The layer variable must be \"foundation\" or \"app\"."
+  }
+}
+
+variable "base_ami" {
+  type        = string
+  default     = ""
+  description = "The app layer: the base AMI its foundation was baked on (provenance only)."
+}
+
 variable "app_version" {
   type        = string
   description = "Release version (PEP 440) from versions.toml."
@@ -29,7 +45,7 @@ variable "builder" {
 
 variable "wheelhouse" {
   type        = string
-  description = "Directory on this machine holding the app wheel, its dependencies and boto3."
+  description = "A tar archive on this machine: the foundation's wheels (the app's dependencies, boto3) or the app's wheel."
 }
 
 variable "app_name" {

@@ -40,8 +40,10 @@ from packaging.version import InvalidVersion, Version
 
 from release.errors import AwsError, NotFound
 from release.model import (
+    LAYER_FOUNDATION,
     TAG_APP,
     TAG_FINGERPRINT,
+    TAG_LAYER,
     TAG_VALIDATED,
     TAG_VERSION,
     AmiRef,
@@ -334,19 +336,28 @@ class Cloud:
         return self.aws.client("autoscaling")
 
     # Images
-    def _described_app_images(self, app: str, version: str | None = None) -> list[ImageTypeDef]:
-        """EC2's description of the app's AMIs owned by this account (optionally one version)."""
+    def _described_app_images(self, app: str, version: str | None = None,
+                              layer: str | None = None) -> list[ImageTypeDef]:
+        """EC2's description of the app's AMIs owned by this account (optionally one version or layer);
+        foundations included unless a layer or version is asked for."""
         filters: list[FilterTypeDef] = [{"Name": "tag:" + TAG_APP, "Values": [app]}]
         if version is not None:
             filters.append({"Name": "tag:" + TAG_VERSION, "Values": [version]})
+        if layer is not None:
+            filters.append({"Name": "tag:" + TAG_LAYER, "Values": [layer]})
         with self.aws.call("DescribeImages", f"{app} images in {self.region}"):
             pages = self._ec2().get_paginator("describe_images").paginate(Owners=["self"], Filters=filters,
                                                                           IncludeDeprecated=True)
             return [image for page in pages for image in page["Images"]]
 
     def app_images(self, app: str, version: str | None = None) -> list[AmiRef]:
-        """Kiln's AMIs for `app` (optionally one version), newest first."""
+        """Kiln's app AMIs for `app` (optionally one version), newest first; never a foundation."""
         refs = [_ami_ref(i, self.region) for i in self._described_app_images(app, version)]
+        return sorted((r for r in refs if not r.is_foundation), key=lambda r: r.created_at, reverse=True)
+
+    def foundation_images(self, app: str) -> list[AmiRef]:
+        """The foundations app images of `app` are baked on, newest first."""
+        refs = [_ami_ref(i, self.region) for i in self._described_app_images(app, layer=LAYER_FOUNDATION)]
         return sorted(refs, key=lambda r: r.created_at, reverse=True)
 
     def image(self, image_id: str) -> AmiRef | None:

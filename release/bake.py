@@ -1,6 +1,12 @@
 """`inv bake`: fingerprint the inputs, skip when an AMI with that fingerprint exists, otherwise
-build the app's wheelhouse, run Packer (amazon-ebs + Ansible), read the manifest, tag the AMI
-with what went into it, and smoke-test it before anything may release it.
+build the wheelhouse, run Packer (amazon-ebs + Ansible), read the manifest, tag the AMI with what
+went into it, and smoke-test it before anything may release it.
+
+Images come in two layers (see fingerprint.py): a *foundation* (the base image + OS packages,
+nginx, the boot script, Python's venv support and a wheelhouse of the app's locked dependencies)
+and the *app* image baked on the newest validated foundation with the right fingerprint, adding
+only the app's wheel, static files, build info, units and manifest. A bake bakes the foundation
+first when its fingerprint has no image, then the app; an app-only change bakes only the app.
 
 Two bakes of the same version with different inputs are two AMIs with the same `kiln:version`
 and different `kiln:fingerprint`; `inv release --version` takes the newest validated one
@@ -16,7 +22,9 @@ import re
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,9 +40,20 @@ from release.clock import Clock
 from release.config import Config, Environment
 from release.errors import BakeError
 from release.model import TAG_VALIDATED, TAG_VALIDATION_REASON, AmiRef, Check
-from release.ssh import Ssh, host_label
 
 TAG_INPUTS = "kiln:inputs"
+
+
+@dataclass(frozen=True)
+class FoundationPlan:
+    fingerprint: fp.Fingerprint
+    existing: AmiRef | None  # the newest validated foundation with this fingerprint: nothing to bake
+    changed: tuple[str, ...]  # inputs that differ from the newest foundation
+    variables: dict[str, object]  # Packer's; empty when it is not to be baked
+
+    @property
+    def needed(self) -> bool:
+        return self.existing is None
 
 
 @dataclass(frozen=True)
@@ -44,8 +63,9 @@ class BakePlan:
     base_image: AmiRef
     existing: AmiRef | None  # an available AMI with this fingerprint: nothing to bake
     changed: tuple[str, ...]  # inputs that differ from the newest bake of this app
-    variables: dict[str, object]
+    variables: dict[str, object]  # Packer's; empty when nothing is to be baked
     command: tuple[str, ...]
+    foundation: FoundationPlan
 
     @property
     def needed(self) -> bool:
@@ -58,6 +78,8 @@ class BakeResult:
     image_id: str
     copies: dict[str, str]  # region -> AMI id, the home region included
     seconds: float
+    foundation_id: str = ""  # the foundation the app image was baked on
+    foundation_seconds: float = 0.0  # 0 when the foundation existed already
     smoke: tuple[Check, ...] = field(default=())
 
     @property
@@ -88,31 +110,46 @@ class Baker:
         tools = self._check_tools()
         base = self._base_image()
         cfg = self.cfg
-        print_ = fp.compute(
-            self.project, base_ami=base.image_id,
-            config_keys=[cfg.app.name, str(cfg.app.version), cfg.bake.instance_type, str(cfg.bake.volume_size_gb),
-                         cfg.base_image.ssh_username],
-            tools=tools)
-        images = self.cloud.app_images(cfg.app.name)
-        same = [i for i in images if i.fingerprint == print_.value and i.state == "available"]
+        bake_keys = [cfg.bake.instance_type, str(cfg.bake.volume_size_gb), cfg.base_image.ssh_username]
+        below = fp.foundation(self.project, base_ami=base.image_id, dependencies=app_dependencies(self.project),
+                              config_keys=bake_keys, tools=tools)
+        above = fp.app(self.project, foundation=below, config_keys=[cfg.app.name, str(cfg.app.version), *bake_keys],
+                       tools=tools)
+        foundations = self.cloud.foundation_images(cfg.app.name)
+        f_existing, f_changed = self._existing(foundations, below)
+        existing, changed = self._existing(self.cloud.app_images(cfg.app.name), above)
+        if force:
+            existing = None
+        # Packer's variables look up the bastion and the fleet's network: only a bake needs them.
+        f_variables = self._variables("foundation", below, base) if f_existing is None else {}
+        variables = self._variables("app", above, f_existing or base) if existing is None else {}
+        if variables:
+            variables["base_ami"] = base.image_id
+        command = packer.command_line(self.project / "packer", self.work / "bake.pkrvars.json")
+        return BakePlan(version=str(cfg.app.version), fingerprint=above, base_image=base, existing=existing,
+                        changed=changed, variables=variables, command=tuple(command),
+                        foundation=FoundationPlan(below, f_existing, f_changed, f_variables))
+
+    def _existing(self, images: list[AmiRef], print_: fp.Fingerprint) -> tuple[AmiRef | None, tuple[str, ...]]:
+        """The newest usable image with this fingerprint, and why a bake is needed when there is none
+        (the inputs that differ from the newest image of the layer)."""
+        same = [i for i in images if i.fingerprint == print_.value and i.state == "available"
+                and i.validated is not False]
         # A deprecated AMI has reached its end of life (deprecate_after_days, ami.deprecate): bake anew.
         existing = next((i for i in same if not i.deprecated(self.clock.now())), None)
         newest = images[0] if images else None
         changed = tuple(print_.changed_since(newest.tags.get(TAG_INPUTS) if newest else None))
         if same and existing is None:
             changed += (f"{same[0].image_id} (these inputs) is deprecated",)
-        variables = self._variables(print_, base)
-        command = packer.command_line(self.project / "packer", self.work / "bake.pkrvars.json")
-        return BakePlan(version=str(cfg.app.version), fingerprint=print_, base_image=base,
-                        existing=None if force else existing, changed=changed, variables=variables,
-                        command=tuple(command))
+        return existing, changed
 
     def _check_tools(self) -> list[str]:
         tools = self.cfg.tools
+        cache = self.work.parent / "tools.json"  # each binary's answer, until it changes (toolcache)
         packer_version = packer.check_tool("packer", ["version"], packer.parse_version, tools.packer,
-                                           config_key="tools.packer")
+                                           config_key="tools.packer", cache=cache)
         ansible_version = packer.check_tool("ansible-playbook", ["--version"], _ansible_version,
-                                            tools.ansible_core, config_key="tools.ansible_core")
+                                            tools.ansible_core, config_key="tools.ansible_core", cache=cache)
         return [f"packer {packer_version}", f"ansible-core {ansible_version}"]
 
     def _base_image(self) -> AmiRef:
@@ -125,26 +162,30 @@ class Baker:
             raise BakeError(f"base image {what} not found in {self.env.region}", hint=hint)
         return image
 
-    def _variables(self, print_: fp.Fingerprint, base: AmiRef) -> dict[str, object]:
+    def _variables(self, layer: str, print_: fp.Fingerprint, source: AmiRef) -> dict[str, object]:
+        """Packer's variables for one layer, built on `source` (the base image for the foundation; for
+        the app its foundation, or the base image as a stand-in until the foundation is baked)."""
         cfg, env = self.cfg, self.env
         variables: dict[str, object] = {
+            "layer": layer,
             "app_name": cfg.app.name,
             "app_version": str(cfg.app.version),
             "fingerprint": print_.value,
             "git_sha": _git_sha(self.project),
             "built_at": self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
             "builder": os.environ.get("KILN_BUILDER") or f"{getpass.getuser()}@{socket.gethostname()}",
-            "wheelhouse": str(self.work / "wheelhouse"),
-            "manifest_path": str(self.work / "manifest.json"),
+            "wheelhouse": str(self.work / f"wheelhouse-{layer}.tar"),  # one archive: one transfer
+            "manifest_path": str(self.work / f"manifest-{layer}.json"),
             "region": env.region,
-            "source_ami": base.image_id,  # resolved once, so the fingerprint names exactly what is built on
-            # The launch mapping must name the base image's real root device to encrypt it.
-            "root_device_name": base.root_device_name or "/dev/xvda",
+            "source_ami": source.image_id,  # resolved once, so the fingerprint names exactly what is built on
+            # The launch mapping must name the source image's real root device to encrypt it.
+            "root_device_name": source.root_device_name or "/dev/xvda",
             "instance_type": cfg.bake.instance_type,
             "root_volume_size": cfg.bake.volume_size_gb,
             "ssh_username": cfg.base_image.ssh_username,
-            "ami_regions": list(env.ami_regions),
-            "ami_users": list(env.ami_users),
+            # Only the app image is copied and shared; its foundation stays home.
+            "ami_regions": list(env.ami_regions) if layer == "app" else [],
+            "ami_users": list(env.ami_users) if layer == "app" else [],
         }
         if env.kms_key_id:
             variables["kms_key_id"] = env.kms_key_id
@@ -220,18 +261,44 @@ class Baker:
 
     def _bake(self, plan: BakePlan) -> BakeResult:
         started = self.clock.now()
-        self.on_step("building the app's wheelhouse")
-        self._wheelhouse(Path(str(plan.variables["wheelhouse"])))
-        if plan.variables.get("ssh_bastion_host"):
-            self.on_step(f"logging in to the bastion {plan.variables['ssh_bastion_host']}")
-            self._trust_bastion(plan)
+        layer_vars = plan.foundation.variables or plan.variables
+        if layer_vars.get("ssh_bastion_host"):
+            self.on_step(f"logging in to the bastion {layer_vars['ssh_bastion_host']}")
+            self._trust_bastion(layer_vars)
+        foundation = plan.foundation.existing
+        foundation_seconds = 0.0
+        if foundation is None:
+            self.on_step("building the foundation's wheelhouse (the app's dependencies)")
+            self._dependency_wheelhouse(Path(str(plan.foundation.variables["wheelhouse"])))
+            self.on_step(f"baking the foundation {plan.foundation.fingerprint.value}")
+            copies = self._packer(plan.foundation.variables, plan.foundation.fingerprint,
+                                  f"foundation of {plan.version}")
+            foundation_id = copies[self.env.region]
+            # Packer's ansible run is its validation (the playbook checks what it installed).
+            self.cloud.tag_image(foundation_id, {TAG_VALIDATED: "true", TAG_VALIDATION_REASON: "packer build passed"})
+            foundation_seconds = (self.clock.now() - started).total_seconds()
+        else:
+            foundation_id = foundation.image_id
+        variables = dict(plan.variables, source_ami=foundation_id)
+        self.on_step("building the app's wheel")
+        self._app_wheelhouse(Path(str(variables["wheelhouse"])))
+        self.on_step(f"baking {plan.version} on the foundation {foundation_id}")
+        copies = self._packer(variables, plan.fingerprint, f"bake {plan.version}")
+        seconds = (self.clock.now() - started).total_seconds()
+        return BakeResult(plan=plan, image_id=copies[self.env.region], copies=copies, seconds=seconds,
+                          foundation_id=foundation_id, foundation_seconds=foundation_seconds)
+
+    def _packer(self, variables: dict[str, object], print_: fp.Fingerprint, where: str) -> dict[str, str]:
+        """One Packer build; the AMI ids by region (the home region included), tagged with their inputs,
+        IMDSv2-only, and deprecated in time when [bake] deprecate_after_days says so."""
+        started = self.clock.now()
         var_file = self.work / "bake.pkrvars.json"
-        var_file.write_text(packer.var_file_text(plan.variables))
-        manifest = Path(str(plan.variables["manifest_path"]))
+        var_file.write_text(packer.var_file_text(variables))
+        manifest = Path(str(variables["manifest_path"]))
         manifest.unlink(missing_ok=True)
         self.on_step("packer build")
         lines: list[str] = []
-        log_path = self.work / "packer.log"
+        log_path = self.work / f"packer-{variables['layer']}.log"
         log = log_path.open("w")
 
         def line(text: str) -> None:
@@ -243,20 +310,21 @@ class Baker:
             self.on_line(text)
 
         with log:
-            rc = packer.run(plan.command, env=self._packer_env(), cwd=self.project, on_line=line)
+            rc = packer.run(packer.command_line(self.project / "packer", var_file), env=self._packer_env(),
+                            cwd=self.project, on_line=line)
         if rc != 0:
-            self._clean_up_build_instances(plan)
+            self._clean_up_build_instances(print_)
             task = packer.failing_task(lines)
             detail = f" at Ansible task [{task}]" if task else ""
-            login = self._ssh_hint(plan.variables.get("ssh_bastion_host"), lines)
+            login = self._ssh_hint(variables.get("ssh_bastion_host"), lines)
             raise BakeError(f"packer build failed (exit {rc}){detail}: {packer.first_error(lines)[:300]}",
-                            where=f"bake {plan.version}",
+                            where=where,
                             hint=f"Nothing was registered. {login}Full output: {log_path}. Fix the cause and run "
                                  "`inv bake` again.")
         artifacts = packer.parse_manifest(manifest.read_text(), where=str(manifest))
         copies = {a.region: a.image_id for a in artifacts}
-        image_id = copies.get(self.env.region) or artifacts[0].image_id
-        self.cloud.tag_image(image_id, {TAG_INPUTS: plan.fingerprint.as_tag()})
+        copies.setdefault(self.env.region, artifacts[0].image_id)
+        self.cloud.tag_image(copies[self.env.region], {TAG_INPUTS: print_.as_tag()})
         # What Packer 1.6.6 cannot say in the template (docs/image.md): IMDSv2-only AMIs, and an
         # end of life when [bake] deprecate_after_days asks for one.
         for region, copy_id in copies.items():
@@ -264,8 +332,7 @@ class Baker:
             if self.cfg.bake.deprecate_after_days:
                 self.cloud.deprecate_image(copy_id, started + timedelta(days=self.cfg.bake.deprecate_after_days),
                                            region)
-        seconds = (self.clock.now() - started).total_seconds()
-        return BakeResult(plan=plan, image_id=image_id, copies=copies, seconds=seconds)
+        return copies
 
     def record_validation(self, image_id: str, checks: tuple[Check, ...]) -> None:
         ok = bool(checks) and all(c.ok for c in checks)
@@ -273,20 +340,32 @@ class Baker:
         self.cloud.tag_image(image_id, {TAG_VALIDATED: "true" if ok else "false",
                                         TAG_VALIDATION_REASON: "passed" if ok else reason or "no checks ran"})
 
-    def _wheelhouse(self, target: Path) -> None:
-        """The app wheel and everything the image installs, pinned by constraints.txt."""
-        target.mkdir(parents=True, exist_ok=True)
-        for old in target.glob("*.whl"):
-            old.unlink()
+    def _dependency_wheelhouse(self, target: Path) -> None:
+        """The foundation's: the app's declared dependencies and the boot script's boto3, with
+        everything they pull in, pinned by constraints.txt."""
+        self._pip_wheel(target, ["-c", str(self.project / "constraints.txt"), *app_dependencies(self.project),
+                                 "boto3"])
+
+    def _app_wheelhouse(self, target: Path) -> None:
+        """The app layer's: the app's own wheel only (its dependencies are in the foundation)."""
         with tempfile.TemporaryDirectory(prefix="kiln-app-") as scratch:
             # Build from a copy so the source tree never gets build/ or egg-info litter.
             subprocess.run(["cp", "-a", str(self.project / "app"), scratch], check=True)
-            cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "-c", str(self.project / "constraints.txt"),
-                   "-w", str(target), str(Path(scratch) / "app"), "boto3"]
+            self._pip_wheel(target, ["--no-deps", str(Path(scratch) / "app")])
+
+    def _pip_wheel(self, archive: Path, args: list[str]) -> None:
+        """Build wheels with pip, into the tar archive the playbook unpacks on the build instance."""
+        with tempfile.TemporaryDirectory(prefix="kiln-wheels-") as target:
+            cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", target,
+                   *args]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise BakeError(f"building the wheelhouse failed: {out.stderr.strip()[-400:]}",
-                            where="app/", hint="Check app/pyproject.toml and constraints.txt.")
+            if out.returncode != 0:
+                raise BakeError(f"building the wheelhouse failed: {out.stderr.strip()[-400:]}",
+                                where="app/", hint="Check app/pyproject.toml and constraints.txt.")
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(archive, "w") as tar:
+                for wheel in sorted(Path(target).glob("*.whl")):
+                    tar.add(wheel, arcname=wheel.name)
 
     def _packer_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -298,18 +377,20 @@ class Baker:
         env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = self.env.region
         return env
 
-    def _trust_bastion(self, plan: BakePlan) -> None:
+    def _trust_bastion(self, variables: dict[str, object]) -> None:
         """Log in to the bastion as every Kiln connection does — its host key verified strictly, from
         known_hosts or the bastion instance's console output — and write the key it proved to the
         known_hosts file Ansible's jump checks (Packer's own connection checks none). A bastion Kiln
         cannot log in to fails the bake here, before any build instance is launched."""
+        from release.ssh import Ssh, host_label  # paramiko: only when there is a bastion to trust
+
         with Ssh(self.env.ssh, use_agent=True, console_output=self.cloud.console_output,
                  locate_bastion=self.cloud.running_instance_named, bastion_key=self.bastion_key) as ssh:
             bastion = ssh.bastion()
             assert bastion is not None  # the settings name a bastion
             key = bastion.host_key
-        host = host_label(str(plan.variables["ssh_bastion_host"]), int(str(plan.variables["ssh_bastion_port"])))
-        Path(str(plan.variables["ssh_bastion_known_hosts"])).write_text(f"{host} {key.get_name()} {key.get_base64()}\n")
+        host = host_label(str(variables["ssh_bastion_host"]), int(str(variables["ssh_bastion_port"])))
+        Path(str(variables["ssh_bastion_known_hosts"])).write_text(f"{host} {key.get_name()} {key.get_base64()}\n")
 
     def _ssh_hint(self, bastion: object, lines: list[str]) -> str:
         """What to check when Packer or Ansible could not log in to the build instance."""
@@ -321,9 +402,9 @@ class Baker:
         return ("Packer could not log in to the build instance over SSH. If it is reachable only through a bastion, "
                 f"name the bastion in [environments.{self.env.name}.ssh] (bastion or bastion_instance). ")
 
-    def _clean_up_build_instances(self, plan: BakePlan) -> None:
+    def _clean_up_build_instances(self, print_: fp.Fingerprint) -> None:
         """Packer terminates its build instance on failure; make sure nothing was left behind."""
-        leftovers = self.cloud.instances_tagged({"kiln:fingerprint": plan.fingerprint.value},
+        leftovers = self.cloud.instances_tagged({"kiln:fingerprint": print_.value},
                                                 states=("pending", "running", "stopping", "stopped"))
         for instance_id in leftovers:
             self.on_step(f"terminating leftover build instance {instance_id}")
@@ -345,3 +426,13 @@ def _git_sha(project: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def app_dependencies(project: Path) -> list[str]:
+    """The app's declared dependencies (app/pyproject.toml): what the foundation's wheelhouse holds."""
+    path = project / "app" / "pyproject.toml"
+    try:
+        return [str(d) for d in tomllib.loads(path.read_text())["project"].get("dependencies", [])]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as err:
+        raise BakeError(f"cannot read the app's dependencies: {err}", where=str(path),
+                        hint="app/pyproject.toml needs a [project] table with a dependencies list.") from None

@@ -9,6 +9,10 @@ A Kiln AMI (tagged kiln:app) is kept when any of these holds, and every reason i
 - an SSM parameter names it (e.g. an `aws:ec2:image` parameter);
 - it is not available yet (pending): a bake or a copy is still under way.
 Copies in other regions share the fingerprint, so a reason to keep one copy keeps them all.
+
+A foundation (kiln:layer = foundation) is kept when an app image that is kept was baked on it
+(its kiln:foundation tag), when it is the newest foundation of its region (the next app bake
+builds on it), or when something above refers to it; otherwise it goes too.
 Images without a kiln:app tag are not Kiln's and are never touched.
 """
 
@@ -56,7 +60,7 @@ def decide(images: Sequence[CatalogueImage], refs: References, *, keep: int) -> 
     """One decision per image, newest first."""
     if keep < 0:
         raise ValueError("keep must be >= 0")
-    kiln = [i for i in images if i.ami.version is not None]
+    kiln = [i for i in images if i.ami.version is not None and not i.ami.is_foundation]
     newest_versions = _newest_versions(kiln, keep)
     reasons: dict[str, list[str]] = defaultdict(list)
     for image in kiln:
@@ -85,6 +89,32 @@ def decide(images: Sequence[CatalogueImage], refs: References, *, keep: int) -> 
         else:
             decisions.append(Decision(image, Action.DELETE, (f"{image.ami.version} is not among the {keep} highest "
                                                              "versions and nothing refers to it",)))
+    return decisions + _foundations(images, refs, decisions)
+
+
+def _foundations(images: Sequence[CatalogueImage], refs: References, apps: Sequence[Decision]) -> list[Decision]:
+    built_on: dict[str, list[str]] = defaultdict(list)
+    for d in apps:
+        if d.action is Action.KEEP and d.image.ami.foundation:
+            built_on[d.image.ami.foundation].append(f"{d.image.ami.image_id} ({d.image.ami.version})")
+    foundations = sorted((i for i in images if i.ami.is_foundation), key=lambda i: i.ami.created_at, reverse=True)
+    newest: dict[str, str] = {}
+    for image in foundations:
+        newest.setdefault(image.ami.region, image.ami.image_id)
+    decisions = []
+    for image in foundations:
+        ami = image.ami
+        reasons = [f"foundation of kept {app}" for app in built_on.get(ami.image_id, [])]
+        if newest[ami.region] == ami.image_id:
+            reasons.append(f"the newest foundation in {ami.region} (the next app bake builds on it)")
+        if ami.state != "available":
+            reasons.append(f"state {ami.state}")
+        for label, table in (("", refs.releases), ("launch template ", refs.templates),
+                             ("instance ", refs.instances), ("SSM parameter ", refs.parameters)):
+            reasons += [f"{label}{why}" for why in table.get(ami.image_id, ())]
+        decisions.append(Decision(image, Action.KEEP, tuple(reasons)) if reasons else
+                         Decision(image, Action.DELETE, ("a foundation no kept app image was baked on, and not the "
+                                                         "newest",)))
     return decisions
 
 

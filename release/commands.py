@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
-from release import fleet
 from release.aws import Aws, Cloud, Target, credentials_configured, session_name
 from release.bake import BakePlan, Baker, BakeResult
 from release.catalogue import Action, CatalogueImage, Decision, References, decide
@@ -30,7 +30,6 @@ from release.clock import Clock, SystemClock
 from release.config import Config, Environment, select_environment
 from release.errors import BakeError, LockHeld, NotFound, SandboxError, UsageError, WrongAccount
 from release.ledger import Ledger
-from release.machine import Driver, Event, ProbeResult, Probes, Releaser
 from release.model import (
     TAG_APP,
     TAG_DEPRECATED_REASON,
@@ -46,9 +45,14 @@ from release.model import (
 )
 from release.plan import Observed, Plan, Request, make_plan
 from release.record import Outcome, ReleaseRecord, new_release_id
-from release.smoke import smoke_test
-from release.ssh import Ssh, Timeouts
 from release.ui import UI, Progress
+
+if TYPE_CHECKING:
+    # Imported where they are used: SSH (paramiko), the fleet audit and the release machine are not
+    # every command's, and `inv bake` finding nothing changed should not wait for them.
+    from release import fleet
+    from release.machine import Event, Probes, Releaser
+    from release.ssh import Ssh, Timeouts
 
 SANDBOX_DIR = Path(os.environ.get("KILN_SANDBOX_DIR", "/var/lib/kiln/sandbox"))
 LB_SAMPLES = 8
@@ -132,24 +136,36 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
     baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: ui.note(f"  {s}"),
                   on_line=lambda line: None, bastion_key=sandbox_key() if ctx.env.sandbox else None)
     plan = baker.plan(force=force)
-    fp = plan.fingerprint.value
+    fp, below = plan.fingerprint.value, plan.foundation
     ui.info(f"{ctx.cfg.app.name} {plan.version}: fingerprint {fp}, base image {plan.base_image.image_id}")
+    foundation = {"needed": below.needed and plan.needed, "fingerprint": below.fingerprint.value,
+                  "image_id": below.existing.image_id if below.existing else None, "changed": below.changed}
     if not plan.needed:
         assert plan.existing is not None
         ui.success(f"nothing changed: {plan.existing.image_id} ({plan.existing.name}) already has fingerprint {fp}")
-        ui.result({"needed": False, "fingerprint": fp, "image_id": plan.existing.image_id, "version": plan.version})
+        ui.result({"needed": False, "fingerprint": fp, "image_id": plan.existing.image_id, "version": plan.version,
+                   "foundation": foundation})
         return plan
-    ui.info(f"inputs changed since the newest bake: {', '.join(plan.changed)}")
+    if below.existing is not None:
+        ui.info(f"foundation {below.fingerprint.value}: {below.existing.image_id} exists; only the app layer is baked")
+    else:
+        ui.info(f"foundation {below.fingerprint.value}: to bake first ({', '.join(below.changed)} changed)")
+    ui.info(f"app {fp}: to bake ({', '.join(plan.changed) or 'forced'} changed)")
     if dry_run:
         ui.info("would run: " + " ".join(plan.command))
         ui.result({"needed": True, "fingerprint": fp, "changed": plan.changed, "command": plan.command,
-                   "variables": plan.variables})
+                   "variables": plan.variables, "foundation": foundation})
         return plan
     del if_changed  # the fingerprint check above is what --if-changed asks for; baking is the default
+    from release.smoke import smoke_test
+
     with ui.progress(f"baking {plan.version}") as status:
         baker.on_step = bake_steps(status)
         result = baker.bake(plan)
-        ui.success(f"packer built {result.image_id} in {result.seconds:.0f} s")
+        if result.foundation_seconds:
+            ui.success(f"packer built the foundation {result.foundation_id} in {result.foundation_seconds:.0f} s")
+        ui.success(f"packer built {result.image_id} on {result.foundation_id} in "
+                   f"{result.seconds - result.foundation_seconds:.0f} s")
         status.stage("smoke test")
         status.update(f"smoke-testing {result.image_id}")
         checks = smoke_test(ctx.cloud, ctx.env, result.image_id, plan.version, fp, ctx.clock,
@@ -160,7 +176,9 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
     for check in checks:
         ui.check(bool(check.ok), check.name, check.detail)
     summary = {"needed": True, "version": plan.version, "fingerprint": fp, "image_id": result.image_id,
-               "copies": result.copies, "seconds": round(result.seconds, 1), "validated": result.validated}
+               "copies": result.copies, "seconds": round(result.seconds, 1), "validated": result.validated,
+               "foundation": {**foundation, "image_id": result.foundation_id,
+                              "seconds": round(result.foundation_seconds, 1)}}
     ui.table(["region", "AMI"], sorted(result.copies.items()), title=f"{ctx.cfg.app.name} {plan.version} ({fp})")
     ui.result(summary)
     if not result.validated:
@@ -388,6 +406,8 @@ def _releaser(ctx: Context, doing: str) -> Iterator[Releaser]:
     (it polls again anyway), and whose SSH (and bastion connection) is closed when it is over.
     While it works, a progress line says `doing`, the phase and the refresh's percentage."""
     gate_cloud = Cloud(Aws(ctx.aws.target, attempts=3))
+    from release.machine import Driver, Releaser
+
     driver = Driver(holder=uuid.uuid4().hex, who=f"{actor()} pid {os.getpid()}")
     with ssh_for(ctx) as ssh, ctx.ui.progress(doing) as progress:
         releaser = Releaser(ctx.env, gate_cloud, ctx.ledger, ctx.clock, probes_for(ctx, ssh),
@@ -404,6 +424,8 @@ def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, re
             timeouts: Timeouts | None = None) -> Ssh:
     """SSH to the environment's instances: strict host keys (known_hosts, then the console output)
     and the environment's bastion, found through the cloud when it is named by its Name tag."""
+    from release.ssh import Ssh
+
     sandbox = sandbox_key() if ctx.env.sandbox else None
     return Ssh(ctx.env.ssh, key_filename=key or sandbox, use_agent=use_agent, console_output=ctx.cloud.console_output,
                record_to=record_to, timeouts=timeouts, locate_bastion=ctx.cloud.running_instance_named,
@@ -411,6 +433,9 @@ def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, re
 
 
 def probes_for(ctx: Context, ssh: Ssh) -> Probes:
+    from release import fleet
+    from release.machine import ProbeResult, Probes
+
     lb = _load_balancer_url(ctx)
 
     def check(instance: InstanceState) -> ProbeResult:
@@ -735,6 +760,8 @@ def sandbox_key() -> Path | None:
 
 
 def verify_fleet(ctx: Context, *, parallel: int, key: Path | None) -> fleet.FleetReport:
+    from release import fleet
+
     live = ctx.ledger.live(ctx.env.name)
     if live is None:
         raise UsageError(f"nothing has been released to {ctx.env.name} yet", hint="Release first: inv release.")

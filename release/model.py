@@ -22,6 +22,9 @@ TAG_BUILT_AT = "kiln:built-at"
 TAG_VALIDATED = "kiln:validated"  # "true" | "false" after the smoke test
 TAG_VALIDATION_REASON = "kiln:validation-reason"
 TAG_DEPRECATED_REASON = "kiln:deprecated-reason"
+TAG_LAYER = "kiln:layer"  # "foundation" | "app" (images baked before layers have none: app images)
+TAG_FOUNDATION = "kiln:foundation"  # on an app image: the foundation AMI it was baked on
+LAYER_FOUNDATION = "foundation"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,15 @@ class AmiRef:
     tags: Mapping[str, str] = field(default_factory=dict)
     root_device_name: str | None = None
     imds_support: str | None = None  # "v2.0": instances from it require IMDSv2 tokens by default
+
+    @property
+    def is_foundation(self) -> bool:
+        return self.tags.get(TAG_LAYER) == LAYER_FOUNDATION
+
+    @property
+    def foundation(self) -> str | None:
+        """The foundation AMI an app image was baked on (None for a foundation, or before layers)."""
+        return self.tags.get(TAG_FOUNDATION)
 
     def deprecated(self, now: datetime) -> bool:
         return self.deprecation_time is not None and self.deprecation_time <= now

@@ -20,6 +20,7 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from release import toolcache
 from release.errors import BakeError, ToolError
 
 BUILD = "amazon-ebs.app"
@@ -71,14 +72,14 @@ def parse_version(output: str) -> Version | None:
 
 
 def check_tool(name: str, version_args: Sequence[str], parse: Callable[[str], Version | None],
-               accepted: SpecifierSet, *, config_key: str) -> Version:
-    """The tool's version, or one clear ToolError when it is missing or not accepted."""
+               accepted: SpecifierSet, *, config_key: str, cache: Path | None = None) -> Version:
+    """The tool's version, or one clear ToolError when it is missing or not accepted. `cache`:
+    remember the binary's answer there (toolcache) instead of running it every time."""
     # Kiln's own virtualenv first: ansible-core is installed there.
     path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if path is None:
         raise ToolError(f"{name} not found on PATH", hint="Run ./bootstrap (it installs it) or install it yourself.")
-    out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=60, check=False)
-    version = parse(out.stdout + out.stderr)
+    version = parse(toolcache.version_output(path, version_args, cache=cache))
     if version is None:
         raise ToolError(f"cannot tell the version of {path}", hint=f"Check that `{name} --version` works.")
     if version not in accepted:

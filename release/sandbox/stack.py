@@ -34,7 +34,6 @@ from release.errors import SandboxError, UsageError
 from release.sandbox import lifecycle
 from release.sandbox.postgres import PostgresServer
 from release.sandbox.provision import SeedNames, provision
-from release.ssh import new_key_pair
 
 if TYPE_CHECKING:
     from types_boto3_ec2.type_defs import FilterTypeDef
@@ -81,6 +80,8 @@ def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TI
                         on_step=on_step)
     on_step("starting PostgreSQL for the app")
     database_url = _database(state_dir)
+    from release.ssh import new_key_pair  # paramiko: not for `inv bake`, which only asks key_file()
+
     key = key_file(state_dir)
     public_key = new_key_pair(key, "kiln-sandbox") if not key.exists() else None
     bastions: dict[str, str] = {}

@@ -1,6 +1,7 @@
 """The real bake, end to end, on this machine: Packer's amazon-ebs against a moto server on
-loopback, its ansible provisioner running the real playbook over SSH against a throwaway
-Debian 12 chroot, then the baked rootfs booted by hand the way its units say, and served.
+loopback, its ansible provisioner running the real playbooks over SSH against a throwaway
+Debian 12 chroot — the foundation layer, then the app layer on top of it, as `inv bake` does —
+then the baked rootfs booted by hand the way its units say, and served.
 
 Root only (chroot, overlayfs); slow (a minute or two with the rootfs cached; apt reaches the
 Debian mirror and pip builds the wheelhouse from the package index).
@@ -15,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from pathlib import Path
 import boto3
 import pytest
 from chroot_host import Host, chroot_host, free_port, kill_processes_in, stop, wait_for_port
+from moto.ec2.models import ec2_backends
 from moto.server import ThreadedMotoServer
 from unitfile import parse_unit
 
@@ -32,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 VERSION = "1.4.2"
 FINGERPRINT = "e2e0" + "ab" * 30
+FOUNDATION_FINGERPRINT = "f0e2" + "cd" * 30
+ACCOUNT = "123456789012"  # moto's default account
 GIT_SHA = "c0ffee" + "0" * 34
 SECRET = {"JWT_SECRET": 'jwt-e2e-$ecret"`x`', "DATABASE_URL": "postgresql://app:pw@127.0.0.1:9/app"}
 # Each sandbox-like instance binds its own loopback address; this one is the test's.
@@ -54,6 +59,7 @@ class Bake:
     host: Host
     ami_id: str
     source_ami: str
+    foundation_ami: str
     manifest: dict[str, object]
     ec2: object
     endpoint: str
@@ -73,20 +79,37 @@ def aws_env(endpoint: str) -> dict[str, str]:
     }
 
 
-def build_wheelhouse(destination: Path) -> None:
-    subprocess.run(
-        [str(VENV_BIN / "pip"), "wheel", "--quiet", "--wheel-dir", str(destination), str(ROOT / "app"), "boto3"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+def build_wheelhouses(workdir: Path) -> tuple[Path, Path]:
+    """The foundation's archive (the app's dependencies and boto3) and the app layer's (its wheel)."""
+    wheels = workdir / "wheels"
+    subprocess.run([str(VENV_BIN / "pip"), "wheel", "--quiet", "--wheel-dir", str(wheels), str(ROOT / "app"), "boto3"],
+                   check=True, capture_output=True, timeout=600)
+    dependencies, app = workdir / "wheelhouse-foundation.tar", workdir / "wheelhouse-app.tar"
+    with tarfile.open(dependencies, "w") as deps, tarfile.open(app, "w") as own:
+        for wheel in sorted(wheels.glob("*.whl")):
+            (own if wheel.name.startswith("kiln_webapp-") else deps).add(wheel, arcname=wheel.name)
+    return dependencies, app
+
+
+def packer_build(variables: dict[str, str], workdir: Path, endpoint: str) -> tuple[subprocess.CompletedProcess[str],
+                                                                                   str]:
+    argv = ["packer", "build", "-color=false", "-only", "amazon-ebs.app"]
+    for name, value in variables.items():
+        argv += ["-var", f"{name}={value}"]
+    result = subprocess.run([*argv, str(ROOT / "packer")], cwd=workdir, env=aws_env(endpoint), capture_output=True,
+                            text=True, timeout=1200)
+    (workdir / f"packer-{variables['layer']}.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    manifest = json.loads(Path(variables["manifest_path"]).read_text())
+    region, ami_id = manifest["builds"][-1]["artifact_id"].split(":")
+    assert region == "us-east-1"
+    return result, ami_id
 
 
 @pytest.fixture(scope="module")
 def bake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bake]:
     workdir = tmp_path_factory.mktemp("bake")
-    wheelhouse = workdir / "wheelhouse"
-    build_wheelhouse(wheelhouse)
+    dependencies, app_wheel = build_wheelhouses(workdir)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port("127.0.0.1"), verbose=False)
     server.start()
     try:
@@ -100,15 +123,11 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bake]:
         source_ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         with chroot_host(workdir / "instance") as host:
             ec2.import_key_pair(KeyName="kiln-e2e", PublicKeyMaterial=host.public_key.encode())
-            variables = {
+            common = {
                 "app_version": VERSION,
-                "fingerprint": FINGERPRINT,
                 "git_sha": GIT_SHA,
                 "built_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "builder": "tests/ansible@localhost",
-                "wheelhouse": str(wheelhouse),
-                "manifest_path": str(workdir / "manifest.json"),
-                "source_ami": source_ami,
                 "root_device_name": "/dev/sda1",
                 "ec2_endpoint": endpoint,
                 "ssh_interface": "private_ip",
@@ -118,26 +137,22 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bake]:
                 "ssh_keypair_name": "kiln-e2e",
                 "ssh_private_key_file": str(host.private_key),
             }
-            argv = ["packer", "build", "-color=false", "-only", "amazon-ebs.app"]
-            for name, value in variables.items():
-                argv += ["-var", f"{name}={value}"]
             started = time.monotonic()
-            result = subprocess.run(
-                [*argv, str(ROOT / "packer")],
-                cwd=workdir,
-                env=aws_env(endpoint),
-                capture_output=True,
-                text=True,
-                timeout=1200,
-            )
+            _, foundation_ami = packer_build({
+                **common, "layer": "foundation", "fingerprint": FOUNDATION_FINGERPRINT, "source_ami": source_ami,
+                "wheelhouse": str(dependencies), "manifest_path": str(workdir / "manifest-foundation.json"),
+            }, workdir, endpoint)
+            # Plain moto registers CreateImage's AMIs as "standard"-backed, which Packer will not build on;
+            # EC2 (and the sandbox) make them EBS-backed like their source.
+            ec2_backends[ACCOUNT]["us-east-1"].amis[foundation_ami].root_device_type = "ebs"
+            result, ami_id = packer_build({
+                **common, "layer": "app", "fingerprint": FINGERPRINT, "source_ami": foundation_ami,
+                "base_ami": source_ami, "wheelhouse": str(app_wheel),
+                "manifest_path": str(workdir / "manifest.json"),
+            }, workdir, endpoint)
             seconds = time.monotonic() - started
-            (workdir / "packer.log").write_text(result.stdout + result.stderr)
-            assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
             manifest = json.loads((workdir / "manifest.json").read_text())
-            artifact = manifest["builds"][-1]["artifact_id"]
-            region, ami_id = artifact.split(":")
-            assert region == "us-east-1"
-            yield Bake(host, ami_id, source_ami, manifest, ec2, endpoint, seconds, result.stdout)
+            yield Bake(host, ami_id, source_ami, foundation_ami, manifest, ec2, endpoint, seconds, result.stdout)
     finally:
         server.stop()
 
@@ -165,6 +180,11 @@ def test_the_bake_produces_a_tagged_ami_and_a_manifest(bake: Bake) -> None:
     assert tags["kiln:fingerprint"] == FINGERPRINT
     assert tags["kiln:git-sha"] == GIT_SHA
     assert tags["kiln:base-ami"] == bake.source_ami
+    assert (tags["kiln:layer"], tags["kiln:foundation"]) == ("app", bake.foundation_ami)
+    foundation = bake.ec2.describe_images(ImageIds=[bake.foundation_ami])["Images"][0]  # type: ignore[attr-defined]
+    below = {t["Key"]: t["Value"] for t in foundation["Tags"]}
+    assert (below["kiln:layer"], below["kiln:base-ami"]) == ("foundation", bake.source_ami)
+    assert "kiln:version" not in below and foundation["Name"].startswith("webapp-foundation-")
     assert tags["kiln:builder"] == "tests/ansible@localhost"
     assert tags["kiln:app"] == "webapp"
     assert "kiln:built-at" in tags
@@ -188,6 +208,7 @@ def test_the_release_is_installed_versioned_and_immutable(bake: Bake) -> None:
         "fingerprint": FINGERPRINT,
         "built_at": info["built_at"],
         "base_ami": bake.source_ami,
+        "foundation_ami": bake.foundation_ami,
     }
     assert stat.S_IMODE((root / "etc/webapp/build-info.json").stat().st_mode) == 0o644
     static_files = [p for p in (release / "static").rglob("*") if p.is_file()]

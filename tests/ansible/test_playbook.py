@@ -53,13 +53,19 @@ def test_ansible_lint_production_profile_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_playbook_syntax_check_passes() -> None:
-    result = run(str(VENV_BIN / "ansible-playbook"), "--syntax-check", "-i", "build-instance,", "playbook.yml")
+@pytest.mark.parametrize("playbook", ["foundation.yml", "playbook.yml"])
+def test_playbook_syntax_check_passes(playbook: str) -> None:
+    result = run(str(VENV_BIN / "ansible-playbook"), "--syntax-check", "-i", "build-instance,", playbook)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(("playbook", "first_task", "message"), [
+    ("foundation.yml", "Check the foundation bake's extra vars", "must pass kiln_fingerprint"),
+    ("playbook.yml", "Check the bake's extra vars", "must pass kiln_version"),
+])
 @pytest.mark.parametrize("missing", ["kiln_fingerprint", "kiln_wheelhouse"])
-def test_playbook_stops_before_any_change_when_an_extra_var_is_missing(missing: str) -> None:
+def test_playbook_stops_before_any_change_when_an_extra_var_is_missing(missing: str, playbook: str, first_task: str,
+                                                                       message: str) -> None:
     # Check mode against this machine: the first task must refuse, so nothing else runs.
     extra = " ".join(f"{k}={v}" for k, v in EXTRA_VARS.items() if k != missing)
     result = run(
@@ -71,12 +77,12 @@ def test_playbook_stops_before_any_change_when_an_extra_var_is_missing(missing: 
         "local",
         "-e",
         extra,
-        "playbook.yml",
+        playbook,
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "Check the bake's extra vars" in result.stdout
-    assert "must pass kiln_version" in result.stdout
-    assert "Copy the wheelhouse" not in result.stdout
+    assert first_task in result.stdout
+    assert message in result.stdout
+    assert "Copy the" not in result.stdout
 
 
 def test_roles_and_boot_script_agree_on_shared_paths() -> None:

@@ -119,3 +119,16 @@ def test_imds_support_is_recorded_reported_and_final(kit: Kit) -> None:
     with pytest.raises(ClientError) as missing:
         ec2.modify_image_attribute(ImageId="ami-00000000000000000", ImdsSupport={"Value": "v2.0"})
     assert missing.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+
+
+def test_an_image_of_an_ebs_backed_instance_is_ebs_backed_with_its_root_device(kit: Kit) -> None:
+    """EC2: CreateImage of an instance of an EBS-backed AMI gives an EBS-backed AMI with the same root
+    device; Packer's amazon-ebs builds only on such images (the app layer is built on a foundation)."""
+    ec2 = kit.client("ec2")
+    [base] = [i for i in ec2.describe_images(Owners=["136693071363"])["Images"] if i["RootDeviceType"] == "ebs"][:1]
+    instance = ec2.run_instances(ImageId=base["ImageId"], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    image_id = ec2.create_image(InstanceId=instance, Name=unique("foundation"))["ImageId"]
+    ec2.terminate_instances(InstanceIds=[instance])
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert (image["RootDeviceType"], image["RootDeviceName"]) == ("ebs", base["RootDeviceName"])
+    assert image["BlockDeviceMappings"][0]["DeviceName"] == base["RootDeviceName"]

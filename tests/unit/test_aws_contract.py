@@ -188,6 +188,22 @@ def test_app_images_of_one_version_filters_on_its_tag(cloud: Cloud, stubs: Stubs
     assert cloud.app_images("webapp", "1.0.0") == []
 
 
+def test_foundations_are_not_app_images_and_are_listed_apart(cloud: Cloud, stubs: Stubs) -> None:
+    below = image("ami-f", created="2025-01-01T00:00:00.000Z")
+    below["Tags"] += [{"Key": "kiln:layer", "Value": "foundation"}]
+    above = image("ami-a", version="1.0.0", created="2025-01-02T00:00:00.000Z")
+    above["Tags"] += [{"Key": "kiln:layer", "Value": "app"}, {"Key": "kiln:foundation", "Value": "ami-f"}]
+    stubs("ec2").add_response("describe_images", {"Images": [below, above]},
+                              {"Owners": ["self"], "Filters": APP_FILTERS, "IncludeDeprecated": True})
+    [app] = cloud.app_images("webapp")
+    assert (app.image_id, app.foundation, app.is_foundation) == ("ami-a", "ami-f", False)
+    filters = [*APP_FILTERS, {"Name": "tag:kiln:layer", "Values": ["foundation"]}]
+    stubs("ec2").add_response("describe_images", {"Images": [below]},
+                              {"Owners": ["self"], "Filters": filters, "IncludeDeprecated": True})
+    [foundation] = cloud.foundation_images("webapp")
+    assert foundation.image_id == "ami-f" and foundation.is_foundation and foundation.version is None
+
+
 def test_catalogue_lists_each_image_with_its_snapshots(cloud: Cloud, stubs: Stubs) -> None:
     paged(stubs("ec2"), "describe_images", {"Owners": ["self"], "Filters": APP_FILTERS, "IncludeDeprecated": True},
           [{"Images": [image("ami-1", version="1.0.0", snapshots=("snap-1", "snap-2"))]},

@@ -1,5 +1,6 @@
-"""When a bake is needed: a new fingerprint, or an AMI with this fingerprint that has reached its
-end of life (deprecated). Real Packer and Ansible version checks; the cloud is a stand-in."""
+"""When a bake is needed, layer by layer: a new fingerprint, or an AMI with this fingerprint that
+has reached its end of life (deprecated). An app-only change bakes only the app, on the existing
+foundation. Real Packer and Ansible version checks; the cloud is a stand-in."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ BASE = AmiRef("ami-0base", "debian-12-amd64-20261101", "us-east-1", "available",
 @dataclass
 class Catalogue:
     images: list[AmiRef]
+    foundations: list[AmiRef]
 
     def base_image(self, **_: object) -> AmiRef:
         return BASE
@@ -30,20 +32,46 @@ class Catalogue:
     def app_images(self, app: str) -> list[AmiRef]:
         return self.images
 
+    def foundation_images(self, app: str) -> list[AmiRef]:
+        return self.foundations
 
-def baker(images: list[AmiRef]) -> Baker:
+
+def baker(images: list[AmiRef], foundations: list[AmiRef] | None = None) -> Baker:
     cfg = config.load(ROOT / "versions.toml")
     env = cfg.environment("sandbox")
     env = replace(env, ssh=replace(env.ssh, bastion=None, bastion_instance=None))
     b = Baker(cfg, env, Aws(Target(region=env.region, endpoint_url="http://127.0.0.1:9")), ROOT, FakeClock(NOW),
               on_step=print, on_line=print)
-    b.cloud = Catalogue(images)  # type: ignore[assignment]
+    b.cloud = Catalogue(images, foundations or [])  # type: ignore[assignment]
     return b
 
 
 def baked(fingerprint: str, *, deprecated_at: datetime | None = None) -> AmiRef:
     return AmiRef("ami-0app", "webapp-1.0.0", "us-east-1", "available", NOW - timedelta(days=30), Version("1.0.0"),
                   fingerprint, True, deprecation_time=deprecated_at)
+
+
+def foundation(fingerprint: str) -> AmiRef:
+    return AmiRef("ami-0foundation", "webapp-foundation", "us-east-1", "available", NOW - timedelta(days=40), None,
+                  fingerprint, True, tags={"kiln:layer": "foundation"}, root_device_name="/dev/xvda")
+
+
+def test_a_first_bake_bakes_both_layers_and_then_nothing() -> None:
+    plan = baker([]).plan()
+    assert plan.needed and plan.foundation.needed
+    assert plan.foundation.variables["layer"] == "foundation" and plan.variables["layer"] == "app"
+    assert plan.foundation.variables["source_ami"] == BASE.image_id
+    again = baker([baked(plan.fingerprint.value)], [foundation(plan.foundation.fingerprint.value)]).plan()
+    assert not again.needed and again.existing is not None
+
+
+def test_an_app_change_bakes_only_the_app_on_the_existing_foundation(tmp_path: Path) -> None:
+    first = baker([]).plan()
+    below = foundation(first.foundation.fingerprint.value)
+    plan = baker([baked("an-older-app")], [below]).plan()  # the app's fingerprint has no image
+    assert plan.needed and not plan.foundation.needed and plan.foundation.existing == below
+    assert plan.variables["source_ami"] == below.image_id and plan.variables["base_ami"] == BASE.image_id
+    assert plan.foundation.variables == {}  # nothing to bake below
 
 
 def test_the_same_inputs_are_not_baked_again() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -78,3 +79,28 @@ def test_keep_zero_keeps_only_references() -> None:
     refs = References({"ami-003": ("live in sandbox",)}, {}, {}, {})
     result = actions(decide(EIGHT, refs, keep=0))
     assert [i for i, a in result.items() if a == "keep"] == ["ami-003"]
+
+
+def foundation(n: int, *, region: str = "us-east-1") -> CatalogueImage:
+    ami = AmiRef(image_id=f"ami-f{n:02d}", name=f"webapp-foundation-{n}", region=region, state="available",
+                 created_at=T0 + timedelta(days=n), version=None, fingerprint=f"ffp{n}", validated=True,
+                 tags={"kiln:layer": "foundation"})
+    return CatalogueImage(ami, (f"snap-f{n}",))
+
+
+def on(app: CatalogueImage, base: CatalogueImage) -> CatalogueImage:
+    tags = {**app.ami.tags, "kiln:foundation": base.ami.image_id, "kiln:layer": "app"}
+    return CatalogueImage(replace(app.ami, tags=tags), app.snapshot_ids)
+
+
+def test_a_foundation_stays_while_a_kept_app_image_was_baked_on_it_or_it_is_the_newest() -> None:
+    old, middle, newest = foundation(0), foundation(1), foundation(2)
+    apps = [on(image(n), old if n < 4 else middle) for n in range(8)]  # nothing baked on the newest yet
+    decisions = decide([*apps, old, middle, newest], NONE, keep=3)
+    assert actions(decisions)["ami-f00"] == "delete"  # only deleted app images were baked on it
+    why = {d.image.ami.image_id: d.reasons for d in decisions}
+    assert actions(decisions)["ami-f01"] == "keep" and "foundation of kept ami-007 (1.7.0)" in why["ami-f01"]
+    assert actions(decisions)["ami-f02"] == "keep" and "the newest foundation" in why["ami-f02"][0]
+    # A reference to an old app image keeps its foundation too.
+    refs = References({"ami-001": ("previous in prod",)}, {}, {}, {})
+    assert actions(decide([*apps, old, middle, newest], refs, keep=3))["ami-f00"] == "keep"

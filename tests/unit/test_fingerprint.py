@@ -1,4 +1,5 @@
-"""Bake fingerprints: stable, sensitive to what matters, blind to build litter."""
+"""Bake fingerprints, per layer: stable, sensitive to what matters, blind to build litter. A change
+to the app rebakes only the app layer; a change to the foundation rebakes both."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from release.fingerprint import INPUT_ORDER, Fingerprint, compute, digest_tree
+from release.fingerprint import APP_INPUTS, FOUNDATION_INPUTS, Fingerprint, app, digest_tree, foundation
 
 ROOT = Path(__file__).parents[2]
 
@@ -21,35 +22,55 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def fp(project: Path, base: str = "ami-base1") -> Fingerprint:
-    return compute(project, base_ami=base, config_keys=["webapp", "1.0.0"], tools=["packer 1.6.6", "ansible 2.19"])
+TOOLS = ["packer 1.6.6", "ansible 2.19"]
+
+
+def layers(project: Path, base: str = "ami-base1", version: str = "1.0.0") -> tuple[Fingerprint, Fingerprint]:
+    below = foundation(project, base_ami=base, dependencies=["flask", "gunicorn"], config_keys=["admin"], tools=TOOLS)
+    return below, app(project, foundation=below, config_keys=["webapp", version], tools=TOOLS)
 
 
 def test_same_inputs_same_fingerprint(project: Path) -> None:
-    assert fp(project).value == fp(project).value
-    assert len(fp(project).value) == 16
+    assert layers(project) == layers(project)
+    assert len(layers(project)[1].value) == 16
+    assert tuple(layers(project)[0].inputs) == FOUNDATION_INPUTS and tuple(layers(project)[1].inputs) == APP_INPUTS
 
 
-@pytest.mark.parametrize(("change", "input_name"), [
-    (lambda p: (p / "app" / "src" / "webapp" / "views.py").write_text("# changed\n", "utf-8"), "app"),
-    (lambda p: (p / "ansible" / "playbook.yml").open("a").write("# changed\n"), "ansible"),
-    (lambda p: (p / "packer" / "variables.pkr.hcl").open("a").write("# changed\n"), "packer"),
-    (lambda p: (p / "constraints.txt").open("a").write("six==1.16.0\n"), "deps"),
-])
-def test_one_changed_file_changes_exactly_its_input(project: Path, change, input_name: str) -> None:
-    before = fp(project)
+# (change, what changes in the foundation, what changes in the app)
+CHANGES = [
+    (lambda p: (p / "app" / "src" / "webapp" / "views.py").write_text("# changed\n", "utf-8"), [], ["app"]),
+    (lambda p: (p / "ansible" / "playbook.yml").open("a").write("# changed\n"), [], ["ansible"]),
+    (lambda p: (p / "ansible" / "roles" / "app" / "tasks" / "main.yml").open("a").write("# changed\n"), [],
+     ["ansible"]),
+    (lambda p: (p / "ansible" / "roles" / "proxy" / "tasks" / "main.yml").open("a").write("# changed\n"),
+     ["ansible"], ["foundation"]),
+    (lambda p: (p / "ansible" / "foundation.yml").open("a").write("# changed\n"), ["ansible"], ["foundation"]),
+    (lambda p: (p / "packer" / "variables.pkr.hcl").open("a").write("# changed\n"), ["packer"],
+     ["foundation", "packer"]),
+    (lambda p: (p / "constraints.txt").open("a").write("six==1.16.0\n"), ["deps"], ["foundation"]),
+]
+
+
+@pytest.mark.parametrize(("change", "in_foundation", "in_app"), CHANGES)
+def test_one_changed_file_changes_exactly_its_inputs(project: Path, change, in_foundation: list[str],
+                                                     in_app: list[str]) -> None:
+    below, above = layers(project)
     change(project)
-    after = fp(project)
-    assert after.value != before.value
-    assert after.changed_since(before.as_tag()) == [input_name]
+    below_after, above_after = layers(project)
+    assert below_after.changed_since(below.as_tag()) == in_foundation
+    assert above_after.changed_since(above.as_tag()) == in_app
 
 
 def test_base_image_config_and_tools_count(project: Path) -> None:
-    before = fp(project)
-    assert fp(project, base="ami-base2").changed_since(before.as_tag()) == ["base"]
-    other = compute(project, base_ami="ami-base1", config_keys=["webapp", "1.1.0"], tools=["packer 1.6.6",
-                                                                                           "ansible 2.19"])
-    assert other.changed_since(before.as_tag()) == ["config"]
+    below, above = layers(project)
+    new_base = layers(project, base="ami-base2")
+    assert new_base[0].changed_since(below.as_tag()) == ["base"]
+    assert new_base[1].changed_since(above.as_tag()) == ["foundation"]
+    next_version = layers(project, version="1.1.0")
+    assert next_version[0] == below and next_version[1].changed_since(above.as_tag()) == ["config"]
+    more_deps = foundation(project, base_ami="ami-base1", dependencies=["flask", "gunicorn", "redis"],
+                           config_keys=["admin"], tools=TOOLS)
+    assert more_deps.changed_since(below.as_tag()) == ["deps"]
 
 
 def test_build_litter_is_ignored(project: Path) -> None:
@@ -69,7 +90,8 @@ def test_executable_bit_counts(project: Path) -> None:
 
 
 def test_tag_round_trip_and_unknown_previous() -> None:
-    f = Fingerprint({name: f"d-{name}" for name in INPUT_ORDER})
-    assert Fingerprint.from_tag(f.as_tag()) == dict(f.inputs)
-    assert len(f.as_tag()) <= 256
-    assert f.changed_since(None) == list(INPUT_ORDER)
+    for names in (FOUNDATION_INPUTS, APP_INPUTS):
+        f = Fingerprint({name: f"ami-0123456789abcdef0-{name}" for name in names})
+        assert Fingerprint.from_tag(f.as_tag()) == dict(f.inputs)
+        assert len(f.as_tag()) <= 256
+        assert f.changed_since(None) == list(names)

@@ -354,7 +354,7 @@ def test_tags_only_on_create_or_with_kiln_image_keys(role: str) -> None:
 def image_tag_keys(role: str) -> set[str]:
     """The tag keys the role writes on existing AMIs and snapshots: Kiln's tag_image() calls in
     the role's commands (their dict literals' keys), and, when baking, Packer's AMI and snapshot
-    tags (the provenance map in packer/app.pkr.hcl, and Name)."""
+    tags (the provenance maps in packer/app.pkr.hcl, and Name)."""
     s = scan()
     keys: set[str] = set()
     for name in s.reachable(roles_tasks()[role]):
@@ -368,9 +368,11 @@ def image_tag_keys(role: str) -> set[str]:
                 keys |= {_constant(s, function.module.name, k) for k in tags.keys if k is not None}
     if role == "bake":
         hcl = (ROOT / "packer" / "app.pkr.hcl").read_text()
-        provenance = re.search(r"provenance = \{(.*?)\n  \}", hcl, re.S)
-        assert provenance, "packer/app.pkr.hcl: the provenance tags map"
-        keys |= set(re.findall(r'"(kiln:[a-z-]+)"\s*=', provenance.group(1))) | {"Name"}
+        # The provenance: the tags every layer carries (common) merged with its layer's own (layer_tags).
+        maps = re.search(r"\n  common = \{(.*?)\n  provenance = merge\(local\.common, "
+                         r"local\.layer_tags\[var\.layer\]\)", hcl, re.S)
+        assert maps, "packer/app.pkr.hcl: the provenance tags maps (common, layer_tags)"
+        keys |= set(re.findall(r'"(kiln:[a-z-]+)"\s*=', maps.group(1))) | {"Name"}
         assert re.search(r"\btags\s*=\s*merge\(local\.provenance, \{ Name = ", hcl)
         assert re.search(r"\bsnapshot_tags\s*=\s*merge\(local\.provenance, \{ Name = ", hcl)
     return keys

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from release import toolcache
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from release import packer, toolcache
 
 
 def _tool(path: Path, version: str) -> Path:
@@ -62,3 +66,12 @@ def test_an_unwritable_cache_only_costs_time(tmp_path: Path) -> None:
     assert toolcache.version_output(str(tool), ["version"], cache=cache) == "Packer v1.6.6\n"
     assert _runs(tool) == 2
 
+
+def test_check_tool_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tool, cache = _tool(tmp_path / "packer", "1.6.6"), tmp_path / "tools.json"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for _ in range(3):
+        found = packer.check_tool("packer", ["version"], packer.parse_version, SpecifierSet(">=1.6"),
+                                  config_key="tools.packer", cache=cache)
+        assert found == Version("1.6.6")
+    assert _runs(tool) == 1

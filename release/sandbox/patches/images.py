@@ -12,6 +12,9 @@ AWS behaviours followed (EC2 API reference):
   past is refused, at most 10 years ahead; DisableImageDeprecation clears it; DescribeImages
   reports DeprecationTime. IncludeDeprecated: deprecated AMIs are left out unless asked for, but
   an owner always sees its own. (moto has none of this.)
+- CreateImage of an EBS-backed instance makes an EBS-backed AMI (RootDeviceType "ebs") with the
+  instance's root device name. (moto says "standard" and "/dev/sda1", so Packer refuses to build
+  on such an image: "invalid root device type" — the app layer is built on a foundation made so.)
 - ImdsSupport (RegisterImage, ModifyImageAttribute): the only value is "v2.0", and once set it
   cannot be undone; only the owner may set it. DescribeImages and DescribeImageAttribute
   (imdsSupport) report it. (moto ignores it, and DescribeImageAttribute imdsSupport crashes.)
@@ -99,6 +102,10 @@ def apply() -> None:
     def create_image(self: Any, instance_id: str, name: str, description: str, tag_specifications: Any) -> Any:
         _check_name_free(self, name)
         ami = original_create(self, instance_id, name, description, tag_specifications)
+        source = self.amis.get(getattr(self.get_instance(instance_id), "image_id", ""))
+        if source is not None and source.root_device_type == "ebs":
+            ami.root_device_type = "ebs"
+            ami.root_device_name = source.root_device_name
         dataplane = _runtime().dataplane
         if dataplane is not None:
             dataplane.create_image(instance_id, ami.id)
