@@ -146,6 +146,12 @@ def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) ->
                 "kiln:inputs"):
         assert ami.tags.get(tag), tag
     assert ami.tags["kiln:version"] == "1.0.0"
+    # The first bake bakes the foundation, then the app image on it.
+    foundation = ctx.cloud.image(result.foundation_id)
+    assert result.foundation_seconds > 0 and foundation is not None and foundation.is_foundation
+    assert ami.foundation == foundation.image_id and ami.tags["kiln:layer"] == "app"
+    assert foundation.tags["kiln:base-ami"] == ami.tags["kiln:base-ami"] and foundation.version is None
+    assert result.image_id not in {i.image_id for i in ctx.cloud.foundation_images(ctx.cfg.app.name)}
     # IMDSv2-only, as the AWS CLI sees it.
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     cli_env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=ctx.env.region)
@@ -173,6 +179,19 @@ def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> No
     assert elapsed < 10  # the target (≤ 1 s) is measured by bench/cli_speed.py
 
 
+@pytest.mark.parametrize(("path", "foundation_too"), [
+    ("app/src/webapp/__init__.py", False),  # one line in the app: only the app layer
+    ("ansible/roles/proxy/tasks/main.yml", True),  # the foundation's role: both layers
+])
+def test_which_layers_a_change_rebakes(world: World, tmp_path: Path, path: str, foundation_too: bool) -> None:
+    project = copy_project(tmp_path)
+    (project / path).write_text((project / path).read_text() + "\n# one more line\n")
+    plan = commands.bake(world.ctx(project=project), force=False, dry_run=True, if_changed=True)
+    assert not isinstance(plan, BakeResult) and plan.needed
+    assert plan.foundation.needed is foundation_too
+    assert plan.changed == (("foundation",) if foundation_too else ("app",))
+
+
 def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
     before = world.aws_state()
     record = commands.release(world.ctx(), Version("1.0.0"), dry_run=False, allow_downgrade=False, force=False)
@@ -184,8 +203,11 @@ def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
 
 def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
     cfg = world.config_for("1.1.0")
+    first = world.ctx().cloud.app_images(world.cfg.app.name, "1.0.0")[0]
     result = commands.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=False)
     assert isinstance(result, BakeResult) and result.validated
+    # A new app version is an app-only bake, on the foundation 1.0.0 was baked on.
+    assert result.foundation_seconds == 0 and result.foundation_id == first.foundation
     record = commands.release(world.ctx(cfg), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
     assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
     assert set(world.lb_versions()) == {"1.1.0"}
@@ -527,11 +549,16 @@ def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: Wor
     assert set(published) == {"us-east-1", "us-west-2"}  # Debian publishes in every region
     plan = commands.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
     assert not isinstance(plan, BakeResult) and plan.needed
-    assert plan.base_image.image_id == published["us-east-1"] and "base" in plan.changed
+    # A new base image is a new foundation, and so a new app image on it.
+    assert plan.base_image.image_id == published["us-east-1"]
+    assert plan.foundation.needed and plan.foundation.changed == ("base",) and plan.changed == ("foundation",)
     result = commands.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=True)
-    assert isinstance(result, BakeResult) and result.validated
+    assert isinstance(result, BakeResult) and result.validated and result.foundation_seconds > 0
     ami = world.ctx().cloud.image(result.image_id)
     assert ami is not None and ami.version == Version("1.1.0") and ami.tags["kiln:base-ami"] == published["us-east-1"]
+    foundation = world.ctx().cloud.image(result.foundation_id)
+    assert foundation is not None and foundation.is_foundation and ami.foundation == foundation.image_id
+    assert foundation.tags["kiln:base-ami"] == published["us-east-1"]
 
 
 def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: World) -> None:
