@@ -189,13 +189,27 @@ def ami_cleanup(c: Context, env: str | None = None, config: str | None = None, j
 
 
 @task(name="deprecate", help={"version": "The version whose AMIs to deprecate.", "reason": "Why (kept in a tag "
-                               "and the ledger).", "env": ENV, "config": CONFIG, "json": JSON})
+                               "and the ledger).", "env": ENV, "config": CONFIG, "json": JSON,
+                               "foundation": "Deprecate this foundation AMI instead (the next bake bakes a new one); "
+                                             "the app images baked on it are flagged.",
+                               "children": "With --foundation: deprecate the app images baked on it too."})
 def ami_deprecate(c: Context, version: str | None = None, reason: str = "deprecated by hand", env: str | None = None,
-                  config: str | None = None, json: bool = False) -> None:
+                  config: str | None = None, json: bool = False, foundation: str | None = None,
+                  children: bool = False) -> None:
     """Mark a bad version's AMIs deprecated: release refuses them unless forced; rollback skips them."""
     from release import commands
 
     with kiln_errors():
+        if foundation:
+            if version:
+                raise UsageError("name a --version or a --foundation, not both",
+                                 hint="inv ami.deprecate --version 1.4.2, or --foundation ami-… [--children].")
+            commands.deprecate_foundation(open_context(env, config, json), foundation, reason=reason,
+                                          children=children)
+            return
+        if children:
+            raise UsageError("--children applies to --foundation",
+                             hint="inv ami.deprecate --foundation ami-… --children")
         wanted = commands.parse_version(version)
         commands.deprecate(open_context(env, config, json), wanted, reason=reason)
 

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from release.model import (
     TAG_APP,
     TAG_DEPRECATED_REASON,
     TAG_FINGERPRINT,
+    TAG_FOUNDATION_DEPRECATED,
     TAG_VALIDATED,
     TAG_VALIDATION_REASON,
     TAG_VERSION,
@@ -691,14 +693,18 @@ def _frozen(table: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in table.items()}
 
 
+# EC2 refuses a deprecation time in the past and rounds to the minute: "now" is a minute ahead.
+DEPRECATE_AHEAD = timedelta(minutes=1)
+
+
 def deprecate(ctx: Context, version: Version, *, reason: str) -> list[str]:
     regions = sorted({ctx.env.region, *ctx.env.ami_regions})
     done = []
     for region in regions:
         cloud = Cloud(Aws(replace(ctx.aws.target, region=region)))
         for ami in cloud.app_images(ctx.cfg.app.name, str(version)):
-            cloud.deprecate_image(ami.image_id, ctx.clock.now())
             cloud.tag_image(ami.image_id, {TAG_DEPRECATED_REASON: reason[:250]})
+            cloud.deprecate_image(ami.image_id, ctx.clock.now() + DEPRECATE_AHEAD)
             ctx.ledger.record_event("ami-deprecated", ami.image_id, ctx.clock.now(),
                                     {"region": region, "version": str(version), "reason": reason, "by": actor()})
             ctx.ui.success(f"deprecated {ami.image_id} ({region}): {reason}")
@@ -707,6 +713,33 @@ def deprecate(ctx: Context, version: Version, *, reason: str) -> list[str]:
         raise NotFound(f"no AMI for {version} in {', '.join(regions)}", hint="See `inv ami.cleanup --dry-run`.")
     ctx.ui.result({"deprecated": done, "version": str(version), "reason": reason})
     return done
+
+
+def deprecate_foundation(ctx: Context, image_id: str, *, reason: str, children: bool) -> list[str]:
+    """Deprecate a foundation: the next bake bakes a new one. The app images baked on it are flagged
+    (kiln:foundation-deprecated, which the release plan warns about), or deprecated too."""
+    cloud, now = ctx.cloud, ctx.clock.now()
+    foundation = cloud.image(image_id)
+    if foundation is None or not foundation.is_foundation:
+        raise NotFound(f"{image_id} is not a foundation of {ctx.cfg.app.name} in {ctx.env.region}",
+                       hint="List them with `inv ami.cleanup --dry-run` (foundations are marked).")
+    cloud.tag_image(image_id, {TAG_DEPRECATED_REASON: reason[:250]})
+    cloud.deprecate_image(image_id, now + DEPRECATE_AHEAD)
+    ctx.ledger.record_event("ami-deprecated", image_id, now, {"region": ctx.env.region, "layer": "foundation",
+                                                              "reason": reason, "by": actor()})
+    ctx.ui.success(f"deprecated the foundation {image_id}: {reason}; the next bake bakes a new one")
+    built_on = [a for a in cloud.app_images(ctx.cfg.app.name) if a.foundation == image_id]
+    for ami in built_on:
+        if children:
+            cloud.tag_image(ami.image_id, {TAG_DEPRECATED_REASON: f"its foundation {image_id}: {reason}"[:250]})
+            cloud.deprecate_image(ami.image_id, now + DEPRECATE_AHEAD)
+            ctx.ui.success(f"deprecated {ami.image_id} ({ami.version}), baked on it")
+        else:
+            cloud.tag_image(ami.image_id, {TAG_FOUNDATION_DEPRECATED: reason[:250]})
+            ctx.ui.note(f"flagged {ami.image_id} ({ami.version}), baked on it; `inv release` warns about it")
+    ctx.ui.result({"deprecated": [image_id, *([a.image_id for a in built_on] if children else [])],
+                   "flagged": [] if children else [a.image_id for a in built_on], "reason": reason})
+    return [a.image_id for a in built_on]
 
 
 def promote(ctx: Context, version: Version, *, to: str) -> str:

@@ -22,6 +22,7 @@ TAG_BUILT_AT = "kiln:built-at"
 TAG_VALIDATED = "kiln:validated"  # "true" | "false" after the smoke test
 TAG_VALIDATION_REASON = "kiln:validation-reason"
 TAG_DEPRECATED_REASON = "kiln:deprecated-reason"
+TAG_FOUNDATION_DEPRECATED = "kiln:foundation-deprecated"  # on an app image: why its foundation was
 TAG_LAYER = "kiln:layer"  # "foundation" | "app" (images baked before layers have none: app images)
 TAG_FOUNDATION = "kiln:foundation"  # on an app image: the foundation AMI it was baked on
 LAYER_FOUNDATION = "foundation"
@@ -52,7 +53,10 @@ class AmiRef:
         return self.tags.get(TAG_FOUNDATION)
 
     def deprecated(self, now: datetime) -> bool:
-        return self.deprecation_time is not None and self.deprecation_time <= now
+        """Past its deprecation time, or deprecated by hand (`inv ami.deprecate` tags the reason at
+        once; EC2's deprecation time, which cannot be in the past, follows within a minute)."""
+        by_time = self.deprecation_time is not None and self.deprecation_time <= now
+        return by_time or TAG_DEPRECATED_REASON in self.tags
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,15 @@ from datetime import datetime
 from packaging.version import Version
 
 from release.config import Environment
-from release.model import AmiRef, GroupState, LiveRelease, Lock, RefreshState, TemplateVersion
+from release.model import (
+    TAG_FOUNDATION_DEPRECATED,
+    AmiRef,
+    GroupState,
+    LiveRelease,
+    Lock,
+    RefreshState,
+    TemplateVersion,
+)
 from release.record import ReleaseRecord
 
 # What an instance refresh costs per batch beyond the warmup on AWS: launch, boot and the
@@ -141,6 +149,9 @@ def make_plan(env: Environment, request: Request, observed: Observed) -> Plan:
         blockers.append(f"While releasing {version} to {where}: {why}.")
     elif request.force and (ami.validated is not True or ami.deprecated(request.now)):
         warnings.append(f"--force: releasing {ami.image_id}, which is unvalidated or deprecated.")
+    if ami is not None and ami.tags.get(TAG_FOUNDATION_DEPRECATED):
+        warnings.append(f"{ami.image_id} was baked on the foundation {ami.foundation}, since deprecated "
+                        f"({ami.tags[TAG_FOUNDATION_DEPRECATED]}); rebake {version} to move it to a new foundation.")
 
     group = observed.group
     base = observed.group_template

@@ -13,6 +13,10 @@
                                 -> {"allowed": bool, "source": "…", "reason": "…"} (asked by each
                                 instance's sshd at every login; docs/dataplane.md)
 
+  GET    /_kiln/requests        AWS calls received since start or the last reset (calls.py):
+                                {"since", "total", "unnamed", "calls": {service: {operation: n}}}
+  DELETE /_kiln/requests        the same counts, and counting starts again from zero (one step)
+
 Fault injection (faults.py has the rules' meaning):
 
   GET    /_kiln/faults          {"rules": [rules in force, oldest first], "finished": [the last 50 that
@@ -50,6 +54,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from release.sandbox.calls import CallCounter
 from release.sandbox.faults import FaultBook, FaultRequestError
 from release.sandbox.patches.targets import AdminHealthPolicy
 
@@ -80,6 +85,7 @@ class AdminApi:
         faults: FaultBook | None = None,
         instance_action: Callable[[str, str], Json] | None = None,
         ssh_ingress: Callable[[str, tuple[str, int], tuple[str, int]], Json] | None = None,
+        requests: CallCounter | None = None,
     ) -> None:
         self._health = health
         self._policy = policy
@@ -88,6 +94,7 @@ class AdminApi:
         self._faults = faults
         self._instance_action = instance_action  # (action, instance id) -> result; raises AdminError
         self._ssh_ingress = ssh_ingress  # (instance id, client, server) -> verdict; raises AdminError
+        self._requests = requests
 
     def handles(self, path: str) -> bool:
         return path.startswith(PREFIX)
@@ -96,6 +103,8 @@ class AdminApi:
         route = path[len(PREFIX) :].strip("/")
         if route == "health" and method == "GET":
             return 200, self._health()
+        if route == "requests" and self._requests is not None and method in ("GET", "DELETE"):
+            return 200, self._requests.snapshot() if method == "GET" else self._requests.reset()
         if route == "load-balancers" and method == "GET":
             return 200, {"load_balancers": self._load_balancers()}
         if route == "base-image" and method == "POST" and self._publish_base_image is not None:

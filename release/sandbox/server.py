@@ -4,6 +4,7 @@
 
 Requests first meet `SandboxServer` (a WSGI middleware). It serves:
 - /_kiln/… — the admin API (admin.py);
+- every AWS request is counted by service and operation (calls.py; GET /_kiln/requests);
 - faults injected into AWS calls (faults.py): an error instead of the call, a delay before it, or
   its response held past the client's read timeout — before anything below;
 - the AWS operations moto lacks (instance refresh, DeleteLaunchTemplateVersions, image
@@ -42,8 +43,9 @@ from release.clock import Clock, SystemClock
 from release.errors import KilnError
 from release.sandbox import ingress, paging, patches
 from release.sandbox.admin import AdminApi, AdminError
+from release.sandbox.calls import CallCounter
 from release.sandbox.contracts import DataPlane
-from release.sandbox.faults import FaultBook, Injection, identify, render_error
+from release.sandbox.faults import Call, FaultBook, Injection, identify, render_error
 from release.sandbox.fleet import MotoFleet, sweep_elb_health
 from release.sandbox.patches import images, launch_templates
 from release.sandbox.patches.addresses import LoopbackAddresses
@@ -143,10 +145,11 @@ class SandboxServer:
         self.wires = {name: ServiceWire(name) for name in set(SERVICES.values())}
         self.handlers: dict[tuple[str, str], Handler] = {}
         self.faults = FaultBook(self.clock)
+        self.requests = CallCounter(self.clock)
         self.admin = AdminApi(
             health=self.health, policy=self.targets.policy, load_balancers=self.describe_load_balancers,
             publish_base_image=self.publish_newer_base_image, faults=self.faults, instance_action=self.instance_fault,
-            ssh_ingress=self.ssh_ingress,
+            ssh_ingress=self.ssh_ingress, requests=self.requests,
         )
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
         self.base_image = base_image or BaseImage()
@@ -435,7 +438,10 @@ class SandboxServer:
             body = self._read_body(environ)
             status, payload = self.admin.handle(environ.get("REQUEST_METHOD", "GET"), path, body)
             return self._send(start_response, Reply(status, json.dumps(payload).encode(), "application/json"))
-        injection = self._fault_for(environ)
+        scope = _credential_scope(environ)
+        call = identify(environ, self._read_body(environ), scope[1] if scope else None)
+        self.requests.count(call)
+        injection = self._fault_for(call)
         if injection is None:
             return self._dispatch(environ, start_response)
         fault = injection.fault
@@ -451,9 +457,7 @@ class SandboxServer:
             self.clock.sleep(fault.delay)  # the client's read timeout fires; the call took effect
         return answer
 
-    def _fault_for(self, environ: dict[str, Any]) -> Injection | None:
-        scope = _credential_scope(environ)
-        call = identify(environ, self._read_body(environ), scope[1] if scope else None)
+    def _fault_for(self, call: Call | None) -> Injection | None:
         injection = self.faults.take(call) if call is not None else None
         if injection is not None:
             log.info("fault %s: %s %s", injection.rule_id, call.name if call else "?", injection.fault.describe())

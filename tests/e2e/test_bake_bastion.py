@@ -105,7 +105,13 @@ def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(sandbox:
     app_group = ctx.aws.client("ec2").describe_security_groups(
         Filters=[{"Name": "group-name", "Values": ["web-sandbox-app"]}])["SecurityGroups"][0]["GroupId"]
     assert plan.variables["security_group_ids"] == [app_group]  # the fleet's network: SSH from the bastion only
-    direct = replace(plan, variables={k: v for k, v in plan.variables.items() if not k.startswith("ssh_bastion_")})
+    def without_bastion(variables: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in variables.items() if not k.startswith("ssh_bastion_")}
+
+    direct = replace(plan, variables=without_bastion(plan.variables),
+                     foundation=replace(plan.foundation, variables=without_bastion(plan.foundation.variables)))
+    # The first layer to bake is the one that fails: the foundation in a new sandbox.
+    failing = (plan.foundation.fingerprint if plan.foundation.needed else plan.fingerprint).value
     with pytest.raises(BakeError) as failed:
         baker.bake(direct)
     message = str(failed.value)
@@ -113,14 +119,15 @@ def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(sandbox:
     assert "authentication error when trying to connect via SSH" in message
     assert "If it is reachable only through a bastion, name the bastion in [environments.sandbox.ssh]" in message
     # The build instance was there, and its sshd refused Packer: this machine is not the bastion.
-    built_on = ctx.cloud.instances_tagged({"kiln:fingerprint": plan.fingerprint.value},
+    built_on = ctx.cloud.instances_tagged({"kiln:fingerprint": failing},
                                           states=("shutting-down", "terminated"))
     assert len(built_on) == 1
     refused = re.findall(r"SSH to (i-\w+) refused: .* from this machine \(127\.0\.0\.1",
                          (sandbox.state / "server.log").read_text())
     assert built_on[0] in refused
-    assert [i for i in ctx.cloud.app_images(ctx.cfg.app.name) if i.fingerprint == plan.fingerprint.value] == []
-    assert ctx.cloud.instances_tagged({"kiln:fingerprint": plan.fingerprint.value},
+    images = [*ctx.cloud.app_images(ctx.cfg.app.name), *ctx.cloud.foundation_images(ctx.cfg.app.name)]
+    assert [i for i in images if i.fingerprint == failing] == []
+    assert ctx.cloud.instances_tagged({"kiln:fingerprint": failing},
                                       states=("pending", "running", "stopping", "stopped")) == []
 
 
@@ -131,7 +138,7 @@ def test_the_same_bake_through_the_bastion_passes_and_is_validated(sandbox: Sand
     variables = result.plan.variables
     bastion_id, bastion_ip = ctx.cloud.running_instance_named(ctx.env.ssh.bastion_instance or "")
     assert variables["ssh_bastion_host"] == bastion_ip
-    log = (sandbox.project / ".kiln" / "bake" / "packer.log").read_text()
+    log = (sandbox.project / ".kiln" / "bake" / "packer-app.log").read_text()
     assert "Connected to SSH!" in log
     assert '-o ProxyCommand="ssh -W %h:%p -p 22' in log and f'admin@{bastion_ip}"' in log  # Ansible's jump
     # Ansible's jump checked the bastion's key: the one its console output vouches for.

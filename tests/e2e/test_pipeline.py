@@ -27,6 +27,7 @@ from packaging.version import Version
 from release import commands, config
 from release.bake import BakeResult
 from release.errors import BakeError, DriftDetected, GateFailed, NotFound, UsageError
+from release.plan import Request, make_plan
 from release.record import Lease, Outcome, ReleaseRecord
 from release.sandbox import stack
 from release.ui import UI
@@ -561,6 +562,27 @@ def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: Wor
     assert foundation.tags["kiln:base-ami"] == published["us-east-1"]
 
 
+def test_deprecating_a_foundation_flags_the_images_baked_on_it(world: World) -> None:
+    ctx = world.ctx()
+    app = ctx.cfg.app.name
+    one = ctx.cloud.app_images(app, "1.0.0")[0]
+    assert one.foundation is not None
+    with pytest.raises(NotFound, match="is not a foundation"):
+        commands.deprecate_foundation(ctx, one.image_id, reason="wrong image", children=False)
+    flagged = commands.deprecate_foundation(ctx, one.foundation, reason="openssl CVE-2026-0001", children=False)
+    assert one.image_id in flagged
+    below, above = ctx.cloud.image(one.foundation), ctx.cloud.image(one.image_id)
+    assert below is not None and below.deprecated(ctx.clock.now())  # at once, for Kiln
+    assert above is not None and not above.deprecated(ctx.clock.now())  # flagged, not deprecated
+    assert above.tags["kiln:foundation-deprecated"] == "openssl CVE-2026-0001"
+    plan = make_plan(ctx.env, Request(Version("1.0.0"), ctx.clock.now(), allow_downgrade=True),
+                     commands.observe_for_plan(ctx, Version("1.0.0")))
+    assert any(f"baked on the foundation {one.foundation}, since deprecated" in w for w in plan.warnings)
+    # The next bake of this tree would not build on it (the newest foundation is another one anyway).
+    assert one.foundation not in {i.image_id for i in ctx.cloud.foundation_images(app)
+                                  if not i.deprecated(ctx.clock.now())}
+
+
 def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: World) -> None:
     east, west = world.ctx(), world.ctx(env=WEST)
     live = east.ledger.live(ENV)
@@ -613,8 +635,11 @@ def test_cleanup_deletes_exactly_what_nothing_needs_and_then_nothing(world: Worl
     versions = {str(i.version) for c in (east, west) for i in c.cloud.app_images(app)}
     assert len(versions) == 8, versions
 
+    foundations = {i.image_id for c in (east, west) for i in c.cloud.foundation_images(app)}
+    assert len(foundations) == 2  # the first one, and the one baked on the newer base image
+
     plan = commands.cleanup(world.ctx(), keep=3, dry_run=True)
-    assert {d.image.ami.image_id for d in plan} == everything  # both regions, every Kiln AMI
+    assert {d.image.ami.image_id for d in plan} == everything | foundations  # both regions, every Kiln AMI
     doomed = {d.image.ami.image_id: d for d in plan if d.action.value == "delete"}
     assert set(doomed) == set(older) | {legacy_east.image_id}
     why = {d.image.ami.image_id: "; ".join(d.reasons) for d in plan}
@@ -623,6 +648,9 @@ def test_cleanup_deletes_exactly_what_nothing_needs_and_then_nothing(world: Worl
     assert "live in sandbox" in why[live_east.image_id] and "live in sandbox-west" in why[live_west.image_id]
     assert "previous in sandbox-west" in why[legacy_west.image_id]
     assert "one of the newest 3 versions" in why[one.image_id]
+    # Both foundations stay: 1.0.0 (kept) was baked on the first, the second is the newest.
+    assert f"foundation of kept {one.image_id} (1.0.0)" in why[str(one.foundation)]
+    assert all("the newest foundation" in why[f] or "foundation of kept" in why[f] for f in foundations)
     assert {i.image_id for c in (east, west) for i in c.cloud.app_images(app)} == everything  # a dry run
     snapshots = [s for d in doomed.values() for s in d.image.snapshot_ids]
     assert len(snapshots) == len(doomed)
