@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,6 +40,7 @@ from release.model import (
     TAG_VALIDATED,
     TAG_VALIDATION_REASON,
     TAG_VERSION,
+    Check,
     GroupState,
     InstanceState,
     Lock,
@@ -142,6 +144,17 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
     ui.info(f"{ctx.cfg.app.name} {plan.version}: fingerprint {fp}, base image {plan.base_image.image_id}")
     foundation = {"needed": below.needed and plan.needed, "fingerprint": below.fingerprint.value,
                   "image_id": below.existing.image_id if below.existing else None, "changed": below.changed}
+    if not plan.needed and plan.existing is not None and plan.existing.validated is None and not dry_run:
+        # Baked, then interrupted before its smoke test: test it now rather than bake it again.
+        ui.info(f"{plan.existing.image_id} has these inputs but was never smoke-tested (an interrupted bake): "
+                "smoke-testing it now")
+        if plan.existing.imds_support != "v2.0":
+            ctx.cloud.require_imds_v2(plan.existing.image_id)  # the bake stopped before its own last steps
+        with ui.progress(f"smoke-testing {plan.existing.image_id}") as status:
+            checks = _smoke_test(ctx, plan.existing.image_id, plan.version, fp, status)
+        return _validated(ctx, baker, BakeResult(plan=plan, image_id=plan.existing.image_id,
+                                                 copies={ctx.env.region: plan.existing.image_id}, seconds=0.0,
+                                                 foundation_id=plan.existing.foundation or ""), checks, foundation)
     if not plan.needed:
         assert plan.existing is not None
         ui.success(f"nothing changed: {plan.existing.image_id} ({plan.existing.name}) already has fingerprint {fp}")
@@ -159,20 +172,48 @@ def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeR
                    "variables": plan.variables, "foundation": foundation})
         return plan
     del if_changed  # the fingerprint check above is what --if-changed asks for; baking is the default
-    from release.smoke import smoke_test
-
-    with ui.progress(f"baking {plan.version}") as status:
+    with ui.progress(f"baking {plan.version}") as status, stop_on_sigterm():
         baker.on_step = bake_steps(status)
         result = baker.bake(plan)
         if result.foundation_seconds:
             ui.success(f"packer built the foundation {result.foundation_id} in {result.foundation_seconds:.0f} s")
         ui.success(f"packer built {result.image_id} on {result.foundation_id} in "
                    f"{result.seconds - result.foundation_seconds:.0f} s")
-        status.stage("smoke test")
-        status.update(f"smoke-testing {result.image_id}")
-        checks = smoke_test(ctx.cloud, ctx.env, result.image_id, plan.version, fp, ctx.clock,
-                            lambda key, timeouts: ssh_for(ctx, key=key, use_agent=False, timeouts=timeouts),
-                            on_step=status.update)
+        checks = _smoke_test(ctx, result.image_id, plan.version, fp, status)
+    return _validated(ctx, baker, result, checks, foundation)
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a CI runner cancelling the job) stops a bake the way Ctrl-C does, so that Packer is
+    told to clean up (packer.run) instead of being orphaned with its build instance."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _smoke_test(ctx: Context, image_id: str, version: str, fingerprint: str, status: Progress) -> tuple[Check, ...]:
+    from release.smoke import smoke_test
+
+    status.stage("smoke test")
+    status.update(f"smoke-testing {image_id}")
+    return smoke_test(ctx.cloud, ctx.env, image_id, version, fingerprint, ctx.clock,
+                      lambda key, timeouts: ssh_for(ctx, key=key, use_agent=False, timeouts=timeouts),
+                      on_step=status.update)
+
+
+def _validated(ctx: Context, baker: Baker, result: BakeResult, checks: tuple[Check, ...],
+               foundation: dict[str, object]) -> BakeResult:
+    ui, plan, fp = ctx.ui, result.plan, result.plan.fingerprint.value
     result = replace(result, smoke=checks)
     baker.record_validation(result.image_id, checks)
     for check in checks:

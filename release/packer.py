@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -88,14 +89,31 @@ def check_tool(name: str, version_args: Sequence[str], parse: Callable[[str], Ve
     return version
 
 
+# How long Packer may take to clean up after SIGINT (terminate its build instance, delete its key).
+CLEANUP_SECONDS = 300
+
+
 def run(command: Sequence[str], *, env: Mapping[str, str], cwd: Path, on_line: Callable[[str], None]) -> int:
-    """Run Packer, handing each output line to `on_line`; the exit code."""
+    """Run Packer, handing each output line to `on_line`; the exit code.
+
+    If Kiln stops while Packer runs (Ctrl-C, SIGTERM from a CI runner cancelling the job, an error),
+    Packer is asked to stop the way Ctrl-C asks it (SIGINT: it terminates its build instance and
+    deletes its temporary key pair) and waited for, so no build instance or half-made AMI outlives
+    the bake."""
     with subprocess.Popen(list(command), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            on_line(line.rstrip("\n"))
-        return proc.wait()
+        try:
+            for line in proc.stdout:
+                on_line(line.rstrip("\n"))
+            return proc.wait()
+        except BaseException:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=CLEANUP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
 
 
 # Lines like "==> amazon-ebs.app: Launching a source AWS instance..." name Packer's steps, and

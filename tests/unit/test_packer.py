@@ -83,3 +83,21 @@ def test_real_packer_accepts_kilns_var_file(tmp_path: Path) -> None:
     cmd.remove("-color=false")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_stopping_kiln_asks_packer_to_clean_up_and_waits_for_it(tmp_path: Path) -> None:
+    """Ctrl-C, or SIGTERM turned into SystemExit (commands.stop_on_sigterm), while Packer runs: Packer
+    gets SIGINT — its own signal to terminate the build instance — and Kiln waits for it to finish."""
+    cleaned = tmp_path / "cleaned-up"
+    script = tmp_path / "packer"
+    script.write_text(f"#!/bin/sh\ntrap 'echo terminating the build instance; touch {cleaned}; exit 1' INT\n"
+                      "echo '==> amazon-ebs.app: Launching a source AWS instance...'\n"
+                      "while :; do sleep 0.1; done\n")
+    script.chmod(0o755)
+
+    def stop_at_first_line(line: str) -> None:
+        raise SystemExit(143)
+
+    with pytest.raises(SystemExit):
+        packer.run([str(script)], env=dict(os.environ), cwd=tmp_path, on_line=stop_at_first_line)
+    assert cleaned.exists()
