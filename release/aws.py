@@ -323,11 +323,17 @@ def client_factory(aws: Aws) -> Callable[[str, str], Any]:
 
 
 class Cloud:
-    """What Kiln reads and changes in one environment's region, in Kiln's words."""
+    """What Kiln reads and changes in one environment's region, in Kiln's words.
+
+    One object remembers what cannot change while it lives, so that a gate polling a group of
+    hundreds of instances asks AWS the same few calls each poll: a target group's ARN for its name,
+    and each instance's launch facts (`launch_facts`)."""
 
     def __init__(self, aws: Aws) -> None:
         self.aws = aws
         self.region = aws.target.region
+        self._target_group_arns: dict[str, str] = {}
+        self._launched: dict[str, InstanceTypeDef] = {}  # instance id -> EC2's description, when complete
 
     def _ec2(self) -> EC2Client:
         return self.aws.client("ec2")
@@ -640,7 +646,7 @@ class Cloud:
         groups_to_check = target_groups or tuple(g.get("TargetGroupARNs", []))
         health = self.target_health(groups_to_check)
         ids = [i["InstanceId"] for i in g.get("Instances", [])]
-        described = self.describe_instances(ids)
+        described = self.launch_facts(ids)
         instances = tuple(
             InstanceState(
                 instance_id=i["InstanceId"],
@@ -658,6 +664,22 @@ class Cloud:
                           launch_template_name=lt.get("LaunchTemplateName"),
                           launch_template_version=lt.get("Version"), instances=instances,
                           health_check_grace_period=int(g.get("HealthCheckGracePeriod") or 0))
+
+    def launch_facts(self, instance_ids: list[str]) -> dict[str, InstanceTypeDef]:
+        """instance id -> EC2's description, for its image, private address and launch time.
+
+        Those never change while an instance lives (its launch time does on a stop and start, and a
+        group replaces a member that stops), so EC2 is asked only about instances this object has
+        not yet seen with all three: a poll of a steady group of 500 asks nothing, and one during a
+        refresh asks about the batch just launched. Instances no longer asked about are forgotten."""
+        launched = self._launched  # one view, whichever thread replaces it meanwhile
+        fresh = self.describe_instances([i for i in instance_ids if i not in launched])
+        known = {i: launched[i] for i in instance_ids if i in launched}
+        for instance_id, described in fresh.items():
+            if described.get("ImageId") and described.get("PrivateIpAddress") and described.get("LaunchTime"):
+                known[instance_id] = described
+        self._launched = known
+        return {**known, **fresh}
 
     def describe_instances(self, instance_ids: list[str]) -> dict[str, InstanceTypeDef]:
         """instance id -> EC2's description of it."""
@@ -679,10 +701,13 @@ class Cloud:
         return states
 
     def target_group_arn(self, name: str) -> str:
-        with self.aws.call("DescribeTargetGroups", name,
-                           hint="Check [environments.*] target_groups (names or ARNs)."):
-            groups = self.aws.client("elbv2").describe_target_groups(Names=[name])["TargetGroups"]
-        return str(groups[0]["TargetGroupArn"])
+        """The ARN of the target group named `name` (asked once: a name's ARN never changes)."""
+        if name not in self._target_group_arns:
+            with self.aws.call("DescribeTargetGroups", name,
+                               hint="Check [environments.*] target_groups (names or ARNs)."):
+                groups = self.aws.client("elbv2").describe_target_groups(Names=[name])["TargetGroups"]
+            self._target_group_arns[name] = str(groups[0]["TargetGroupArn"])
+        return self._target_group_arns[name]
 
     def load_balancer_url(self, target_groups: tuple[str, ...]) -> str | None:
         """http://<DNS name>:<listener port> of the first target group's load balancer.

@@ -709,6 +709,44 @@ def test_describe_instances_pages_and_asks_nothing_for_no_instances(cloud: Cloud
     assert cloud.describe_instances([]) == {}
 
 
+def test_polling_a_group_asks_ec2_only_about_new_instances_and_the_target_group_once(cloud: Cloud,
+                                                                                    stubs: Stubs) -> None:
+    # A gate's polls of a group of hundreds cost the same few calls: an instance's image, address
+    # and launch time never change, nor does a target group's ARN.
+    def poll(*members: str) -> None:
+        stubs("autoscaling").add_response(
+            "describe_auto_scaling_groups", {"AutoScalingGroups": [asg(instances=[asg_instance(i) for i in members])]},
+            {"AutoScalingGroupNames": ["webapp"]})
+        stubs("elbv2").add_response("describe_target_health", {"TargetHealthDescriptions": []},
+                                    {"TargetGroupArn": TG_ARN})
+
+    stubs("elbv2").add_response("describe_target_groups", {"TargetGroups": [{"TargetGroupArn": TG_ARN}]},
+                                {"Names": ["webapp"]})
+    poll("i-1", "i-2")
+    stubs("ec2").add_response("describe_instances", {"Reservations": [reservation(
+        ec2_instance("i-1", PrivateIpAddress="10.0.0.1"), ec2_instance("i-2", state="pending"))]},
+        {"InstanceIds": ["i-1", "i-2"]})
+    first = cloud.group("webapp", ("webapp",))
+    poll("i-1", "i-2", "i-3")  # i-2 had no address yet: asked again, with the newcomer
+    stubs("ec2").add_response("describe_instances", {"Reservations": [reservation(
+        ec2_instance("i-2", PrivateIpAddress="10.0.0.2"), ec2_instance("i-3", PrivateIpAddress="10.0.0.3"))]},
+        {"InstanceIds": ["i-2", "i-3"]})
+    second = cloud.group("webapp", ("webapp",))
+    poll("i-2", "i-3")  # nothing new: no DescribeInstances, no DescribeTargetGroups
+    third = cloud.group("webapp", ("webapp",))
+    poll("i-1", "i-3")  # i-1 left and came back into view: forgotten, so asked again
+    stubs("ec2").add_response("describe_instances", {"Reservations": [reservation(
+        ec2_instance("i-1", PrivateIpAddress="10.0.0.1"))]}, {"InstanceIds": ["i-1"]})
+    fourth = cloud.group("webapp", ("webapp",))
+
+    assert first is not None and second is not None and third is not None and fourth is not None
+    assert [i.private_ip for i in first.instances] == ["10.0.0.1", None]
+    assert [i.private_ip for i in second.instances] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert [(i.instance_id, i.image_id, i.private_ip, i.launched_at) for i in third.instances] == [
+        ("i-2", "ami-new", "10.0.0.2", T0), ("i-3", "ami-new", "10.0.0.3", T0)]
+    assert [i.private_ip for i in fourth.instances] == ["10.0.0.1", "10.0.0.3"]
+
+
 def test_target_health_is_per_instance_across_target_groups(cloud: Cloud, stubs: Stubs) -> None:
     other = TG_ARN.replace("webapp/0123", "other/4567")
     elb = stubs("elbv2")
