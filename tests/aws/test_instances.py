@@ -139,3 +139,18 @@ def test_detach_instances_deregisters_them_from_the_target_groups(kit: Kit, seed
     kit.wait_for("the detached instance to finish draining",
                  lambda: detached not in kit.target_states(seed.target_group_arn))  # fmt: skip
     kit.client("ec2").terminate_instances(InstanceIds=[detached])
+
+
+def test_a_terminated_instance_gives_its_subnet_address_back(kit: Kit) -> None:
+    # A /28 holds 11 instances (EC2 keeps 5 of its 16 addresses): 30 launches, each terminated
+    # before the next, then 11 at once, fit only if every terminated instance freed its address.
+    ec2 = kit.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.0.0/28")["Subnet"]["SubnetId"]
+    image = ec2.register_image(Name=unique("small-subnet"), RootDeviceName="/dev/xvda")["ImageId"]
+    for _ in range(30):
+        launched = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet)["Instances"]
+        ec2.terminate_instances(InstanceIds=[launched[0]["InstanceId"]])
+    full = ec2.run_instances(ImageId=image, MinCount=11, MaxCount=11, SubnetId=subnet)["Instances"]
+    assert len(full) == 11
+    ec2.terminate_instances(InstanceIds=[i["InstanceId"] for i in full])

@@ -3,6 +3,10 @@
 - Every instance's primary network interface gets a unique 127.100.x.y address as its
   PrivateIpAddress (and PrivateIpAddresses), so clients that connect to "the private IP" reach this
   machine. moto's made-up 10.x/54.x addresses are never reported, so nothing dials them.
+- A terminated instance gives its subnet address back, as EC2 does when it deletes the instance's
+  network interface. (moto frees the interface's address, which here is the loopback one, so the
+  subnet address it set aside for the instance stayed taken: the seed's private /24 subnets ran
+  out after about 500 launches, and every launch after that failed.)
 - No instance gets a public IP or public DNS name, whatever the subnet or request says: there is
   nothing on this machine such an address could reach. Use the private IP (documented).
 - RunInstances, StopInstances, StartInstances and TerminateInstances call the data plane, when one
@@ -87,11 +91,24 @@ def _launched(backend: Any, instance: Any) -> LaunchedInstance:
     )
 
 
+def _give_back_subnet_addresses(instance: Any) -> None:
+    """Free the subnet addresses moto set aside for `instance` (only while they are still its own)."""
+    try:
+        subnet = instance.ec2_backend.get_subnet(instance.subnet_id) if instance.subnet_id else None
+    except Exception:  # the subnet is gone: nothing to give back
+        subnet = None
+    for address in list(instance._private_ips):
+        if subnet is not None and subnet._subnet_ips.get(address) is instance:
+            subnet.del_subnet_ip(address)
+        instance._private_ips.discard(address)
+
+
 def apply() -> None:
     from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
     from moto.ec2.responses.general import General
 
     original_prep_nics: Any = Instance.prep_nics
+    original_instance_terminate: Any = Instance.terminate
 
     def prep_nics(self: Any, *args: Any, **kwargs: Any) -> None:
         original_prep_nics(self, *args, **kwargs)
@@ -102,6 +119,11 @@ def apply() -> None:
         primary.public_ip_auto_assign = False
         primary.public_ip = None
         self.associate_public_ip = False
+
+    def terminate(self: Any) -> Any:
+        previous_state = original_instance_terminate(self)
+        _give_back_subnet_addresses(self)
+        return previous_state
 
     original_run: Any = InstanceBackend.run_instances
     original_stop: Any = InstanceBackend.stop_instances
@@ -168,6 +190,7 @@ def apply() -> None:
         return result
 
     replace(Instance, "prep_nics", prep_nics)
+    replace(Instance, "terminate", terminate)
     replace(InstanceBackend, "run_instances", run_instances)
     replace(InstanceBackend, "stop_instances", stop_instances)
     replace(InstanceBackend, "start_instances", start_instances)
