@@ -141,6 +141,24 @@ def test_detach_instances_deregisters_them_from_the_target_groups(kit: Kit, seed
     kit.client("ec2").terminate_instances(InstanceIds=[detached])
 
 
+@pytest.mark.parametrize("how", ["set_desired_capacity", "update_auto_scaling_group"])
+def test_a_scale_in_deregisters_the_instances_it_terminates(kit: Kit, seed: SeedResources, how: str) -> None:
+    before = {m["InstanceId"] for m in kit.group(seed.asg_name)["Instances"]}
+    autoscaling = kit.client("autoscaling")
+    if how == "set_desired_capacity":
+        autoscaling.set_desired_capacity(AutoScalingGroupName=seed.asg_name, DesiredCapacity=2)
+    else:
+        autoscaling.update_auto_scaling_group(AutoScalingGroupName=seed.asg_name, DesiredCapacity=2)
+    members = {m["InstanceId"] for m in kit.group(seed.asg_name)["Instances"]}
+    gone = before - members
+    assert len(members) == 2 and len(gone) == 2
+    states = kit.target_states(seed.target_group_arn)
+    assert {states[i]["State"] for i in gone} == {"draining"}
+    kit.wait_for("the terminated instances to finish draining",
+                 lambda: not gone & set(kit.target_states(seed.target_group_arn)))  # fmt: skip
+    assert set(kit.target_states(seed.target_group_arn)) == members
+
+
 def test_a_terminated_instance_gives_its_subnet_address_back(kit: Kit) -> None:
     # A /28 holds 11 instances (EC2 keeps 5 of its 16 addresses): 30 launches, each terminated
     # before the next, then 11 at once, fit only if every terminated instance freed its address.

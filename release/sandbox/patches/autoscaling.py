@@ -11,9 +11,11 @@ what DescribeAutoScalingGroups then reports.
 moto also does not register replacements (e.g. after TerminateInstances) in the group's target
 groups; AWS registers every instance the group launches. Launches here always register. The other
 way round, moto leaves an instance registered when it leaves the group through
-TerminateInstanceInAutoScalingGroup or DetachInstances; AWS deregisters it from the group's target
+TerminateInstanceInAutoScalingGroup, DetachInstances or a scale-in (a lower desired capacity,
+through SetDesiredCapacity or UpdateAutoScalingGroup); AWS deregisters it from the group's target
 groups (its target drains for the deregistration delay, then is gone). Here every way out of a
-group deregisters.
+group deregisters. (A group scaled from 500 down to 4 had left 496 terminated instances
+registered, reported healthy and health-checked five times a second.)
 
 Instances are spread over the group's subnets by Availability Zone, fewest instances first, as
 AWS balances a group across its AZs.
@@ -150,6 +152,16 @@ def apply() -> None:
             deregister_from_target_groups(group, [i for i in instance_ids if i in members])
         return original_detach(self, group_name, instance_ids, should_decrement)
 
+    original_set_desired: Any = FakeAutoScalingGroup.set_desired_capacity
+
+    def set_desired_capacity(self: Any, new_capacity: int | None) -> None:
+        before = {s.instance.id for s in self.instance_states}
+        original_set_desired(self, new_capacity)
+        left = before - {s.instance.id for s in self.instance_states}
+        if left:  # scaled in: moto terminated them without telling the target groups
+            deregister_from_target_groups(self, sorted(left))
+
     replace(FakeAutoScalingGroup, "replace_autoscaling_group_instances", replace_autoscaling_group_instances)
+    replace(FakeAutoScalingGroup, "set_desired_capacity", set_desired_capacity)
     replace(AutoScalingBackend, "detach_instances", detach_instances)
     replace(InstanceState, "launch_template", property(launch_template))
