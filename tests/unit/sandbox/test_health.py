@@ -282,3 +282,22 @@ def test_a_target_marked_unhealthy_fails_its_real_health_check_too() -> None:
     assert plane.probed == ["127.100.0.1"]  # marked targets are not even asked
     policy.clear()
     assert check(probe("i-2")) == (200, False)
+
+
+def test_the_admin_policy_looks_an_instance_s_image_up_only_while_an_image_is_marked() -> None:
+    """Finding an instance's image walks every reservation in moto: not at every health check."""
+    from release.sandbox.patches.targets import AdminHealthPolicy
+
+    looked_up: list[str] = []
+
+    def image_of(target: str) -> str:
+        looked_up.append(target)
+        return "ami-new" if target == "i-2" else "ami-old"
+
+    policy = AdminHealthPolicy(image_of)
+    policy.set(instance_id="i-3", healthy=False)
+    assert [policy.failing(t) for t in ("i-1", "i-2", "i-3")] == [False, False, True]
+    assert looked_up == []
+    policy.set(image_id="ami-new", healthy=False)
+    assert [policy.failing(t) for t in ("i-1", "i-2", "i-3")] == [False, True, True]
+    assert looked_up == ["i-1", "i-2"]
