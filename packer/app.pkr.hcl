@@ -118,6 +118,8 @@ source "amazon-ebs" "app" {
   ssh_keypair_name     = var.ssh_keypair_name
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout          = "10m"
+  # A login sshd refuses is tried this many times (Packer's default 10, about 7 s each).
+  ssh_handshake_attempts = var.ssh_handshake_attempts
 
   ssh_bastion_host             = var.ssh_bastion_host
   ssh_bastion_port             = var.ssh_bastion_port

@@ -199,6 +199,12 @@ variable "ssh_private_key_file" {
 
 # --- a bastion between this machine and the build instance ------------------------------------
 
+variable "ssh_handshake_attempts" {
+  type        = number
+  default     = 10
+  description = "How many times Packer tries a login the build instance refuses before it gives up."
+}
+
 variable "ssh_bastion_host" {
   type        = string
   default     = ""

@@ -1,6 +1,6 @@
 """POST /_kiln/ssh-ingress: what an instance's sshd asks at each login. The answer follows the
 instance's security groups as they are at that moment (here without a data plane, so the source is
-always this machine; tests/e2e/test_bake_bastion.py has the bastion as the source)."""
+always this machine; tests/e2e/test_pipeline.py has the bastion as the source)."""
 
 from __future__ import annotations
 

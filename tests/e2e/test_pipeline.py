@@ -8,9 +8,11 @@ each step builds on the fleet the previous one left.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,11 +28,12 @@ import pytest
 from packaging.version import Version
 
 from release import commands, config
-from release.bake import BakeResult
+from release.bake import Baker, BakeResult
 from release.errors import BakeError, DriftDetected, GateFailed, NotFound, UsageError
 from release.plan import Request, make_plan
 from release.record import Lease, Outcome, ReleaseRecord
 from release.sandbox import stack
+from release.ssh import Ssh, SshError, parse_console_output
 from release.ui import UI
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -137,6 +141,27 @@ def test_ssh_clients_jump_to_instances_through_the_bastion(world: World) -> None
     assert out.stdout.strip() == "ip-" + target.private_ip.replace(".", "-")
 
 
+def test_the_fleet_answers_ssh_from_the_bastion_only(world: World) -> None:
+    """The fleet's security groups admit SSH only from the bastion's, and the sandbox enforces it
+    (docs/dataplane.md, "SSH and security groups"): what a bake's build instance meets too."""
+    ctx = world.ctx()
+    group = ctx.cloud.group(ctx.env.asg)
+    assert group is not None
+    target = group.instances[0]
+    assert target.private_ip
+    direct = replace(ctx.env.ssh, bastion_instance=None)
+    with Ssh(direct, key_filename=commands.sandbox_key(), use_agent=False, console_output=ctx.cloud.console_output) \
+            as ssh, pytest.raises(SshError, match="login as admin refused"):
+        ssh.connect(target.private_ip, instance_id=target.instance_id)
+    with commands.ssh_for(ctx) as ssh, ssh.connect(target.private_ip, instance_id=target.instance_id) as conn:
+        assert conn.via is not None  # through the bastion: admitted
+        assert conn.run("hostname").stdout.strip() == "ip-" + target.private_ip.replace(".", "-")
+    console = ctx.cloud.console_output(target.instance_id)
+    assert re.search(r"SSH login as admin refused by security groups: .* do not admit tcp 22 from this machine "
+                     r"\(127\.0\.0\.1, outside every instance\): they admit it only from sg-\w+ "
+                     r"\(web-sandbox-bastion\)", console), console[-2000:]
+
+
 def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) -> None:
     ctx = world.ctx()
     result = commands.bake(ctx, force=False, dry_run=False, if_changed=False)
@@ -171,6 +196,54 @@ def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) ->
             assert not any(n in data for n in needles), f"secret baked into {path}"
 
 
+def test_the_bake_went_through_the_bastion(world: World) -> None:
+    """The build instance is where the fleet is (only the bastion may log in): Packer and Ansible
+    reached it through the bastion, and Ansible's jump checked the bastion's key, the one its
+    console output vouches for."""
+    ctx = world.ctx()
+    plan = commands.bake(ctx, force=True, dry_run=True, if_changed=False)
+    assert not isinstance(plan, BakeResult)
+    app_group = ctx.aws.client("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["web-sandbox-app"]}])["SecurityGroups"][0]["GroupId"]
+    assert plan.variables["security_group_ids"] == [app_group]  # the fleet's network: SSH from the bastion only
+    bastion_id, bastion_ip = ctx.cloud.running_instance_named(ctx.env.ssh.bastion_instance or "")
+    assert plan.variables["ssh_bastion_host"] == bastion_ip
+    log = (ROOT / ".kiln" / "bake" / "packer-app.log").read_text()
+    assert "Connected to SSH!" in log
+    assert '-o ProxyCommand="ssh -W %h:%p -p 22' in log and f'admin@{bastion_ip}"' in log  # Ansible's jump
+    known = Path(str(plan.variables["ssh_bastion_known_hosts"])).read_text().split()
+    assert known[0] == bastion_ip
+    assert parse_console_output(ctx.cloud.console_output(bastion_id)).accepts(known[1], base64.b64decode(known[2]))
+
+
+def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(world: World) -> None:
+    ctx = world.ctx()
+    baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: None,
+                  on_line=lambda line: None, bastion_key=commands.sandbox_key())
+    plan = baker.plan(force=True)
+    assert not plan.foundation.needed  # the foundation exists: the app layer is the one that fails
+    # Without the bastion, and one login attempt instead of Packer's ten (the refusal is the point).
+    direct = replace(plan, variables={**{k: v for k, v in plan.variables.items() if not k.startswith("ssh_bastion_")},
+                                      "ssh_handshake_attempts": 1})
+    with pytest.raises(BakeError) as failed:
+        baker.bake(direct)
+    message = str(failed.value)
+    assert "packer build failed (exit 1)" in message
+    assert "authentication error when trying to connect via SSH" in message
+    assert "If it is reachable only through a bastion, name the bastion in [environments.sandbox.ssh]" in message
+    # The build instance was there, and its sshd refused Packer: this machine is not the bastion.
+    failing = plan.fingerprint.value
+    built_on = ctx.cloud.instances_tagged({"kiln:fingerprint": failing}, states=("shutting-down", "terminated"))
+    assert len(built_on) == 1
+    refused = re.findall(r"SSH to (i-\w+) refused: .* from this machine \(127\.0\.0\.1",
+                         (world.state / "server.log").read_text())
+    assert built_on[0] in refused
+    assert ctx.cloud.instances_tagged({"kiln:fingerprint": failing},
+                                      states=("pending", "running", "stopping", "stopped")) == []
+    images = [i for i in ctx.cloud.app_images(ctx.cfg.app.name) if i.fingerprint == failing]
+    assert [i.image_id for i in images] == [i.image_id for i in images if i.validated]  # only the good bake
+
+
 def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> None:
     started = time.monotonic()
     plan = commands.bake(world.ctx(), force=False, dry_run=False, if_changed=True)
@@ -185,12 +258,14 @@ def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> No
     ("ansible/roles/proxy/tasks/main.yml", True),  # the foundation's role: both layers
 ])
 def test_which_layers_a_change_rebakes(world: World, tmp_path: Path, path: str, foundation_too: bool) -> None:
+    checkout = commands.bake(world.ctx(), force=False, dry_run=True, if_changed=True)
     project = copy_project(tmp_path)
     (project / path).write_text((project / path).read_text() + "\n# one more line\n")
     plan = commands.bake(world.ctx(project=project), force=False, dry_run=True, if_changed=True)
-    assert not isinstance(plan, BakeResult) and plan.needed
+    assert not isinstance(plan, BakeResult) and not isinstance(checkout, BakeResult) and plan.needed
     assert plan.foundation.needed is foundation_too
-    assert plan.changed == (("foundation",) if foundation_too else ("app",))
+    changed = plan.fingerprint.changed_since(checkout.fingerprint.as_tag())
+    assert changed == (["foundation"] if foundation_too else ["app"])
 
 
 def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
@@ -552,7 +627,7 @@ def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: Wor
     assert not isinstance(plan, BakeResult) and plan.needed
     # A new base image is a new foundation, and so a new app image on it.
     assert plan.base_image.image_id == published["us-east-1"]
-    assert plan.foundation.needed and plan.foundation.changed == ("base",) and plan.changed == ("foundation",)
+    assert plan.foundation.needed and plan.foundation.changed == ("base",) and "foundation" in plan.changed
     result = commands.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=True)
     assert isinstance(result, BakeResult) and result.validated and result.foundation_seconds > 0
     ami = world.ctx().cloud.image(result.image_id)
