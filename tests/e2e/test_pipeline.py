@@ -225,6 +225,8 @@ def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(world: W
     # Without the bastion, and one login attempt instead of Packer's ten (the refusal is the point).
     direct = replace(plan, variables={**{k: v for k, v in plan.variables.items() if not k.startswith("ssh_bastion_")},
                                       "ssh_handshake_attempts": 1})
+    failing, ended = plan.fingerprint.value, ("shutting-down", "terminated")
+    earlier = set(ctx.cloud.instances_tagged({"kiln:fingerprint": failing}, states=ended))  # the good bake's
     with pytest.raises(BakeError) as failed:
         baker.bake(direct)
     message = str(failed.value)
@@ -232,8 +234,7 @@ def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(world: W
     assert "authentication error when trying to connect via SSH" in message
     assert "If it is reachable only through a bastion, name the bastion in [environments.sandbox.ssh]" in message
     # The build instance was there, and its sshd refused Packer: this machine is not the bastion.
-    failing = plan.fingerprint.value
-    built_on = ctx.cloud.instances_tagged({"kiln:fingerprint": failing}, states=("shutting-down", "terminated"))
+    built_on = sorted(set(ctx.cloud.instances_tagged({"kiln:fingerprint": failing}, states=ended)) - earlier)
     assert len(built_on) == 1
     refused = re.findall(r"SSH to (i-\w+) refused: .* from this machine \(127\.0\.0\.1",
                          (world.state / "server.log").read_text())
