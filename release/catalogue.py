@@ -67,12 +67,7 @@ def decide(images: Sequence[CatalogueImage], refs: References, *, keep: int) -> 
         ami = image.ami
         if ami.version in newest_versions:
             reasons[ami.image_id].append(f"one of the newest {keep} versions")
-        if ami.state != "available":
-            reasons[ami.image_id].append(f"state {ami.state}")
-        for label, table in (("", refs.releases), ("launch template ", refs.templates),
-                             ("instance ", refs.instances), ("SSM parameter ", refs.parameters)):
-            for why in table.get(ami.image_id, ()):
-                reasons[ami.image_id].append(f"{label}{why}")
+        reasons[ami.image_id] += _referenced(ami, refs)
     # A reason to keep one copy keeps every copy (same fingerprint, other regions).
     by_lineage: dict[str, list[str]] = defaultdict(list)
     for image in kiln:
@@ -107,15 +102,21 @@ def _foundations(images: Sequence[CatalogueImage], refs: References, apps: Seque
         reasons = [f"foundation of kept {app}" for app in built_on.get(ami.image_id, [])]
         if newest[ami.region] == ami.image_id:
             reasons.append(f"the newest foundation in {ami.region} (the next app bake builds on it)")
-        if ami.state != "available":
-            reasons.append(f"state {ami.state}")
-        for label, table in (("", refs.releases), ("launch template ", refs.templates),
-                             ("instance ", refs.instances), ("SSM parameter ", refs.parameters)):
-            reasons += [f"{label}{why}" for why in table.get(ami.image_id, ())]
+        reasons += _referenced(ami, refs)
         decisions.append(Decision(image, Action.KEEP, tuple(reasons)) if reasons else
                          Decision(image, Action.DELETE, ("a foundation no kept app image was baked on, and not the "
                                                          "newest",)))
     return decisions
+
+
+def _referenced(ami: AmiRef, refs: References) -> list[str]:
+    """Why an AMI must stay whatever its version or layer: it is still being made, or something
+    (a release, a launch template, an instance, an SSM parameter) refers to it."""
+    reasons = [] if ami.state == "available" else [f"state {ami.state}"]
+    for label, table in (("", refs.releases), ("launch template ", refs.templates),
+                         ("instance ", refs.instances), ("SSM parameter ", refs.parameters)):
+        reasons += [f"{label}{why}" for why in table.get(ami.image_id, ())]
+    return reasons
 
 
 def _lineage(ami: AmiRef) -> str:
