@@ -738,14 +738,20 @@ def _frozen(table: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
 DEPRECATE_AHEAD = timedelta(minutes=1)
 
 
+def _deprecate_now(ctx: Context, cloud: Cloud, image_id: str, reason: str) -> None:
+    """A deprecation by hand: the reason tag makes it count for Kiln at once (AmiRef.deprecated),
+    EC2's own deprecation time follows a minute later."""
+    cloud.tag_image(image_id, {TAG_DEPRECATED_REASON: reason[:250]})
+    cloud.deprecate_image(image_id, ctx.clock.now() + DEPRECATE_AHEAD)
+
+
 def deprecate(ctx: Context, version: Version, *, reason: str) -> list[str]:
     regions = sorted({ctx.env.region, *ctx.env.ami_regions})
     done = []
     for region in regions:
         cloud = Cloud(Aws(replace(ctx.aws.target, region=region)))
         for ami in cloud.app_images(ctx.cfg.app.name, str(version)):
-            cloud.tag_image(ami.image_id, {TAG_DEPRECATED_REASON: reason[:250]})
-            cloud.deprecate_image(ami.image_id, ctx.clock.now() + DEPRECATE_AHEAD)
+            _deprecate_now(ctx, cloud, ami.image_id, reason)
             ctx.ledger.record_event("ami-deprecated", ami.image_id, ctx.clock.now(),
                                     {"region": region, "version": str(version), "reason": reason, "by": actor()})
             ctx.ui.success(f"deprecated {ami.image_id} ({region}): {reason}")
@@ -764,16 +770,14 @@ def deprecate_foundation(ctx: Context, image_id: str, *, reason: str, children: 
     if foundation is None or not foundation.is_foundation:
         raise NotFound(f"{image_id} is not a foundation of {ctx.cfg.app.name} in {ctx.env.region}",
                        hint="List them with `inv ami.cleanup --dry-run` (foundations are marked).")
-    cloud.tag_image(image_id, {TAG_DEPRECATED_REASON: reason[:250]})
-    cloud.deprecate_image(image_id, now + DEPRECATE_AHEAD)
+    _deprecate_now(ctx, cloud, image_id, reason)
     ctx.ledger.record_event("ami-deprecated", image_id, now, {"region": ctx.env.region, "layer": "foundation",
                                                               "reason": reason, "by": actor()})
     ctx.ui.success(f"deprecated the foundation {image_id}: {reason}; the next bake bakes a new one")
     built_on = [a for a in cloud.app_images(ctx.cfg.app.name) if a.foundation == image_id]
     for ami in built_on:
         if children:
-            cloud.tag_image(ami.image_id, {TAG_DEPRECATED_REASON: f"its foundation {image_id}: {reason}"[:250]})
-            cloud.deprecate_image(ami.image_id, now + DEPRECATE_AHEAD)
+            _deprecate_now(ctx, cloud, ami.image_id, f"its foundation {image_id}: {reason}")
             ctx.ui.success(f"deprecated {ami.image_id} ({ami.version}), baked on it")
         else:
             cloud.tag_image(ami.image_id, {TAG_FOUNDATION_DEPRECATED: reason[:250]})
