@@ -120,11 +120,12 @@ class Baker:
         existing, changed = self._existing(self.cloud.app_images(cfg.app.name), above)
         if force:
             existing = None
-        # Packer's variables look up the bastion and the fleet's network: only a bake needs them.
-        f_variables = self._variables("foundation", below, base) if f_existing is None else {}
-        variables = self._variables("app", above, f_existing or base) if existing is None else {}
-        if variables:
-            variables["base_ami"] = base.image_id
+        # Packer's variables look up the bastion and the fleet's network: only a bake needs them, and
+        # both layers share them.
+        shared = self._variables() if f_existing is None or existing is None else {}
+        f_variables = self._layer_variables(shared, "foundation", below, base) if f_existing is None else {}
+        variables = {} if existing is not None else {
+            **self._layer_variables(shared, "app", above, f_existing or base), "base_ami": base.image_id}
         command = packer.command_line(self.project / "packer", self.work / "bake.pkrvars.json")
         return BakePlan(version=str(cfg.app.version), fingerprint=above, base_image=base, existing=existing,
                         changed=changed, variables=variables, command=tuple(command),
@@ -162,30 +163,38 @@ class Baker:
             raise BakeError(f"base image {what} not found in {self.env.region}", hint=hint)
         return image
 
-    def _variables(self, layer: str, print_: fp.Fingerprint, source: AmiRef) -> dict[str, object]:
+    def _layer_variables(self, shared: dict[str, object], layer: str, print_: fp.Fingerprint,
+                         source: AmiRef) -> dict[str, object]:
         """Packer's variables for one layer, built on `source` (the base image for the foundation; for
         the app its foundation, or the base image as a stand-in until the foundation is baked)."""
-        cfg, env = self.cfg, self.env
-        variables: dict[str, object] = {
+        env = self.env
+        return {
+            **shared,
             "layer": layer,
-            "app_name": cfg.app.name,
-            "app_version": str(cfg.app.version),
             "fingerprint": print_.value,
-            "git_sha": _git_sha(self.project),
-            "built_at": self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "builder": os.environ.get("KILN_BUILDER") or f"{getpass.getuser()}@{socket.gethostname()}",
             "wheelhouse": str(self.work / f"wheelhouse-{layer}.tar"),  # one archive: one transfer
             "manifest_path": str(self.work / f"manifest-{layer}.json"),
-            "region": env.region,
             "source_ami": source.image_id,  # resolved once, so the fingerprint names exactly what is built on
             # The launch mapping must name the source image's real root device to encrypt it.
             "root_device_name": source.root_device_name or "/dev/xvda",
-            "instance_type": cfg.bake.instance_type,
-            "root_volume_size": cfg.bake.volume_size_gb,
-            "ssh_username": cfg.base_image.ssh_username,
             # Only the app image is copied and shared; its foundation stays home.
             "ami_regions": list(env.ami_regions) if layer == "app" else [],
             "ami_users": list(env.ami_users) if layer == "app" else [],
+        }
+
+    def _variables(self) -> dict[str, object]:
+        """Packer's variables both layers share: provenance, the build instance, credentials, the way in."""
+        cfg, env = self.cfg, self.env
+        variables: dict[str, object] = {
+            "app_name": cfg.app.name,
+            "app_version": str(cfg.app.version),
+            "git_sha": _git_sha(self.project),
+            "built_at": self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "builder": os.environ.get("KILN_BUILDER") or f"{getpass.getuser()}@{socket.gethostname()}",
+            "region": env.region,
+            "instance_type": cfg.bake.instance_type,
+            "root_volume_size": cfg.bake.volume_size_gb,
+            "ssh_username": cfg.base_image.ssh_username,
         }
         if env.kms_key_id:
             variables["kms_key_id"] = env.kms_key_id
@@ -271,7 +280,7 @@ class Baker:
             self.on_step("building the foundation's wheelhouse (the app's dependencies)")
             self._dependency_wheelhouse(Path(str(plan.foundation.variables["wheelhouse"])))
             self.on_step(f"baking the foundation {plan.foundation.fingerprint.value}")
-            copies = self._packer(plan.foundation.variables, plan.foundation.fingerprint,
+            copies = self._packer(plan.command, plan.foundation.variables, plan.foundation.fingerprint,
                                   f"foundation of {plan.version}")
             foundation_id = copies[self.env.region]
             # Packer's ansible run is its validation (the playbook checks what it installed).
@@ -283,12 +292,13 @@ class Baker:
         self.on_step("building the app's wheel")
         self._app_wheelhouse(Path(str(variables["wheelhouse"])))
         self.on_step(f"baking {plan.version} on the foundation {foundation_id}")
-        copies = self._packer(variables, plan.fingerprint, f"bake {plan.version}")
+        copies = self._packer(plan.command, variables, plan.fingerprint, f"bake {plan.version}")
         seconds = (self.clock.now() - started).total_seconds()
         return BakeResult(plan=plan, image_id=copies[self.env.region], copies=copies, seconds=seconds,
                           foundation_id=foundation_id, foundation_seconds=foundation_seconds)
 
-    def _packer(self, variables: dict[str, object], print_: fp.Fingerprint, where: str) -> dict[str, str]:
+    def _packer(self, command: tuple[str, ...], variables: dict[str, object], print_: fp.Fingerprint,
+                where: str) -> dict[str, str]:
         """One Packer build; the AMI ids by region (the home region included), tagged with their inputs,
         IMDSv2-only, and deprecated in time when [bake] deprecate_after_days says so."""
         started = self.clock.now()
@@ -310,8 +320,7 @@ class Baker:
             self.on_line(text)
 
         with log:
-            rc = packer.run(packer.command_line(self.project / "packer", var_file), env=self._packer_env(),
-                            cwd=self.project, on_line=line)
+            rc = packer.run(command, env=self._packer_env(), cwd=self.project, on_line=line)
         if rc != 0:
             self._clean_up_build_instances(print_)
             task = packer.failing_task(lines)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,13 +16,11 @@ from release import config
 from release.aws import Aws, Target, session_name
 from release.bake import Baker
 from release.clock import FakeClock
-from release.model import AmiRef
 
 from .fake_sts import BASE_KEY, FakeSts, serving
 
 ROOT = Path(__file__).parents[2]
 NOW = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
-BASE = AmiRef("ami-0123456789abcdef0", "debian-12-amd64-20261101", "eu-central-1", "available", NOW, None, None, None)
 
 
 def baker(env_name: str, tmp_path: Path, *, external_id: str | None = None, role_arn: str | None = None) -> Baker:
@@ -47,7 +44,7 @@ def sts(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSts]:
 
 def test_with_a_role_packer_assumes_it_from_the_base_credentials(sts: FakeSts, tmp_path: Path) -> None:
     b = baker("prod", tmp_path, external_id="kiln-prod-7f3a")
-    variables = b._variables("app", SimpleNamespace(value="f" * 64), BASE)  # type: ignore[arg-type]
+    variables = b._variables()
     assert variables["assume_role_arn"] == b.env.role_arn
     assert variables["assume_role_session_name"] == "kiln-ana@laptop"
     assert (variables["assume_role_external_id"], variables["assume_role_duration_seconds"]) == ("kiln-prod-7f3a", 7200)
@@ -59,7 +56,7 @@ def test_with_a_role_packer_assumes_it_from_the_base_credentials(sts: FakeSts, t
 def test_credentials_that_already_act_as_the_role_go_to_packer_as_they_are(sts: FakeSts, tmp_path: Path) -> None:
     sts.base_is_the_role = True
     b = baker("prod", tmp_path, role_arn="arn:aws:iam::333333333333:role/kiln-deploy")  # the fake's session
-    variables = b._variables("app", SimpleNamespace(value="f" * 64), BASE)  # type: ignore[arg-type]
+    variables = b._variables()
     assert "assume_role_arn" not in variables
     assert b._packer_env()["AWS_ACCESS_KEY_ID"] == BASE_KEY
     assert "AssumeRole" not in [r["Action"] for r in sts.requests]
@@ -72,5 +69,5 @@ def test_in_the_sandbox_packer_gets_no_role(tmp_path: Path) -> None:
     env = replace(env, ssh=replace(env.ssh, bastion=None, bastion_instance=None))
     b = Baker(cfg, env, Aws(Target(region=env.region, endpoint_url="http://127.0.0.1:9")), tmp_path, FakeClock(NOW),
               on_step=print, on_line=print)
-    variables = b._variables("app", SimpleNamespace(value="f" * 64), BASE)  # type: ignore[arg-type]
+    variables = b._variables()
     assert "assume_role_arn" not in variables and variables["ec2_endpoint"] == "http://127.0.0.1:9"
