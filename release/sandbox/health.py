@@ -13,7 +13,9 @@ Balancer target groups", and the elbv2 API reference, `TargetHealth`):
   No answer within HealthCheckTimeoutSeconds is a failed check. A check passes when the status
   code is in the Matcher (e.g. "200", "200,302", "200-299"; codes 200-499).
 - A newly registered target is `initial` (reason Elb.RegistrationInProgress until the first check
-  has completed, then Elb.InitialHealthChecking). AWS documents that "after your target is
+  has completed, then Elb.InitialHealthChecking). Registration takes a while on AWS: the first
+  check runs REGISTRATION_DELAY_S (scaled) after RegisterTargets, so a caller always sees the
+  target `initial` first. AWS documents that "after your target is
   registered, it must pass one health check to be considered healthy", so by default one passing
   check makes it `healthy`; UnhealthyThresholdCount consecutive failures make it `unhealthy`.
   (`initial_healthy_checks=None` requires HealthyThresholdCount passes instead.)
@@ -56,6 +58,8 @@ StateName = Literal["initial", "healthy", "unhealthy", "unused", "draining", "un
 TRAFFIC_PORT = "traffic-port"
 DEFAULT_DEREGISTRATION_DELAY_S = 300
 MIN_PROBE_TIMEOUT_S = 0.25
+# Seconds from RegisterTargets (or a restart) to the first health check.
+REGISTRATION_DELAY_S = 5
 # A probe whose result never came back (a worker died) is handed out again after its timeout plus
 # this much, so one lost result cannot freeze a target's state.
 _LOST_PROBE_GRACE_S = 1.0
@@ -196,12 +200,20 @@ class _Group:
 class TargetHealthTracker:
     """Thread-safe: every public method holds one lock; probes run on other threads."""
 
-    def __init__(self, clock: Clock, *, time_scale: float = 1.0, initial_healthy_checks: int | None = 1) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        time_scale: float = 1.0,
+        initial_healthy_checks: int | None = 1,
+        registration_delay_s: float = REGISTRATION_DELAY_S,
+    ) -> None:
         if time_scale <= 0:
             raise UsageError("time_scale must be positive")
         self._clock = clock
         self._scale = time_scale
         self._initial_healthy_checks = initial_healthy_checks
+        self._registration_delay_s = registration_delay_s
         self._groups: dict[str, _Group] = {}
         self._stopped: set[str] = set()
         self._registrations = 0
@@ -258,7 +270,10 @@ class TargetHealthTracker:
                 existing.ip = ip
                 return
             self._registrations += 1
-            group.targets[(target_id, port)] = _Target(target_id, ip, port, self._registrations, next_probe_at=now)
+            first_check = now + self._scaled(self._registration_delay_s)
+            group.targets[(target_id, port)] = _Target(
+                target_id, ip, port, self._registrations, next_probe_at=first_check
+            )
 
     def deregister(self, target_group: str, target_id: str, port: int | None = None) -> None:
         """DeregisterTargets: `draining` for the deregistration delay, then gone. Unknown: no-op."""
@@ -438,7 +453,7 @@ class TargetHealthTracker:
     def _restart(self, target: _Target, now: datetime) -> None:
         target.state = _REGISTERING
         target.passes = target.failures = 0
-        target.next_probe_at = now
+        target.next_probe_at = now + self._scaled(self._registration_delay_s)
         target.probe_outstanding_until = None
 
     def _expire_draining(self, now: datetime) -> None:

@@ -268,7 +268,7 @@ def test_health_routing_metrics_and_alarm_together(targets: list[_Target], clock
     """Probes mark the failing target unhealthy, the ALB stops sending it traffic, and once the
     healthy one starts failing, its 5xx push a CloudWatch alarm into ALARM."""
     tg = "targetgroup/web/1"
-    tracker = TargetHealthTracker(clock, time_scale=0.1)
+    tracker = TargetHealthTracker(clock, time_scale=0.1, registration_delay_s=0)
     tracker.configure(tg, HealthCheckConfig(path="/health", interval_seconds=10, timeout_seconds=5))
     for name, target in zip(("i-a", "i-b"), targets, strict=True):
         tracker.register(tg, name, *target.endpoint)

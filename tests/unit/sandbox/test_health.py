@@ -8,7 +8,13 @@ import pytest
 
 from release.clock import FakeClock
 from release.errors import UsageError
-from release.sandbox.health import HealthCheckConfig, Probe, TargetHealthTracker, TargetState
+from release.sandbox.health import (
+    REGISTRATION_DELAY_S,
+    HealthCheckConfig,
+    Probe,
+    TargetHealthTracker,
+    TargetState,
+)
 
 TG = "arn:aws:elasticloadbalancing:eu-central-1:123456789012:targetgroup/web/abc"
 FAST = HealthCheckConfig(
@@ -33,7 +39,9 @@ _RESULTS: dict[str, tuple[int | None, bool]] = {
 
 def _tracker(*, initial_healthy_checks: int | None = 1, scale: float = 1.0) -> tuple[TargetHealthTracker, FakeClock]:
     clock = FakeClock()
-    tracker = TargetHealthTracker(clock, time_scale=scale, initial_healthy_checks=initial_healthy_checks)
+    tracker = TargetHealthTracker(
+        clock, time_scale=scale, initial_healthy_checks=initial_healthy_checks, registration_delay_s=0
+    )
     tracker.configure(TG, FAST, deregistration_delay_s=30)
     tracker.register(TG, "i-1", "127.0.1.1", 80)
     return tracker, clock
@@ -243,7 +251,7 @@ def test_unknown_group_is_a_key_error() -> None:
 
 def test_concurrent_recording_is_safe() -> None:
     clock = FakeClock()
-    tracker = TargetHealthTracker(clock)
+    tracker = TargetHealthTracker(clock, registration_delay_s=0)
     tracker.configure(TG, FAST)
     for n in range(50):
         tracker.register(TG, f"i-{n}", f"127.0.2.{n}", 80)
@@ -301,3 +309,16 @@ def test_the_admin_policy_looks_an_instance_s_image_up_only_while_an_image_is_ma
     policy.set(image_id="ami-new", healthy=False)
     assert [policy.failing(t) for t in ("i-1", "i-2", "i-3")] == [False, True, True]
     assert looked_up == ["i-1", "i-2"]
+
+
+def test_the_first_check_waits_for_registration_so_a_new_target_reads_initial() -> None:
+    clock = FakeClock()
+    tracker = TargetHealthTracker(clock, time_scale=0.1)
+    tracker.configure(TG, FAST)
+    tracker.register(TG, "i-1", "127.0.1.1", 80)
+    assert tracker.due_probes() == []
+    assert tracker.state(TG, "i-1").reason == "Elb.RegistrationInProgress"
+    clock.advance(REGISTRATION_DELAY_S * 0.1)
+    (probe,) = tracker.due_probes()
+    tracker.record(probe, 200)
+    assert tracker.state(TG, "i-1").state == "healthy"
