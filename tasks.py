@@ -19,7 +19,7 @@ from invoke.tasks import task
 from release.errors import KilnError, UsageError
 
 if TYPE_CHECKING:
-    from release import commands
+    from release.commands.context import Context as Kiln
     from release.config import Config
     from release.ui import UI
 
@@ -58,38 +58,19 @@ def make_ui(json: bool) -> UI:
     return UI(json_mode=json)
 
 
-def open_context(env: str | None, config: str | None, json: bool, *, bake: bool = False) -> commands.Context:
-    from release import commands
+def open_context(env: str | None, config: str | None, json: bool, *, bake: bool = False) -> Kiln:
+    from release.commands import context
 
-    return commands.open_context(load_config(config), env, make_ui(json), bake=bake)
+    return context.open_context(load_config(config), env, make_ui(json), bake=bake)
 
 
 @task(help={"config": CONFIG, "env": ENV, "json": JSON})
 def show_config(c: Context, env: str | None = None, config: str | None = None, json: bool = False) -> None:
     """Validate versions.toml and show what one environment resolves to."""
-    from release import config as kiln_config
-    from release.aws import credentials_configured
+    from release.commands import context
 
-    ui = make_ui(json)
     with kiln_errors():
-        cfg = load_config(config)
-        environment, why = kiln_config.select_environment(
-            cfg, env, aws_credentials=bool(env) or credentials_configured())
-        if why:
-            ui.note(why)
-        preferences = environment.refresh.as_aws(environment.alarms)
-        ui.success(f"{cfg.path}: valid ({len(cfg.environments)} environments)")
-        ui.table(["key", "value"], [
-            ("app", f"{cfg.app.name} {cfg.app.version}"),
-            ("environment", environment.name + (" (sandbox)" if environment.sandbox else "")),
-            ("region", environment.region),
-            ("auto scaling group", environment.asg),
-            ("launch template", environment.launch_template),
-            ("alarms", ", ".join(environment.alarms)),
-            ("refresh", ", ".join(f"{k}={v}" for k, v in preferences.items())),
-            ("gate", f"timeout {environment.gate.timeout}s, poll every {environment.gate.poll_interval}s"),
-        ])
-        ui.result({"app": cfg.app, "environment": environment})
+        context.show_config(load_config(config), env, make_ui(json))
 
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON, "dry_run": "Print the fingerprint, whether a bake is "
@@ -98,10 +79,10 @@ def show_config(c: Context, env: str | None = None, config: str | None = None, j
 def bake(c: Context, env: str | None = None, config: str | None = None, json: bool = False, dry_run: bool = False,
          force: bool = False, if_changed: bool = False) -> None:
     """Bake the AMI for versions.toml's [app] version with Packer + Ansible, then smoke-test it."""
-    from release import commands
+    from release.commands import bake as baking
 
     with kiln_errors():
-        commands.bake(open_context(env, config, json, bake=True), force=force, dry_run=dry_run, if_changed=if_changed)
+        baking.bake(open_context(env, config, json, bake=True), force=force, dry_run=dry_run, if_changed=if_changed)
 
 
 @task(help={"version": "The version to release (PEP 440), baked and validated.", "env": ENV, "config": CONFIG,
@@ -111,11 +92,11 @@ def bake(c: Context, env: str | None = None, config: str | None = None, json: bo
 def release(c: Context, version: str | None = None, env: str | None = None, config: str | None = None,
             json: bool = False, dry_run: bool = False, allow_downgrade: bool = False, force: bool = False) -> None:
     """Release a baked version: new LT version, gated instance refresh, automatic rollback."""
-    from release import commands
+    from release.commands import context, deploy
 
     with kiln_errors():
-        wanted = commands.parse_version(version)  # bad input first: before touching anything
-        commands.release(open_context(env, config, json), wanted, dry_run=dry_run, allow_downgrade=allow_downgrade,
+        wanted = context.parse_version(version)  # bad input first: before touching anything
+        deploy.release(open_context(env, config, json), wanted, dry_run=dry_run, allow_downgrade=allow_downgrade,
                          force=force)
 
 
@@ -124,10 +105,10 @@ def release(c: Context, version: str | None = None, env: str | None = None, conf
 def resume(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
            dry_run: bool = False) -> None:
     """Finish an unfinished release whose driver died (once its lock's lease has lapsed)."""
-    from release import commands
+    from release.commands import deploy
 
     with kiln_errors():
-        commands.resume(open_context(env, config, json), dry_run=dry_run)
+        deploy.resume(open_context(env, config, json), dry_run=dry_run)
 
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON, "dry_run": DRY_RUN,
@@ -138,30 +119,30 @@ def rollback(c: Context, env: str | None = None, config: str | None = None, json
              dry_run: bool = False, to: str | None = None, break_lock: bool = False) -> None:
     """Go back: an unfinished release to what the group ran before it; otherwise to the previous good
     release, through the same gated path."""
-    from release import commands
+    from release.commands import deploy
 
     with kiln_errors():
-        commands.rollback(open_context(env, config, json), to=to, dry_run=dry_run, break_lock=break_lock)
+        deploy.rollback(open_context(env, config, json), to=to, dry_run=dry_run, break_lock=break_lock)
 
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON})
 def status(c: Context, env: str | None = None, config: str | None = None, json: bool = False) -> None:
     """What is live, what the group launches, the lock, any unfinished release (and what resume or
     rollback would do), where the ledger and the cloud disagree, and each instance's health."""
-    from release import commands
+    from release.commands import status as reports
 
     with kiln_errors():
-        commands.status(open_context(env, config, json))
+        reports.status(open_context(env, config, json))
 
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON, "limit": "How many records (newest first)."})
 def history(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
             limit: int = 20) -> None:
     """The release history of an environment, from the ledger."""
-    from release import commands
+    from release.commands import status as reports
 
     with kiln_errors():
-        commands.history(open_context(env, config, json), limit=limit)
+        reports.history(open_context(env, config, json), limit=limit)
 
 
 @task(help={"version": "The version to record for what the group runs now (PEP 440).", "env": ENV,
@@ -169,11 +150,11 @@ def history(c: Context, env: str | None = None, config: str | None = None, json:
 def adopt(c: Context, version: str | None = None, env: str | None = None, config: str | None = None, json: bool = False,
           force: bool = False) -> None:
     """Record what an existing group runs now as a release (release 0), so Kiln can roll back to it."""
-    from release import commands
+    from release.commands import context, deploy
 
     with kiln_errors():
-        wanted = commands.parse_version(version)
-        commands.adopt(open_context(env, config, json), wanted, force=force)
+        wanted = context.parse_version(version)
+        deploy.adopt(open_context(env, config, json), wanted, force=force)
 
 
 @task(name="cleanup", help={"env": ENV, "config": CONFIG, "json": JSON, "keep": "How many app versions to keep "
@@ -182,10 +163,10 @@ def adopt(c: Context, version: str | None = None, env: str | None = None, config
 def ami_cleanup(c: Context, env: str | None = None, config: str | None = None, json: bool = False, keep: int = 3,
                 dry_run: bool = False) -> None:
     """Deregister AMIs nothing needs (and their snapshots), in every region they were copied to."""
-    from release import commands
+    from release.commands import images
 
     with kiln_errors():
-        commands.cleanup(open_context(env, config, json), keep=keep, dry_run=dry_run)
+        images.cleanup(open_context(env, config, json), keep=keep, dry_run=dry_run)
 
 
 @task(name="deprecate", help={"version": "The version whose AMIs to deprecate.", "reason": "Why (kept in a tag "
@@ -197,21 +178,21 @@ def ami_deprecate(c: Context, version: str | None = None, reason: str = "depreca
                   config: str | None = None, json: bool = False, foundation: str | None = None,
                   children: bool = False) -> None:
     """Mark a bad version's AMIs deprecated: release refuses them unless forced; rollback skips them."""
-    from release import commands
+    from release.commands import context, images
 
     with kiln_errors():
         if foundation:
             if version:
                 raise UsageError("name a --version or a --foundation, not both",
                                  hint="inv ami.deprecate --version 1.4.2, or --foundation ami-… [--children].")
-            commands.deprecate_foundation(open_context(env, config, json), foundation, reason=reason,
+            images.deprecate_foundation(open_context(env, config, json), foundation, reason=reason,
                                           children=children)
             return
         if children:
             raise UsageError("--children applies to --foundation",
                              hint="inv ami.deprecate --foundation ami-… --children")
-        wanted = commands.parse_version(version)
-        commands.deprecate(open_context(env, config, json), wanted, reason=reason)
+        wanted = context.parse_version(version)
+        images.deprecate(open_context(env, config, json), wanted, reason=reason)
 
 
 @task(name="promote", help={"version": "The version to promote: the exact AMI that passed in --env.",
@@ -220,13 +201,13 @@ def ami_deprecate(c: Context, version: str | None = None, reason: str = "depreca
 def ami_promote(c: Context, version: str | None = None, to: str | None = None, env: str | None = None,
                 config: str | None = None, json: bool = False) -> None:
     """Copy (and share, and re-key) the AMI that passed in one environment to another. Never a rebake."""
-    from release import commands
+    from release.commands import context, images
 
     with kiln_errors():
-        wanted = commands.parse_version(version)
+        wanted = context.parse_version(version)
         if not to:
             raise UsageError("inv ami.promote needs --to", hint="Name the environment to promote to, e.g. --to prod.")
-        commands.promote(open_context(env, config, json), wanted, to=to)
+        images.promote(open_context(env, config, json), wanted, to=to)
 
 
 @task(name="verify", help={"env": ENV, "config": CONFIG, "json": JSON, "parallel": "How many instances at once.",
@@ -234,10 +215,10 @@ def ami_promote(c: Context, version: str | None = None, to: str | None = None, e
 def fleet_verify(c: Context, env: str | None = None, config: str | None = None, json: bool = False,
                  parallel: int = 8, key: str | None = None) -> None:
     """Prove every in-service instance is what was baked (image, /version, files, services) over SSH."""
-    from release import commands
+    from release.commands import fleet
 
     with kiln_errors():
-        commands.verify_fleet(open_context(env, config, json), parallel=parallel, key=Path(key) if key else None)
+        fleet.verify(open_context(env, config, json), parallel=parallel, key=Path(key) if key else None)
 
 
 @task(name="up", help={"config": CONFIG, "json": JSON,
@@ -247,39 +228,39 @@ def fleet_verify(c: Context, env: str | None = None, config: str | None = None, 
 def sandbox_up(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1,
                instances: bool = True) -> None:
     """Start the sandbox (idempotent) and provision every sandbox environment; print how to reach it."""
-    from release import commands
+    from release.commands import sandbox
 
     with kiln_errors():
         cfg = load_config(config)
-        commands.sandbox_up(cfg, make_ui(json), time_scale=time_scale, instances=instances)
+        sandbox.up(cfg, make_ui(json), time_scale=time_scale, instances=instances)
 
 
 @task(name="status", help={"json": JSON})
 def sandbox_status(c: Context, json: bool = False) -> None:
     """Is the sandbox running, where, and with which load balancers."""
-    from release import commands
+    from release.commands import sandbox
 
     with kiln_errors():
-        commands.sandbox_status(make_ui(json))
+        sandbox.status(make_ui(json))
 
 
 @task(name="down", help={"json": JSON})
 def sandbox_down(c: Context, json: bool = False) -> None:
     """Stop the sandbox: its server, every instance, PostgreSQL. Leaves nothing running."""
-    from release import commands
+    from release.commands import sandbox
 
     with kiln_errors():
-        commands.sandbox_down(make_ui(json))
+        sandbox.down(make_ui(json))
 
 
 @task(name="new-base-image", help={"config": CONFIG, "json": JSON})
 def sandbox_new_base_image(c: Context, config: str | None = None, json: bool = False) -> None:
     """Publish a newer base AMI in the running sandbox (as Debian does with security updates), so that
     the next `inv bake --if-changed` bakes on it."""
-    from release import commands
+    from release.commands import sandbox
 
     with kiln_errors():
-        commands.sandbox_new_base_image(load_config(config), make_ui(json))
+        sandbox.new_base_image(load_config(config), make_ui(json))
 
 
 @task(name="fault", optional=["timeout"], auto_shortflags=False, help={
@@ -308,10 +289,10 @@ def sandbox_fault(c: Context, operation: str | None = None, service: str | None 
                   unhealthy: str | None = None, healthy: str | None = None, json: bool = False) -> None:
     """Rehearse a failure in the running sandbox: AWS calls that fail, lag or lose their response, or an
     instance that dies, stops or fails its health checks."""
-    from release import commands
+    from release.commands import sandbox
 
     with kiln_errors():
-        commands.sandbox_fault(make_ui(json), operation=operation, service=service, error=error, status=status,
+        sandbox.fault(make_ui(json), operation=operation, service=service, error=error, status=status,
                                message=message, latency=latency, timeout=timeout, count=count, seconds=seconds,
                                list_rules=list, clear=clear, kill=kill, stop=stop, unhealthy=unhealthy,
                                healthy=healthy)
@@ -320,13 +301,10 @@ def sandbox_fault(c: Context, operation: str | None = None, service: str | None 
 @task(name="reset", help={"config": CONFIG, "json": JSON, "time_scale": "As for sandbox.up."})
 def sandbox_reset(c: Context, config: str | None = None, json: bool = False, time_scale: float = 0.1) -> None:
     """An empty sandbox: stop it, then start and provision it again (the base image cache stays)."""
-    from release import commands
+    from release.commands import sandbox
 
     with kiln_errors():
-        cfg = load_config(config)
-        ui = make_ui(json)
-        commands.sandbox_down(ui)
-        commands.sandbox_up(cfg, ui, time_scale=time_scale, instances=True)
+        sandbox.reset(load_config(config), make_ui(json), time_scale=time_scale)
 
 
 ns = Collection(show_config, bake, release, resume, rollback, status, history, adopt)

@@ -86,20 +86,19 @@ def bench_list(runs: int) -> None:
 
 
 def bench_noop_bake(runs: int) -> None:
-    from release import commands
     from release.errors import KilnError
-    from release.sandbox import lifecycle
+    from release.sandbox import lifecycle, lookup
 
     try:
-        info = lifecycle.status(commands.SANDBOX_DIR)
+        info = lifecycle.status(lookup.STATE_DIR)
     except KilnError as err:
         info, why = None, str(err)
     else:
-        why = f"no sandbox running in {commands.SANDBOX_DIR} (KILN_SANDBOX_DIR)"
+        why = f"no sandbox running in {lookup.STATE_DIR} (KILN_SANDBOX_DIR)"
     if info is None:
         print(f"no-op bake: skipped, {why}")
         return
-    env = {**os.environ, "KILN_SANDBOX_DIR": str(commands.SANDBOX_DIR)}
+    env = {**os.environ, "KILN_SANDBOX_DIR": str(lookup.STATE_DIR)}
     _, check = timed([INV, "bake", "--dry-run", "--env", "sandbox", "--json"], env=env)
     try:
         needed = bool(json.loads(check.stdout)["needed"])

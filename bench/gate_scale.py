@@ -57,14 +57,17 @@ from typing import Any
 
 from packaging.version import Version
 
-from release import commands, config
+from release import config
 from release.aws import Aws, Cloud
+from release.commands import context as kiln
+from release.commands import deploy
 from release.errors import GateFailed
 from release.gate import Expectation
 from release.machine import Driver, Event, ProbeResult, Probes, Releaser
 from release.model import Snapshot
 from release.plan import Request, make_plan
 from release.record import Lease
+from release.sandbox import lookup
 from release.ui import UI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,22 +103,22 @@ def by_operation(counted: dict[str, Any], *, gate: bool = True) -> Counter[str]:
                     if (service in GATE_SERVICES) == gate})
 
 
-def context(state_dir: Path) -> commands.Context:
-    commands.SANDBOX_DIR = state_dir
+def context(state_dir: Path) -> kiln.Context:
+    lookup.STATE_DIR = state_dir
     cfg = config.load(ROOT / "versions.toml")
-    return commands.open_context(cfg, ENV, UI(stdout=io.StringIO(), stderr=io.StringIO()))
+    return kiln.open_context(cfg, ENV, UI(stdout=io.StringIO(), stderr=io.StringIO()))
 
 
-def releaser(ctx: commands.Context, probes: Probes, *, on_event: Callable[[Event], None] = lambda e: None,
+def releaser(ctx: kiln.Context, probes: Probes, *, on_event: Callable[[Event], None] = lambda e: None,
              checkpoint: Callable[[str], None] = lambda name: None) -> Releaser:
     """A driver wired as `inv release` wires it: the gate's own Cloud, with its small retry budget."""
     driver = Driver(holder=uuid.uuid4().hex, who=f"bench pid {os.getpid()}")
     return Releaser(ctx.env, Cloud(Aws(ctx.aws.target, attempts=3)), ctx.ledger, ctx.clock, probes, on_event,
-                    actor=commands.actor(), driver=driver, time_scale=ctx.aws.target.time_scale,
+                    actor=kiln.actor(), driver=driver, time_scale=ctx.aws.target.time_scale,
                     checkpoint=checkpoint)
 
 
-def scale(ctx: commands.Context, size: int, *, timeout: float) -> float:
+def scale(ctx: kiln.Context, size: int, *, timeout: float) -> float:
     """Resize the group and wait until `size` instances are in service and healthy in the target
     group. Returns the seconds it took."""
     started = time.monotonic()
@@ -134,7 +137,7 @@ def scale(ctx: commands.Context, size: int, *, timeout: float) -> float:
         time.sleep(1)
 
 
-def settle(ctx: commands.Context, timeout: float) -> float:
+def settle(ctx: kiln.Context, timeout: float) -> float:
     """Wait until the environment's alarms are OK and no datapoint of the scale-out (instances
     failing their health checks while they booted) is left in their evaluation windows, so that a
     release does not inherit them. Returns the seconds waited."""
@@ -151,7 +154,7 @@ def settle(ctx: commands.Context, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def polls(ctx: commands.Context, requests: Requests, probes: Probes, expect: Expectation, count: int,
+def polls(ctx: kiln.Context, requests: Requests, probes: Probes, expect: Expectation, count: int,
           refresh_id: str) -> list[tuple[int, float, Counter[str]]]:
     """`count` gate polls by a fresh driver holding the environment's lock: (calls, seconds, by operation) each."""
     gate = releaser(ctx, probes)
@@ -175,7 +178,7 @@ def polls(ctx: commands.Context, requests: Requests, probes: Probes, expect: Exp
     return out
 
 
-def newest_refresh(ctx: commands.Context) -> str:
+def newest_refresh(ctx: kiln.Context) -> str:
     refreshes = ctx.cloud.refreshes(ctx.env.asg)
     return refreshes[0].refresh_id if refreshes else "no-refresh-yet"  # asked all the same: one call
 
@@ -251,8 +254,8 @@ def real(state_dir: Path, count: int, timeout: float, parallel: list[int],
         raise SystemExit(f"bench: {version} is not live (see above): fleet.verify would only find the adopted fleet "
                          "differs from any bake; run the bench again (a fresh sandbox, a quieter machine)")
     expect = Expectation(live.version, live.image_id)
-    with commands.ssh_for(ctx) as ssh:
-        measured = polls(ctx, requests, commands.probes_for(ctx, ssh), expect, count, newest_refresh(ctx))
+    with kiln.ssh_for(ctx) as ssh:
+        measured = polls(ctx, requests, deploy.probes_for(ctx, ssh), expect, count, newest_refresh(ctx))
     print(f"{REAL_SIZE} real, settled: per poll after the first: {operations(measured)}", flush=True)
     timed: dict[int, list[float]] = {p: [] for p in parallel}
     for _ in range(runs):  # each value in turn, so that a busier or quieter moment weighs on all alike
@@ -265,10 +268,10 @@ def real(state_dir: Path, count: int, timeout: float, parallel: list[int],
     return [row(f"{REAL_SIZE} real, settled", measured)], notes
 
 
-def release(ctx: commands.Context, requests: Requests, version: Version) -> str:
+def release(ctx: kiln.Context, requests: Requests, version: Version) -> str:
     """Release `version` as `inv release` does, counting the AWS calls of each gate poll while the
     gate watches the refresh (from its first poll to the one that passes)."""
-    observed = commands.observe_for_plan(ctx, version)
+    observed = deploy.observe_for_plan(ctx, version)
     plan = make_plan(ctx.env, Request(version, ctx.clock.now()), observed)
     if not plan.ok:
         raise SystemExit(f"bench: cannot release {version}: {plan.blockers[0]}")
@@ -292,8 +295,8 @@ def release(ctx: commands.Context, requests: Requests, version: Version) -> str:
             per_poll.append((sum(gate_calls.values()), seconds[-1] if seconds else 0.0, gate_calls))
 
     started = time.monotonic()
-    with commands.ssh_for(ctx) as ssh:
-        driver = releaser(ctx, commands.probes_for(ctx, ssh), on_event=on_event, checkpoint=checkpoint)
+    with kiln.ssh_for(ctx) as ssh:
+        driver = releaser(ctx, deploy.probes_for(ctx, ssh), on_event=on_event, checkpoint=checkpoint)
         observe = driver._observe
 
         def timed(*args: Any) -> Snapshot:

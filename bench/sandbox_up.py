@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from release import commands, config
-from release.sandbox import stack
+from release import config
+from release.commands import sandbox as local_cloud
+from release.sandbox import lookup, stack
 from release.ui import UI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,15 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/var/tmp"))
     state.chmod(0o755)
-    commands.SANDBOX_DIR = state
+    lookup.STATE_DIR = state
     cfg = config.load(ROOT / "versions.toml")
     quiet = UI(stdout=io.StringIO(), stderr=io.StringIO())
     try:
         started = time.perf_counter()
-        commands.sandbox_up(cfg, quiet, time_scale=0.1, instances=True)
+        local_cloud.up(cfg, quiet, time_scale=0.1, instances=True)
         cold = time.perf_counter() - started
         started = time.perf_counter()
-        commands.sandbox_up(cfg, quiet, time_scale=0.1, instances=True)
+        local_cloud.up(cfg, quiet, time_scale=0.1, instances=True)
         warm = time.perf_counter() - started
     finally:
         started = time.perf_counter()

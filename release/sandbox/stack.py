@@ -32,6 +32,7 @@ from release.aws import Aws, Target, client_factory
 from release.config import Config, Environment
 from release.errors import SandboxError, UsageError
 from release.sandbox import lifecycle
+from release.sandbox.lookup import key_file
 from release.sandbox.postgres import PostgresServer
 from release.sandbox.provision import SeedNames, provision
 
@@ -52,10 +53,6 @@ class StackInfo:
     environments: dict[str, str]  # sandbox environment -> region
     load_balancers: list[dict[str, Any]]
     bastions: dict[str, str] = field(default_factory=dict)  # Name tag -> user@address
-
-
-def key_file(state_dir: Path) -> Path:
-    return state_dir / "keys" / "instances.pem"
 
 
 def can_run_instances() -> bool:

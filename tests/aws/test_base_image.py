@@ -13,8 +13,9 @@ from typing import Any
 import boto3
 import pytest
 
-from release import commands, config
+from release import config
 from release.aws import Aws, Cloud, Target
+from release.commands import sandbox as local_cloud
 from release.errors import UsageError
 from release.sandbox import lifecycle, stack
 from release.sandbox.lifecycle import SandboxInfo
@@ -78,4 +79,4 @@ def test_a_pinned_base_image_cannot_follow_new_ones(tmp_path: Path) -> None:
     path = tmp_path / "versions.toml"
     path.write_text(text)
     with pytest.raises(UsageError, match="pins 'ami-0123456789abcdef0'"):
-        commands.sandbox_new_base_image(config.load(path), UI(stdout=io.StringIO(), stderr=io.StringIO()))
+        local_cloud.new_base_image(config.load(path), UI(stdout=io.StringIO(), stderr=io.StringIO()))

@@ -27,12 +27,18 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from release import commands, config
+from release import config
 from release.bake import Baker, BakeResult
+from release.commands import bake as baking
+from release.commands import context as kiln
+from release.commands import deploy
+from release.commands import fleet as fleet_audit
+from release.commands import images as amis
+from release.commands import sandbox as local_cloud
 from release.errors import BakeError, DriftDetected, GateFailed, NotFound, UsageError
-from release.plan import Request, make_plan
+from release.plan import Plan, Request, make_plan
 from release.record import Lease, Outcome, ReleaseRecord
-from release.sandbox import stack
+from release.sandbox import lookup, stack
 from release.ssh import Ssh, SshError, parse_console_output
 from release.ui import UI
 
@@ -49,9 +55,9 @@ class World:
         self.cfg = cfg
         self.out = io.StringIO()
 
-    def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV) -> commands.Context:
+    def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV) -> kiln.Context:
         ui = UI(stdout=self.out, stderr=self.out)
-        return commands.open_context(cfg or self.cfg, env, ui, project=project)
+        return kiln.open_context(cfg or self.cfg, env, ui, project=project)
 
     def config_for(self, version: str) -> config.Config:
         text = (ROOT / "versions.toml").read_text().replace('version = "1.0.0"', f'version = "{version}"')
@@ -83,7 +89,7 @@ class World:
         ctx = self.ctx(env=env)
         url = stack.load_balancer_url(ctx.aws.target.endpoint_url or "", ctx.env.target_groups[0])
         assert url is not None
-        return commands.sample_versions(url, count)
+        return deploy.sample_versions(url, count)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +98,11 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         pytest.fail("the sandbox's real instances need root on Linux (./bootstrap test runs as root)")
     state = Path(tempfile.mkdtemp(prefix="kiln-e2e-", dir="/var/tmp"))
     state.chmod(0o755)  # PostgreSQL's user must reach its data dir
-    saved = commands.SANDBOX_DIR
-    commands.SANDBOX_DIR = state
+    saved = lookup.STATE_DIR
+    lookup.STATE_DIR = state
     w = World(state, config.load(ROOT / "versions.toml"))
     try:
-        commands.sandbox_up(w.cfg, UI(stdout=w.out, stderr=w.out), time_scale=0.1, instances=True)
+        local_cloud.up(w.cfg, UI(stdout=w.out, stderr=w.out), time_scale=0.1, instances=True)
         w.wait_until_serving()
         yield w
     finally:
@@ -106,7 +112,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
             if log.exists():
                 print("--- sandbox server log (last 4000 characters) ---\n" + log.read_text()[-4000:])
         stack.down(state)
-        commands.SANDBOX_DIR = saved
+        lookup.STATE_DIR = saved
         leftovers = [line for line in Path("/proc/mounts").read_text().splitlines() if str(state) in line]
         shutil.rmtree(state, ignore_errors=not leftovers)
         assert not leftovers, leftovers
@@ -128,12 +134,12 @@ def test_ssh_clients_jump_to_instances_through_the_bastion(world: World) -> None
     assert group is not None
     target = group.instances[0]
     assert target.private_ip
-    with commands.ssh_for(ctx) as ssh, ssh.connect(target.private_ip, instance_id=target.instance_id) as conn:
+    with kiln.ssh_for(ctx) as ssh, ssh.connect(target.private_ip, instance_id=target.instance_id) as conn:
         assert conn.via is not None and conn.via.host.startswith(bastion_id)  # host key vouched by its console
         assert conn.run("hostname").stdout.strip() == "ip-" + target.private_ip.replace(".", "-")
     # OpenSSH's client, the way a person jumps (README).
     options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-               "-o", "BatchMode=yes", "-i", str(stack.key_file(world.state))]
+               "-o", "BatchMode=yes", "-i", str(lookup.key_file(world.state))]
     jump = " ".join(["ssh", *options, "-W", "%h:%p", f"admin@{bastion_ip}"])
     out = subprocess.run(["ssh", *options, "-o", f"ProxyCommand={jump}", f"admin@{target.private_ip}", "hostname"],
                          capture_output=True, text=True, timeout=60)
@@ -150,10 +156,10 @@ def test_the_fleet_answers_ssh_from_the_bastion_only(world: World) -> None:
     target = group.instances[0]
     assert target.private_ip
     direct = replace(ctx.env.ssh, bastion_instance=None)
-    with Ssh(direct, key_filename=commands.sandbox_key(), use_agent=False, console_output=ctx.cloud.console_output) \
+    with Ssh(direct, key_filename=kiln.sandbox_key(), use_agent=False, console_output=ctx.cloud.console_output) \
             as ssh, pytest.raises(SshError, match="login as admin refused"):
         ssh.connect(target.private_ip, instance_id=target.instance_id)
-    with commands.ssh_for(ctx) as ssh, ssh.connect(target.private_ip, instance_id=target.instance_id) as conn:
+    with kiln.ssh_for(ctx) as ssh, ssh.connect(target.private_ip, instance_id=target.instance_id) as conn:
         assert conn.via is not None  # through the bastion: admitted
         assert conn.run("hostname").stdout.strip() == "ip-" + target.private_ip.replace(".", "-")
     console = ctx.cloud.console_output(target.instance_id)
@@ -164,7 +170,7 @@ def test_the_fleet_answers_ssh_from_the_bastion_only(world: World) -> None:
 
 def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) -> None:
     ctx = world.ctx()
-    result = commands.bake(ctx, force=False, dry_run=False, if_changed=False)
+    result = baking.bake(ctx, force=False, dry_run=False, if_changed=False)
     assert isinstance(result, BakeResult) and result.validated
     ami = ctx.cloud.image(result.image_id)
     assert ami is not None and ami.state == "available" and ami.validated is True
@@ -201,7 +207,7 @@ def test_the_bake_went_through_the_bastion(world: World) -> None:
     reached it through the bastion, and Ansible's jump checked the bastion's key, the one its
     console output vouches for."""
     ctx = world.ctx()
-    plan = commands.bake(ctx, force=True, dry_run=True, if_changed=False)
+    plan = baking.bake(ctx, force=True, dry_run=True, if_changed=False)
     assert not isinstance(plan, BakeResult)
     app_group = ctx.aws.client("ec2").describe_security_groups(
         Filters=[{"Name": "group-name", "Values": ["web-sandbox-app"]}])["SecurityGroups"][0]["GroupId"]
@@ -219,7 +225,7 @@ def test_the_bake_went_through_the_bastion(world: World) -> None:
 def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(world: World) -> None:
     ctx = world.ctx()
     baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: None,
-                  on_line=lambda line: None, bastion_key=commands.sandbox_key())
+                  on_line=lambda line: None, bastion_key=kiln.sandbox_key())
     plan = baker.plan(force=True)
     assert not plan.foundation.needed  # the foundation exists: the app layer is the one that fails
     # Without the bastion, and one login attempt instead of Packer's ten (the refusal is the point).
@@ -247,7 +253,7 @@ def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(world: W
 
 def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> None:
     started = time.monotonic()
-    plan = commands.bake(world.ctx(), force=False, dry_run=False, if_changed=True)
+    plan = baking.bake(world.ctx(), force=False, dry_run=False, if_changed=True)
     elapsed = time.monotonic() - started
     assert not isinstance(plan, BakeResult) and not plan.needed
     print(f"\nno-op bake: {elapsed:.2f} s")
@@ -259,10 +265,10 @@ def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> No
     ("ansible/roles/proxy/tasks/main.yml", True),  # the foundation's role: both layers
 ])
 def test_which_layers_a_change_rebakes(world: World, tmp_path: Path, path: str, foundation_too: bool) -> None:
-    checkout = commands.bake(world.ctx(), force=False, dry_run=True, if_changed=True)
+    checkout = baking.bake(world.ctx(), force=False, dry_run=True, if_changed=True)
     project = copy_project(tmp_path)
     (project / path).write_text((project / path).read_text() + "\n# one more line\n")
-    plan = commands.bake(world.ctx(project=project), force=False, dry_run=True, if_changed=True)
+    plan = baking.bake(world.ctx(project=project), force=False, dry_run=True, if_changed=True)
     assert not isinstance(plan, BakeResult) and not isinstance(checkout, BakeResult) and plan.needed
     assert plan.foundation.needed is foundation_too
     changed = plan.fingerprint.changed_since(checkout.fingerprint.as_tag())
@@ -271,8 +277,8 @@ def test_which_layers_a_change_rebakes(world: World, tmp_path: Path, path: str, 
 
 def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
     before = world.aws_state()
-    record = commands.release(world.ctx(), Version("1.0.0"), dry_run=False, allow_downgrade=False, force=False)
-    assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
+    record = deploy.release(world.ctx(), Version("1.0.0"), dry_run=False, allow_downgrade=False, force=False)
+    assert not isinstance(record, Plan) and record.outcome is Outcome.SUCCEEDED
     after = world.aws_state()
     assert after[0] == before[0] + 1 and not set(after[2]) & set(before[2])
     assert set(world.lb_versions()) == {"1.0.0"}
@@ -281,19 +287,19 @@ def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
 def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
     cfg = world.config_for("1.1.0")
     first = world.ctx().cloud.app_images(world.cfg.app.name, "1.0.0")[0]
-    result = commands.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=False)
+    result = baking.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=False)
     assert isinstance(result, BakeResult) and result.validated
     # A new app version is an app-only bake, on the foundation 1.0.0 was baked on.
     assert result.foundation_seconds == 0 and result.foundation_id == first.foundation
-    record = commands.release(world.ctx(cfg), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
-    assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
+    record = deploy.release(world.ctx(cfg), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
+    assert not isinstance(record, Plan) and record.outcome is Outcome.SUCCEEDED
     assert set(world.lb_versions()) == {"1.1.0"}
     ctx = world.ctx()
     group = ctx.cloud.group(ctx.env.asg)
     assert group is not None and {i.image_id for i in group.instances} == {result.image_id}
 
     try:
-        report = commands.verify_fleet(ctx, parallel=4, key=None)
+        report = fleet_audit.verify(ctx, parallel=4, key=None)
     except DriftDetected:
         print(world.out.getvalue()[-6000:])  # the audit's table and what led to it
         for instance in group.instances:
@@ -306,14 +312,14 @@ def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
                  .rglob("webapp/views.py"))
     views.write_text(views.read_text() + "\n# hotfix\n")
     with pytest.raises(DriftDetected) as info:
-        commands.verify_fleet(world.ctx(), parallel=4, key=None)
+        fleet_audit.verify(world.ctx(), parallel=4, key=None)
     assert victim in str(info.value)
     assert "views.py" in world.out.getvalue()
 
 
 def test_rollback_returns_to_1_0_0(world: World) -> None:
-    record = commands.rollback(world.ctx(), to=None, dry_run=False)
-    assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
+    record = deploy.rollback(world.ctx(), to=None, dry_run=False)
+    assert not isinstance(record, Plan) and record.outcome is Outcome.SUCCEEDED
     assert record.kind == "rollback" and record.version == "1.0.0"
     assert set(world.lb_versions()) == {"1.0.0"}
 
@@ -322,19 +328,19 @@ def test_bad_input_is_refused_and_changes_nothing(world: World) -> None:
     before = world.aws_state()
     ctx = world.ctx()
     with pytest.raises(UsageError, match=r"no AMI for 9\.9\.9"):
-        commands.release(ctx, Version("9.9.9"), dry_run=False, allow_downgrade=False, force=False)
+        deploy.release(ctx, Version("9.9.9"), dry_run=False, allow_downgrade=False, force=False)
     with pytest.raises(UsageError, match=r"1\.0\.0 is live in sandbox; 0\.0\.0"):
-        commands.release(ctx, Version(stack.LEGACY_VERSION), dry_run=False, allow_downgrade=False, force=False)
+        deploy.release(ctx, Version(stack.LEGACY_VERSION), dry_run=False, allow_downgrade=False, force=False)
     ctx.ledger.acquire(ENV, Lease("other", "someone else", timedelta(minutes=5)), ctx.clock.now())
     try:
         with pytest.raises(UsageError, match="locked by someone else"):
-            commands.release(world.ctx(), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
+            deploy.release(world.ctx(), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
     finally:
         ctx.ledger.release_lock(ENV, "other")
     with pytest.raises(UsageError, match="no environment 'nope'"):
-        commands.open_context(world.cfg, "nope", UI(stdout=world.out, stderr=world.out))
+        kiln.open_context(world.cfg, "nope", UI(stdout=world.out, stderr=world.out))
     with pytest.raises(NotFound):
-        commands.deprecate(world.ctx(), Version("7.7.7"), reason="test")
+        amis.deprecate(world.ctx(), Version("7.7.7"), reason="test")
     assert world.aws_state() == before
 
 
@@ -360,7 +366,7 @@ def test_a_broken_playbook_fails_the_bake_naming_the_task_and_leaves_nothing(wor
     groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
     keys_before = len(ec2.describe_key_pairs()["KeyPairs"])
     with pytest.raises(BakeError, match=r"at Ansible task \[Break the bake on purpose\]"):
-        commands.bake(ctx, force=False, dry_run=False, if_changed=False)
+        baking.bake(ctx, force=False, dry_run=False, if_changed=False)
     assert ctx.cloud.app_images(ctx.cfg.app.name, "1.3.0") == []
     running = ctx.cloud.instances_tagged({"kiln:version": "1.3.0"}, states=("pending", "running", "stopping",
                                                                              "stopped"))
@@ -381,9 +387,9 @@ def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, 
         '    return {"status": "broken"}, 503\n'))
     cfg = world.config_for("1.2.0")
     with pytest.raises(BakeError, match="failed its smoke test"):  # the smoke test catches it...
-        commands.bake(world.ctx(cfg, project=project), force=False, dry_run=False, if_changed=False)
+        baking.bake(world.ctx(cfg, project=project), force=False, dry_run=False, if_changed=False)
     with pytest.raises(GateFailed) as info:  # ...and releasing it anyway (--force) is rolled back
-        commands.release(world.ctx(cfg), Version("1.2.0"), dry_run=False, allow_downgrade=False, force=True)
+        deploy.release(world.ctx(cfg), Version("1.2.0"), dry_run=False, allow_downgrade=False, force=True)
     assert info.value.exit_code == 10
     record = world.ctx().ledger.history(ENV, limit=1)[0]
     assert record.outcome is Outcome.ROLLED_BACK and "unhealthy" in (record.reason or "")
@@ -620,16 +626,16 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
 
 def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
     cfg = world.config_for("1.1.0")
-    plan = commands.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
+    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
     assert not isinstance(plan, BakeResult) and not plan.needed
-    published = commands.sandbox_new_base_image(world.cfg, UI(stdout=world.out, stderr=world.out))
+    published = local_cloud.new_base_image(world.cfg, UI(stdout=world.out, stderr=world.out))
     assert set(published) == {"us-east-1", "us-west-2"}  # Debian publishes in every region
-    plan = commands.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
+    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
     assert not isinstance(plan, BakeResult) and plan.needed
     # A new base image is a new foundation, and so a new app image on it.
     assert plan.base_image.image_id == published["us-east-1"]
     assert plan.foundation.needed and plan.foundation.changed == ("base",) and "foundation" in plan.changed
-    result = commands.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=True)
+    result = baking.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=True)
     assert isinstance(result, BakeResult) and result.validated and result.foundation_seconds > 0
     ami = world.ctx().cloud.image(result.image_id)
     assert ami is not None and ami.version == Version("1.1.0") and ami.tags["kiln:base-ami"] == published["us-east-1"]
@@ -644,15 +650,15 @@ def test_deprecating_a_foundation_flags_the_images_baked_on_it(world: World) -> 
     one = ctx.cloud.app_images(app, "1.0.0")[0]
     assert one.foundation is not None
     with pytest.raises(NotFound, match="is not a foundation"):
-        commands.deprecate_foundation(ctx, one.image_id, reason="wrong image", children=False)
-    flagged = commands.deprecate_foundation(ctx, one.foundation, reason="openssl CVE-2026-0001", children=False)
+        amis.deprecate_foundation(ctx, one.image_id, reason="wrong image", children=False)
+    flagged = amis.deprecate_foundation(ctx, one.foundation, reason="openssl CVE-2026-0001", children=False)
     assert one.image_id in flagged
     below, above = ctx.cloud.image(one.foundation), ctx.cloud.image(one.image_id)
     assert below is not None and below.deprecated(ctx.clock.now())  # at once, for Kiln
     assert above is not None and not above.deprecated(ctx.clock.now())  # flagged, not deprecated
     assert above.tags["kiln:foundation-deprecated"] == "openssl CVE-2026-0001"
     plan = make_plan(ctx.env, Request(Version("1.0.0"), ctx.clock.now(), allow_downgrade=True),
-                     commands.observe_for_plan(ctx, Version("1.0.0")))
+                     deploy.observe_for_plan(ctx, Version("1.0.0")))
     assert any(f"baked on the foundation {one.foundation}, since deprecated" in w for w in plan.warnings)
     # The next bake of this tree would not build on it (the newest foundation is another one anyway).
     assert one.foundation not in {i.image_id for i in ctx.cloud.foundation_images(app)
@@ -665,11 +671,11 @@ def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: Wo
     assert live is not None and live.version == "1.1.0"
     assert west.env.region != east.env.region
     with pytest.raises(UsageError, match=r"1\.2\.0 was never released successfully in sandbox"):
-        commands.promote(world.ctx(), Version("1.2.0"), to=WEST)
+        amis.promote(world.ctx(), Version("1.2.0"), to=WEST)
     with pytest.raises(UsageError, match=r"no AMI for 1\.1\.0"):  # not promoted yet: nothing to release there
-        commands.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
+        deploy.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
 
-    image_id = commands.promote(world.ctx(), Version("1.1.0"), to=WEST)
+    image_id = amis.promote(world.ctx(), Version("1.1.0"), to=WEST)
     source, copy = east.cloud.image(live.image_id), west.cloud.image(image_id)
     assert source is not None and copy is not None
     assert copy.region == west.env.region and copy.image_id != source.image_id and copy.validated is True
@@ -677,13 +683,13 @@ def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: Wo
     for tag in ("kiln:version", "kiln:fingerprint", "kiln:git-sha", "kiln:base-ami", "kiln:built-at"):
         assert copy.tags[tag] == source.tags[tag], tag
     assert (world.state / "dataplane" / "layers" / live.image_id).exists()  # the copy shares the frozen rootfs
-    assert commands.promote(world.ctx(), Version("1.1.0"), to=WEST) == image_id  # again: no second copy
+    assert amis.promote(world.ctx(), Version("1.1.0"), to=WEST) == image_id  # again: no second copy
     promoted = west.ledger.events("ami-promoted")
     assert promoted[0]["subject"] == image_id and promoted[0]["source"] == source.image_id
 
-    record = commands.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False,
+    record = deploy.release(world.ctx(env=WEST), Version("1.1.0"), dry_run=False, allow_downgrade=False,
                               force=False)
-    assert not isinstance(record, commands.Plan) and record.outcome is Outcome.SUCCEEDED
+    assert not isinstance(record, Plan) and record.outcome is Outcome.SUCCEEDED
     assert record.image_id == image_id and record.fingerprint == source.fingerprint
     assert set(world.lb_versions(env=WEST)) == {"1.1.0"}
     assert set(world.lb_versions()) == {"1.1.0"}
@@ -714,7 +720,7 @@ def test_cleanup_deletes_exactly_what_nothing_needs_and_then_nothing(world: Worl
     foundations = {i.image_id for c in (east, west) for i in c.cloud.foundation_images(app)}
     assert len(foundations) == 2  # the first one, and the one baked on the newer base image
 
-    plan = commands.cleanup(world.ctx(), keep=3, dry_run=True)
+    plan = amis.cleanup(world.ctx(), keep=3, dry_run=True)
     assert {d.image.ami.image_id for d in plan} == everything | foundations  # both regions, every Kiln AMI
     doomed = {d.image.ami.image_id: d for d in plan if d.action.value == "delete"}
     assert set(doomed) == set(older) | {legacy_east.image_id}
@@ -731,7 +737,7 @@ def test_cleanup_deletes_exactly_what_nothing_needs_and_then_nothing(world: Worl
     snapshots = [s for d in doomed.values() for s in d.image.snapshot_ids]
     assert len(snapshots) == len(doomed)
 
-    done = commands.cleanup(world.ctx(), keep=3, dry_run=False)
+    done = amis.cleanup(world.ctx(), keep=3, dry_run=False)
     assert {d.image.ami.image_id for d in done if d.action.value == "delete"} == set(doomed)
     assert {i.image_id for c in (east, west) for i in c.cloud.app_images(app)} == everything - set(doomed)
     left = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
@@ -740,6 +746,6 @@ def test_cleanup_deletes_exactly_what_nothing_needs_and_then_nothing(world: Worl
     assert not (world.state / "dataplane" / "layers" / legacy_east.image_id).exists()  # its rootfs is freed
     assert {e["subject"] for e in east.ledger.events("ami-deleted")} >= set(doomed)
 
-    again = commands.cleanup(world.ctx(), keep=3, dry_run=False)
+    again = amis.cleanup(world.ctx(), keep=3, dry_run=False)
     assert [d for d in again if d.action.value == "delete"] == []
     assert set(world.lb_versions()) == {"1.1.0"} and set(world.lb_versions(env=WEST)) == {"1.1.0"}

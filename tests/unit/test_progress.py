@@ -15,7 +15,8 @@ import pytest
 
 from release import packer
 from release.clock import FakeClock
-from release.commands import _printer, bake_steps
+from release.commands.bake import bake_steps
+from release.commands.views import event_printer
 from release.machine import Event, Phase
 from release.model import GroupState, InstanceState, RefreshState, Snapshot, Verdict, VerdictKind
 from release.sandbox.dataplane.baseimage import build_stage, debootstrap_stage
@@ -226,7 +227,7 @@ def test_the_gate_shows_the_refresh_percentage_and_keeps_talking_between_polls()
     ui = UI(stdout=log, clock=clock, tick=None)
     start = clock.now()
     with ui.progress("releasing 1.1.0 to prod") as progress:
-        on_event = _printer(ui, progress)
+        on_event = event_printer(ui, progress)
         on_event(Event(clock.now(), Phase.REFRESH, "started instance refresh r-1"))
         for poll, percentage in enumerate((None, 0, 50, 50, 100)):
             on_event(Event(clock.now(), Phase.GATING, "waiting", Verdict(VerdictKind.WAIT, "1 of 2 replaced"),
@@ -249,7 +250,7 @@ def test_a_reason_that_is_the_refresh_itself_is_not_followed_by_its_percentage_a
     ui = UI(stdout=log, clock=clock, tick=None)
     with ui.progress("releasing 1.1.0 to prod") as progress:
         reason = "instance refresh: InProgress, 50% complete, 2 to update"
-        _printer(ui, progress)(Event(clock.now(), Phase.GATING, "waiting", Verdict(VerdictKind.WAIT, reason),
+        event_printer(ui, progress)(Event(clock.now(), Phase.GATING, "waiting", Verdict(VerdictKind.WAIT, reason),
                                      _snapshot(clock.now(), 50)))
     assert [line for _, line in log.lines] == [f"[00:00:00] wait: {reason} | in service: 1×ami-new, 1×ami-old"]
 
