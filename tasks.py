@@ -19,7 +19,7 @@ from invoke.tasks import task
 from release.errors import KilnError, UsageError
 
 if TYPE_CHECKING:
-    from release.commands.context import Context as Kiln
+    from release.commands.context import CommandContext
     from release.config import Config
     from release.ui import UI
 
@@ -58,7 +58,7 @@ def make_ui(json: bool) -> UI:
     return UI(json_mode=json)
 
 
-def open_context(env: str | None, config: str | None, json: bool, *, bake: bool = False) -> Kiln:
+def open_context(env: str | None, config: str | None, json: bool, *, bake: bool = False) -> CommandContext:
     from release.commands import context
 
     return context.open_context(load_config(config), env, make_ui(json), bake=bake)

@@ -11,7 +11,7 @@ at a sandbox you use):
     KILN_SANDBOX_DIR=/var/tmp/kiln-scale16 inv bake --env sandbox
     .venv/bin/python bench/gate_scale.py --control /var/tmp/kiln-scale --real /var/tmp/kiln-scale16
 
-A gate poll is one turn of the gate's loop (release/machine.py, `Releaser._watch`): the lease's
+A gate poll is one turn of the gate's loop (release/rollout.py, `Releaser._watch`): the lease's
 heartbeat (one DynamoDB UpdateItem) and one observation (`Releaser._observe`: the group, its
 target health, the launch facts of instances not seen before, the refresh, the alarms). The
 instances' own /version and /health are asked through the bastion (SSH), not AWS. The calls are
@@ -63,10 +63,10 @@ from release.commands import context as kiln
 from release.commands import deploy
 from release.errors import GateFailed
 from release.gate import Expectation
-from release.machine import Driver, Event, ProbeResult, Probes, Releaser
 from release.model import Snapshot
 from release.plan import Request, make_plan
 from release.record import Lease
+from release.rollout import Driver, Event, ProbeResult, Probes, Releaser
 from release.sandbox import lookup
 from release.ui import UI
 
@@ -103,13 +103,13 @@ def by_operation(counted: dict[str, Any], *, gate: bool = True) -> Counter[str]:
                     if (service in GATE_SERVICES) == gate})
 
 
-def context(state_dir: Path) -> kiln.Context:
+def context(state_dir: Path) -> kiln.CommandContext:
     lookup.STATE_DIR = state_dir
     cfg = config.load(ROOT / "versions.toml")
     return kiln.open_context(cfg, ENV, UI(stdout=io.StringIO(), stderr=io.StringIO()))
 
 
-def releaser(ctx: kiln.Context, probes: Probes, *, on_event: Callable[[Event], None] = lambda e: None,
+def releaser(ctx: kiln.CommandContext, probes: Probes, *, on_event: Callable[[Event], None] = lambda e: None,
              checkpoint: Callable[[str], None] = lambda name: None) -> Releaser:
     """A driver wired as `inv release` wires it: the gate's own Cloud, with its small retry budget."""
     driver = Driver(holder=uuid.uuid4().hex, who=f"bench pid {os.getpid()}")
@@ -118,7 +118,7 @@ def releaser(ctx: kiln.Context, probes: Probes, *, on_event: Callable[[Event], N
                     checkpoint=checkpoint)
 
 
-def scale(ctx: kiln.Context, size: int, *, timeout: float) -> float:
+def scale(ctx: kiln.CommandContext, size: int, *, timeout: float) -> float:
     """Resize the group and wait until `size` instances are in service and healthy in the target
     group. Returns the seconds it took."""
     started = time.monotonic()
@@ -137,7 +137,7 @@ def scale(ctx: kiln.Context, size: int, *, timeout: float) -> float:
         time.sleep(1)
 
 
-def settle(ctx: kiln.Context, timeout: float) -> float:
+def settle(ctx: kiln.CommandContext, timeout: float) -> float:
     """Wait until the environment's alarms are OK and no datapoint of the scale-out (instances
     failing their health checks while they booted) is left in their evaluation windows, so that a
     release does not inherit them. Returns the seconds waited."""
@@ -154,7 +154,7 @@ def settle(ctx: kiln.Context, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def polls(ctx: kiln.Context, requests: Requests, probes: Probes, expect: Expectation, count: int,
+def polls(ctx: kiln.CommandContext, requests: Requests, probes: Probes, expect: Expectation, count: int,
           refresh_id: str) -> list[tuple[int, float, Counter[str]]]:
     """`count` gate polls by a fresh driver holding the environment's lock: (calls, seconds, by operation) each."""
     gate = releaser(ctx, probes)
@@ -178,7 +178,7 @@ def polls(ctx: kiln.Context, requests: Requests, probes: Probes, expect: Expecta
     return out
 
 
-def newest_refresh(ctx: kiln.Context) -> str:
+def newest_refresh(ctx: kiln.CommandContext) -> str:
     refreshes = ctx.cloud.refreshes(ctx.env.asg)
     return refreshes[0].refresh_id if refreshes else "no-refresh-yet"  # asked all the same: one call
 
@@ -268,7 +268,7 @@ def real(state_dir: Path, count: int, timeout: float, parallel: list[int],
     return [row(f"{REAL_SIZE} real, settled", measured)], notes
 
 
-def release(ctx: kiln.Context, requests: Requests, version: Version) -> str:
+def release(ctx: kiln.CommandContext, requests: Requests, version: Version) -> str:
     """Release `version` as `inv release` does, counting the AWS calls of each gate poll while the
     gate watches the refresh (from its first poll to the one that passes)."""
     observed = deploy.observe_for_plan(ctx, version)

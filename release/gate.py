@@ -1,6 +1,6 @@
 """The health gate: (snapshot, expectation, deadline) -> Verdict. Pure.
 
-The loop that fetches snapshots, sleeps and prints lives in machine.py; this module only
+The loop that fetches snapshots, sleeps and prints lives in rollout.py; this module only
 judges one snapshot, so every rule is a table row in tests/unit/gate_cases/.
 
 Rules, in order — the first definitive failure wins (fail fast):

@@ -1,6 +1,6 @@
 """(config, observed state) -> Plan. Pure: reads nothing, changes nothing.
 
-The executor (machine.py) refuses a plan with blockers; `--dry-run` prints it. Every blocker is
+The executor (rollout.py) refuses a plan with blockers; `--dry-run` prints it. Every blocker is
 one line saying what is wrong and what to do.
 
 Which AMI a version means (written down because two bakes of one version can exist):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from release import fleet
+from release import audit
 from release.aws import Cloud
 from release.clock import Clock
 from release.config import Environment
@@ -46,8 +46,8 @@ def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fing
             on_step(f"smoke test: launched {instance_id} from {image_id}")
             address = _wait_running(cloud, instance_id, clock)
             with open_ssh(key_file, Timeouts.from_settings(env.ssh, command=60.0)) as ssh:
-                return _checks_until_green(ssh, fleet.FleetInstance(instance_id, address, image_id, None),
-                                           fleet.ExpectedRelease(version, fingerprint, image_id, None), clock, on_step)
+                return _checks_until_green(ssh, audit.FleetInstance(instance_id, address, image_id, None),
+                                           audit.ExpectedRelease(version, fingerprint, image_id, None), clock, on_step)
         finally:
             if instance_id is not None:
                 cloud.terminate(instance_id)
@@ -67,13 +67,13 @@ def _wait_running(cloud: Cloud, instance_id: str, clock: Clock) -> str:
         clock.sleep(POLL)
 
 
-def _checks_until_green(ssh: Ssh, instance: fleet.FleetInstance, expected: fleet.ExpectedRelease, clock: Clock,
+def _checks_until_green(ssh: Ssh, instance: audit.FleetInstance, expected: audit.ExpectedRelease, clock: Clock,
                         on_step: Callable[[str], None]) -> tuple[Check, ...]:
     """Services take a moment to boot: check again until everything passes or time is up."""
     deadline = clock.now() + timedelta(seconds=BOOT_TIMEOUT)
     while True:
         try:
-            checks = fleet.smoke_check(ssh, instance, expected)
+            checks = audit.smoke_check(ssh, instance, expected)
         except KilnError as err:
             checks = (Check("ssh", False, str(err)),)
         failing = [c for c in checks if not c.ok]

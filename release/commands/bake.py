@@ -8,14 +8,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from release.bake import BakePlan, Baker, BakeResult
-from release.commands.context import Context, sandbox_key, ssh_for
+from release.baker import BakePlan, Baker, BakeResult
+from release.commands.context import CommandContext, sandbox_key, ssh_for
 from release.errors import BakeError
 from release.model import Check
 from release.ui import Progress
 
 
-def bake(ctx: Context, *, force: bool, dry_run: bool, if_changed: bool) -> BakeResult | BakePlan:
+def bake(ctx: CommandContext, *, force: bool, dry_run: bool, if_changed: bool) -> BakeResult | BakePlan:
     ui = ctx.ui
     baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: ui.note(f"  {s}"),
                   on_line=lambda line: None, bastion_key=sandbox_key() if ctx.env.sandbox else None)
@@ -81,7 +81,8 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _smoke_test(ctx: Context, image_id: str, version: str, fingerprint: str, status: Progress) -> tuple[Check, ...]:
+def _smoke_test(ctx: CommandContext, image_id: str, version: str, fingerprint: str,
+                status: Progress) -> tuple[Check, ...]:
     from release.smoke import smoke_test
 
     status.stage("smoke test")
@@ -91,7 +92,7 @@ def _smoke_test(ctx: Context, image_id: str, version: str, fingerprint: str, sta
                       on_step=status.update)
 
 
-def _validated(ctx: Context, baker: Baker, result: BakeResult, checks: tuple[Check, ...],
+def _validated(ctx: CommandContext, baker: Baker, result: BakeResult, checks: tuple[Check, ...],
                foundation: dict[str, object]) -> BakeResult:
     ui, plan, fp = ctx.ui, result.plan, result.plan.fingerprint.value
     result = replace(result, smoke=checks)

@@ -29,7 +29,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
-class Context:
+class CommandContext:
     """One command's world: the config, the chosen environment, AWS, the clock and the printer."""
 
     cfg: Config
@@ -50,18 +50,18 @@ class Context:
 
 
 def open_context(cfg: Config, env_name: str | None, ui: UI, *, clock: Clock | None = None,
-                 project: Path | None = None, bake: bool = False) -> Context:
+                 project: Path | None = None, bake: bool = False) -> CommandContext:
     """The world of one command. `bake`: act as the environment's bake role (bake_role_arn)."""
     env, why = select_environment(cfg, env_name, aws_credentials=bool(env_name) or credentials_configured())
     if why:
         ui.once(why)
-    ctx = Context(cfg, env, Aws(target_for(env, bake=bake)), ui, clock or SystemClock(), project or PROJECT)
+    ctx = CommandContext(cfg, env, Aws(target_for(env, bake=bake)), ui, clock or SystemClock(), project or PROJECT)
     if not env.sandbox or env.account_id:
         ctx.account = check_account(ctx)
     return ctx
 
 
-def check_account(ctx: Context) -> str:
+def check_account(ctx: CommandContext) -> str:
     """The account guard: the account the credentials act in (after any role assumption) must be
     the environment's `account_id`, before any command reads or changes anything else."""
     seen = ctx.cloud.caller_account()
@@ -115,7 +115,7 @@ def sandbox_key() -> Path | None:
     return lookup.instance_key()
 
 
-def ssh_for(ctx: Context, *, key: Path | None = None, use_agent: bool = True, record_to: Path | None = None,
+def ssh_for(ctx: CommandContext, *, key: Path | None = None, use_agent: bool = True, record_to: Path | None = None,
             timeouts: Timeouts | None = None) -> Ssh:
     """SSH to the environment's instances: strict host keys (known_hosts, then the console output)
     and the environment's bastion, found through the cloud when it is named by its Name tag."""

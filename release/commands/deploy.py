@@ -1,5 +1,5 @@
 """`inv release`, `inv rollback`, `inv resume` and `inv adopt`: read the cloud into a plan, save
-it, and drive it as the environment's one fenced driver (the state machine in machine.py)."""
+it, and drive it as the environment's one fenced driver (the state machine in rollout.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from packaging.version import Version
 
 from release.aws import Aws, Cloud
-from release.commands.context import Context, actor, parse_version, ssh_for, target_for
+from release.commands.context import CommandContext, actor, parse_version, ssh_for, target_for
 from release.commands.views import event_printer, next_step, show_plan, show_unfinished
 from release.errors import LockHeld, NotFound, SandboxError, UsageError
 from release.ledger import Ledger
@@ -36,13 +36,13 @@ from release.plan import Observed, Plan, Request, make_plan
 from release.record import Outcome, ReleaseRecord, new_release_id
 
 if TYPE_CHECKING:
-    from release.machine import Probes, Releaser
+    from release.rollout import Probes, Releaser
     from release.ssh import Ssh
 
 LB_SAMPLES = 8
 
 
-def observe_for_plan(ctx: Context, version: Version) -> Observed:
+def observe_for_plan(ctx: CommandContext, version: Version) -> Observed:
     """Everything the plan reads. "Before" comes from the group itself: the launch template version
     it references, as AWS resolves it — never from Kiln's records or the template's default."""
     env, cloud, ledger = ctx.env, ctx.cloud, ctx.ledger
@@ -68,7 +68,7 @@ def observe_for_plan(ctx: Context, version: Version) -> Observed:
     )
 
 
-def _passed(ctx: Context, fingerprint: str | None, image_ids: set[str]) -> frozenset[str]:
+def _passed(ctx: CommandContext, fingerprint: str | None, image_ids: set[str]) -> frozenset[str]:
     """The environments of `requires` whose own ledgers record a success with this AMI's lineage."""
     passed: set[str] = set()
     for name in ctx.env.requires:
@@ -78,7 +78,7 @@ def _passed(ctx: Context, fingerprint: str | None, image_ids: set[str]) -> froze
     return frozenset(passed)
 
 
-def release(ctx: Context, version: Version, *, dry_run: bool, allow_downgrade: bool, force: bool,
+def release(ctx: CommandContext, version: Version, *, dry_run: bool, allow_downgrade: bool, force: bool,
             kind: str = "release") -> ReleaseRecord | Plan:
     """Plan (reads only), then drive the plan as the environment's one fenced driver."""
     ui = ctx.ui
@@ -102,7 +102,7 @@ def release(ctx: Context, version: Version, *, dry_run: bool, allow_downgrade: b
     return record
 
 
-def resume(ctx: Context, *, dry_run: bool) -> ReleaseRecord | None:
+def resume(ctx: CommandContext, *, dry_run: bool) -> ReleaseRecord | None:
     """Finish the unfinished release whose driver died, once its lease has lapsed."""
     record = ctx.ledger.in_progress(ctx.env.name)
     if record is None:
@@ -131,7 +131,7 @@ def resume(ctx: Context, *, dry_run: bool) -> ReleaseRecord | None:
     return done
 
 
-def rollback(ctx: Context, *, to: str | None, dry_run: bool, break_lock: bool = False) -> ReleaseRecord | Plan:
+def rollback(ctx: CommandContext, *, to: str | None, dry_run: bool, break_lock: bool = False) -> ReleaseRecord | Plan:
     """Go back. An unfinished release is rolled back to what the group ran before it (never
     completed); otherwise a new gated release of the previous good version (or --to VERSION)."""
     record = ctx.ledger.in_progress(ctx.env.name)
@@ -157,7 +157,7 @@ def rollback(ctx: Context, *, to: str | None, dry_run: bool, break_lock: bool = 
     return release(ctx, target, dry_run=dry_run, allow_downgrade=True, force=False, kind="rollback")
 
 
-def _undo_unfinished(ctx: Context, record: ReleaseRecord, *, dry_run: bool, break_lock: bool) -> ReleaseRecord:
+def _undo_unfinished(ctx: CommandContext, record: ReleaseRecord, *, dry_run: bool, break_lock: bool) -> ReleaseRecord:
     ui, now = ctx.ui, ctx.clock.now()
     lock = ctx.ledger.lock(ctx.env.name)
     show_unfinished(ctx, record, lock)
@@ -191,7 +191,7 @@ def _undo_unfinished(ctx: Context, record: ReleaseRecord, *, dry_run: bool, brea
     return done
 
 
-def _deprecated(ctx: Context, version: str) -> bool:
+def _deprecated(ctx: CommandContext, version: str) -> bool:
     """Rollback never picks a version whose AMIs are all deprecated."""
     images = [i for i in ctx.cloud.app_images(ctx.cfg.app.name, version) if i.state == "available"]
     return bool(images) and all(i.deprecated(ctx.clock.now()) for i in images)
@@ -207,12 +207,12 @@ def crash_point(name: str) -> None:
 
 
 @contextmanager
-def _releaser(ctx: Context, doing: str) -> Iterator[Releaser]:
+def _releaser(ctx: CommandContext, doing: str) -> Iterator[Releaser]:
     """The environment's driver: a Releaser whose gate reads the cloud with a small retry budget
     (it polls again anyway), and whose SSH (and bastion connection) is closed when it is over.
     While it works, a progress line says `doing`, the phase and the refresh's percentage."""
     gate_cloud = Cloud(Aws(ctx.aws.target, attempts=3))
-    from release.machine import Driver, Releaser
+    from release.rollout import Driver, Releaser
 
     driver = Driver(holder=uuid.uuid4().hex, who=f"{actor()} pid {os.getpid()}")
     with ssh_for(ctx) as ssh, ctx.ui.progress(doing) as progress:
@@ -226,21 +226,21 @@ def _releaser(ctx: Context, doing: str) -> Iterator[Releaser]:
             releaser.close()
 
 
-def probes_for(ctx: Context, ssh: Ssh) -> Probes:
-    from release import fleet
-    from release.machine import ProbeResult, Probes
+def probes_for(ctx: CommandContext, ssh: Ssh) -> Probes:
+    from release import audit
+    from release.rollout import ProbeResult, Probes
 
     lb = _load_balancer_url(ctx)
 
     def check(instance: InstanceState) -> ProbeResult:
         if not instance.private_ip:
             return ProbeResult(None, None, "no private IP address")
-        return ProbeResult(*fleet.probe_release(ssh, instance.private_ip))
+        return ProbeResult(*audit.probe_release(ssh, instance.private_ip))
 
     return Probes(check, (lambda: sample_versions(lb, LB_SAMPLES)) if lb else None)
 
 
-def _load_balancer_url(ctx: Context) -> str | None:
+def _load_balancer_url(ctx: CommandContext) -> str | None:
     if not ctx.aws.target.is_sandbox:
         return ctx.cloud.load_balancer_url(ctx.env.target_groups)
     # The sandbox's ALB DNS names are made up; its listeners really answer on loopback ports.
@@ -277,7 +277,7 @@ def _require_loopback(url: str) -> None:
                            hint="Restart the sandbox (inv sandbox.reset); Kiln never dials outside loopback.")
 
 
-def adopt(ctx: Context, version: Version, *, force: bool = False) -> ReleaseRecord:
+def adopt(ctx: CommandContext, version: Version, *, force: bool = False) -> ReleaseRecord:
     """Make what the group runs now release `version` in the ledger (release 0 of a fleet Kiln did
     not build): tag its AMI as the app's, validated by adoption, and record a successful release."""
     env = ctx.env

@@ -1,18 +1,18 @@
-"""`inv fleet.verify`: audit every in-service instance against what was baked (fleet.py)."""
+"""`inv audit.verify`: audit every in-service instance against what was baked (audit.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from release.commands.context import KNOWN_HOSTS, Context, ssh_for
+from release.commands.context import KNOWN_HOSTS, CommandContext, ssh_for
 from release.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
-    from release import fleet
+    from release import audit
 
-def verify(ctx: Context, *, parallel: int, key: Path | None) -> fleet.FleetReport:
-    from release import fleet
+def verify(ctx: CommandContext, *, parallel: int, key: Path | None) -> audit.FleetReport:
+    from release import audit
 
     live = ctx.ledger.live(ctx.env.name)
     if live is None:
@@ -20,11 +20,11 @@ def verify(ctx: Context, *, parallel: int, key: Path | None) -> fleet.FleetRepor
     group = ctx.cloud.group(ctx.env.asg, ctx.env.target_groups)
     if group is None:
         raise NotFound(f"Auto Scaling group {ctx.env.asg!r} not found in {ctx.env.region}")
-    instances = fleet.in_service(group)
+    instances = audit.in_service(group)
     ctx.ui.info(f"auditing {len(instances)} in-service instance(s) of {ctx.env.asg} against {live.version} "
                 f"({live.image_id}, fingerprint {live.fingerprint})")
     with ssh_for(ctx, key=key, record_to=KNOWN_HOSTS) as ssh:
-        report = fleet.audit(ssh, fleet.expected_from_live(live.as_live()), instances, parallel=parallel)
+        report = audit.audit(ssh, audit.expected_from_live(live.as_live()), instances, parallel=parallel)
     ctx.ui.table(*report.table(), title=f"fleet of {ctx.env.name}")
     ctx.ui.result(report.to_json())
     error = report.error()

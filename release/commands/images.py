@@ -9,23 +9,23 @@ from packaging.version import Version
 
 from release.aws import Aws, Cloud
 from release.catalogue import Action, CatalogueImage, Decision, References, decide
-from release.commands.context import Context, actor, target_for
+from release.commands.context import CommandContext, actor, target_for
 from release.errors import NotFound, UsageError
 from release.model import TAG_DEPRECATED_REASON, TAG_FOUNDATION_DEPRECATED
 from release.record import Outcome, ReleaseRecord
 
 
-def related_contexts(ctx: Context) -> list[Context]:
+def related_contexts(ctx: CommandContext) -> list[CommandContext]:
     """Every environment reachable with this one's credentials: same sandbox-ness and account."""
     out = []
     for env in ctx.cfg.environments.values():
         if env.sandbox == ctx.env.sandbox and env.account_id == ctx.env.account_id:
             out.append(ctx if env.name == ctx.env.name else
-                       Context(ctx.cfg, env, Aws(target_for(env)), ctx.ui, ctx.clock, ctx.project))
+                       CommandContext(ctx.cfg, env, Aws(target_for(env)), ctx.ui, ctx.clock, ctx.project))
     return out
 
 
-def release_references(contexts: list[Context]) -> dict[str, list[str]]:
+def release_references(contexts: list[CommandContext]) -> dict[str, list[str]]:
     """image id -> "live in prod" / "previous in dev": what each environment may need to return to."""
     refs: dict[str, list[str]] = {}
     for c in contexts:
@@ -45,7 +45,7 @@ def _distinct_images(records: list[ReleaseRecord]) -> list[ReleaseRecord]:
     return out
 
 
-def cleanup(ctx: Context, *, keep: int, dry_run: bool) -> list[Decision]:
+def cleanup(ctx: CommandContext, *, keep: int, dry_run: bool) -> list[Decision]:
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 version", hint="Use --keep 3 (the default) or more.")
     contexts = related_contexts(ctx)
@@ -93,14 +93,14 @@ def _frozen(table: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
 DEPRECATE_AHEAD = timedelta(minutes=1)
 
 
-def _deprecate_now(ctx: Context, cloud: Cloud, image_id: str, reason: str) -> None:
+def _deprecate_now(ctx: CommandContext, cloud: Cloud, image_id: str, reason: str) -> None:
     """A deprecation by hand: the reason tag makes it count for Kiln at once (AmiRef.deprecated),
     EC2's own deprecation time follows a minute later."""
     cloud.tag_image(image_id, {TAG_DEPRECATED_REASON: reason[:250]})
     cloud.deprecate_image(image_id, ctx.clock.now() + DEPRECATE_AHEAD)
 
 
-def deprecate(ctx: Context, version: Version, *, reason: str) -> list[str]:
+def deprecate(ctx: CommandContext, version: Version, *, reason: str) -> list[str]:
     regions = sorted({ctx.env.region, *ctx.env.ami_regions})
     done = []
     for region in regions:
@@ -117,7 +117,7 @@ def deprecate(ctx: Context, version: Version, *, reason: str) -> list[str]:
     return done
 
 
-def deprecate_foundation(ctx: Context, image_id: str, *, reason: str, children: bool) -> list[str]:
+def deprecate_foundation(ctx: CommandContext, image_id: str, *, reason: str, children: bool) -> list[str]:
     """Deprecate a foundation: the next bake bakes a new one. The app images baked on it are flagged
     (kiln:foundation-deprecated, which the release plan warns about), or deprecated too."""
     cloud, now = ctx.cloud, ctx.clock.now()
@@ -142,7 +142,7 @@ def deprecate_foundation(ctx: Context, image_id: str, *, reason: str, children: 
     return [a.image_id for a in built_on]
 
 
-def promote(ctx: Context, version: Version, *, to: str) -> str:
+def promote(ctx: CommandContext, version: Version, *, to: str) -> str:
     """Give environment `to` the exact AMI that passed in this one: copied to its region (tags kept,
     re-keyed when it names a KMS key) and shared with its account. Never a rebake."""
     target_env = ctx.cfg.environment(to)
@@ -154,7 +154,7 @@ def promote(ctx: Context, version: Version, *, to: str) -> str:
     source = ctx.cloud.image(passed[0].image_id)
     if source is None or source.state != "available":
         raise NotFound(f"the AMI {passed[0].image_id} that passed in {ctx.env.name} is gone")
-    target = Context(ctx.cfg, target_env, Aws(target_for(target_env)), ctx.ui, ctx.clock, ctx.project)
+    target = CommandContext(ctx.cfg, target_env, Aws(target_for(target_env)), ctx.ui, ctx.clock, ctx.project)
     if target_env.account_id and target_env.account_id != ctx.env.account_id:
         ctx.cloud.share_image(source.image_id, target_env.account_id)
         ctx.ui.success(f"shared {source.image_id} with account {target_env.account_id}")

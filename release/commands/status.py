@@ -3,13 +3,13 @@ and the cloud disagree (the cloud is the truth)."""
 
 from __future__ import annotations
 
-from release.commands.context import Context
+from release.commands.context import CommandContext
 from release.commands.views import show_unfinished
 from release.model import GroupState, RefreshState, TemplateVersion
 from release.record import ReleaseRecord
 
 
-def status(ctx: Context) -> None:
+def status(ctx: CommandContext) -> None:
     """What is live, what the group really runs, the lock, any unfinished release and what to do
     about it, and where the ledger and the cloud disagree."""
     env, cloud, ledger, ui, now = ctx.env, ctx.cloud, ctx.ledger, ctx.ui, ctx.clock.now()
@@ -77,7 +77,7 @@ def _disagreements(live: ReleaseRecord | None, running: ReleaseRecord | None, gr
     return out
 
 
-def history(ctx: Context, *, limit: int) -> None:
+def history(ctx: CommandContext, *, limit: int) -> None:
     records = ctx.ledger.history(ctx.env.name, limit=limit)
     rows = [(r.started_at, r.kind, r.version, r.image_id, f"v{r.template_before} → v{r.template_after}",
              r.outcome.value, r.actor, (r.reason or "")[:60]) for r in records]

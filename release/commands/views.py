@@ -12,8 +12,8 @@ from release.record import ReleaseRecord
 from release.ui import UI, Progress
 
 if TYPE_CHECKING:
-    from release.commands.context import Context
-    from release.machine import Event
+    from release.commands.context import CommandContext
+    from release.rollout import Event
 
 def event_printer(ui: UI, progress: Progress) -> Callable[[Event], None]:
     """Print phase changes as lines and gate verdicts as notes (with the refresh's percentage),
@@ -66,7 +66,7 @@ def show_plan(ui: UI, plan: Plan) -> None:
         ui.failure(blocker)
 
 
-def show_unfinished(ctx: Context, record: ReleaseRecord, lock: Lock | None) -> None:
+def show_unfinished(ctx: CommandContext, record: ReleaseRecord, lock: Lock | None) -> None:
     """An unfinished release: who, how far, the lock, and what resume and rollback would do."""
     ui, now = ctx.ui, ctx.clock.now()
     ui.warn(f"unfinished {record.kind} of {record.version} ({record.release_id}) by {record.actor}, started "

@@ -28,7 +28,7 @@ import pytest
 from packaging.version import Version
 
 from release import config
-from release.bake import Baker, BakeResult
+from release.baker import Baker, BakeResult
 from release.commands import bake as baking
 from release.commands import context as kiln
 from release.commands import deploy
@@ -55,7 +55,7 @@ class World:
         self.cfg = cfg
         self.out = io.StringIO()
 
-    def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV) -> kiln.Context:
+    def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV) -> kiln.CommandContext:
         ui = UI(stdout=self.out, stderr=self.out)
         return kiln.open_context(cfg or self.cfg, env, ui, project=project)
 

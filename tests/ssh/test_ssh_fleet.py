@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from release.config import SshSettings
-from release.fleet import (
+from release.audit import (
     MANIFEST_NAME,
     ExpectedRelease,
+    Finding,
     FleetInstance,
-    Outcome,
     ServedVersion,
     ServiceCheck,
     audit,
     served_versions,
     smoke_check,
 )
+from release.config import SshSettings
 from release.ssh import Ssh, Timeouts
 
 from .conftest import VersionServer
@@ -91,7 +91,7 @@ def test_an_scp_hotfix_is_drift_naming_the_changed_and_added_files(
     report = audit(fleet_ssh, EXPECTED, [good(instance)], services=SERVICES, app_root=str(app_root),
                    http_port=version_server.port)  # fmt: skip
     verdict = report.verdicts[0]
-    assert verdict.outcome is Outcome.DRIFT
+    assert verdict.outcome is Finding.DRIFT
     assert verdict.changed_files == ("webapp/views.py",)
     assert verdict.added_files == ("webapp/hotfix.py",)
     assert verdict.missing_files == ("static/site.css",)
@@ -137,8 +137,8 @@ def test_unreachable_hosts_are_reported_and_the_rest_still_audited(
                        http_port=version_server.port)  # fmt: skip
         elapsed = time.monotonic() - started
     outcomes = {v.instance_id: v.outcome for v in report.verdicts}
-    assert outcomes == {"i-good": Outcome.MATCH, "i-refusing": Outcome.UNREACHABLE,
-                        "i-hung": Outcome.UNREACHABLE, "i-imposter": Outcome.UNREACHABLE}  # fmt: skip
+    assert outcomes == {"i-good": Finding.MATCH, "i-refusing": Finding.UNREACHABLE,
+                        "i-hung": Finding.UNREACHABLE, "i-imposter": Finding.UNREACHABLE}  # fmt: skip
     reasons = {v.instance_id: v.reason or "" for v in report.verdicts}
     assert f"could not open a connection to {REFUSING_ADDRESS}:{instance.port}" in reasons["i-refusing"]
     assert "no SSH banner within 1 s" in reasons["i-hung"]

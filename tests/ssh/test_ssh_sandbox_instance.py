@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from release.audit import ExpectedRelease, Finding, FleetInstance, ServiceCheck, audit
 from release.config import SshSettings
-from release.fleet import ExpectedRelease, FleetInstance, Outcome, ServiceCheck, audit
 from release.sandbox.contracts import LaunchedInstance
 from release.ssh import Ssh, Timeouts
 
@@ -126,6 +126,6 @@ def test_audit_of_a_sandbox_instance_sees_an_scp_hotfix(sandbox_instance: tuple[
         (release / "webapp" / "views.py").write_text("VERSION = 'hotfix'\n")
         after = audit(ssh, EXPECTED, [instance], services=SERVICES[:1], http_port=version.port)
     verdict = after.verdicts[0]
-    assert verdict.outcome is Outcome.DRIFT
+    assert verdict.outcome is Finding.DRIFT
     assert verdict.details() == ["changed: webapp/views.py"]
     assert after.exit_code == 12

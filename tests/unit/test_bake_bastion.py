@@ -12,7 +12,7 @@ import pytest
 
 from release import config, packer
 from release.aws import Aws, Target
-from release.bake import Baker
+from release.baker import Baker
 from release.clock import FakeClock
 from release.config import Environment
 from release.errors import BakeError

@@ -14,7 +14,7 @@ import pytest
 
 from release import config
 from release.aws import Aws, Target, session_name
-from release.bake import Baker
+from release.baker import Baker
 from release.clock import FakeClock
 
 from .fake_sts import BASE_KEY, FakeSts, serving

@@ -10,7 +10,7 @@ import pytest
 
 from release import config
 from release.aws import Aws, Target
-from release.bake import Baker
+from release.baker import Baker
 from release.clock import FakeClock
 from release.errors import BakeError
 

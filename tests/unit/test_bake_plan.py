@@ -12,7 +12,7 @@ from packaging.version import Version
 
 from release import config
 from release.aws import Aws, Target
-from release.bake import Baker
+from release.baker import Baker
 from release.clock import FakeClock
 from release.model import AmiRef
 

@@ -17,8 +17,8 @@ from release import packer
 from release.clock import FakeClock
 from release.commands.bake import bake_steps
 from release.commands.views import event_printer
-from release.machine import Event, Phase
 from release.model import GroupState, InstanceState, RefreshState, Snapshot, Verdict, VerdictKind
+from release.rollout import Event, Phase
 from release.sandbox.dataplane.baseimage import build_stage, debootstrap_stage
 from release.ui import PLAIN_EVERY_S, UI
 

@@ -10,14 +10,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from release.errors import EXIT_DRIFT, DriftDetected
-from release.fleet import (
+from release.audit import (
     DEFAULT_SERVICES,
     SMOKE_CHECK_OF_FIELD,
     ExpectedRelease,
+    Finding,
     FleetInstance,
-    Observed,
-    Outcome,
+    Reading,
     ServedVersion,
     audit,
     compare_files,
@@ -28,13 +27,14 @@ from release.fleet import (
     served_versions,
     smoke_checks,
 )
+from release.errors import EXIT_DRIFT, DriftDetected
 from release.model import GroupState, InstanceState, LiveRelease
 from release.ssh import CommandResult, HttpResponse, SshError
 
 EXPECTED = ExpectedRelease(version="1.4.2", fingerprint="sha256:f00d", image_id="ami-0new", template_version="7")
 INSTANCE = FleetInstance("i-1", "127.100.0.5", "ami-0new", "7")
 A, B, C = "a" * 64, "b" * 64, "c" * 64
-GOOD = Observed(
+GOOD = Reading(
     INSTANCE,
     served={"version": "1.4.2", "fingerprint": "sha256:f00d", "git_sha": "3f2c"},
     manifest={"app.py": A, "static/site.css": B},
@@ -44,38 +44,38 @@ GOOD = Observed(
 
 # (id, observation, outcome, drifted field names, changed, added, missing, services down)
 Paths = tuple[str, ...]
-CASES: list[tuple[str, Observed, Outcome, set[str], Paths, Paths, Paths, Paths]] = [
-    ("all-match", GOOD, Outcome.MATCH, set(), (), (), (), ()),
+CASES: list[tuple[str, Reading, Finding, set[str], Paths, Paths, Paths, Paths]] = [
+    ("all-match", GOOD, Finding.MATCH, set(), (), (), (), ()),
     ("equal-versions-spelled-differently", replace(GOOD, served={"version": "1.4.2.0", "fingerprint": "sha256:f00d"}),
-     Outcome.MATCH, set(), (), (), (), ()),
+     Finding.MATCH, set(), (), (), (), ()),
     ("other-image", replace(GOOD, instance=replace(INSTANCE, image_id="ami-0old")),
-     Outcome.DRIFT, {"image_id"}, (), (), (), ()),
+     Finding.DRIFT, {"image_id"}, (), (), (), ()),
     ("other-template-version", replace(GOOD, instance=replace(INSTANCE, template_version="6")),
-     Outcome.DRIFT, {"template_version"}, (), (), (), ()),
+     Finding.DRIFT, {"template_version"}, (), (), (), ()),
     ("no-template-version", replace(GOOD, instance=replace(INSTANCE, template_version=None)),
-     Outcome.DRIFT, {"template_version"}, (), (), (), ()),
+     Finding.DRIFT, {"template_version"}, (), (), (), ()),
     ("serves-other-version", replace(GOOD, served={"version": "1.4.1", "fingerprint": "sha256:f00d"}),
-     Outcome.DRIFT, {"version"}, (), (), (), ()),
+     Finding.DRIFT, {"version"}, (), (), (), ()),
     ("serves-other-fingerprint", replace(GOOD, served={"version": "1.4.2", "fingerprint": "sha256:beef"}),
-     Outcome.DRIFT, {"fingerprint"}, (), (), (), ()),
+     Finding.DRIFT, {"fingerprint"}, (), (), (), ()),
     ("version-endpoint-broken", replace(GOOD, served=None, served_problem="GET /version answered HTTP 503"),
-     Outcome.DRIFT, {"/version"}, (), (), (), ()),
+     Finding.DRIFT, {"/version"}, (), (), (), ()),
     ("file-changed-and-added", replace(GOOD, on_disk={"app.py": C, "static/site.css": B, "hotfix.py": A}),
-     Outcome.DRIFT, set(), ("app.py",), ("hotfix.py",), (), ()),
-    ("file-deleted", replace(GOOD, on_disk={"app.py": A}), Outcome.DRIFT, set(), (), (), ("static/site.css",), ()),
+     Finding.DRIFT, set(), ("app.py",), ("hotfix.py",), (), ()),
+    ("file-deleted", replace(GOOD, on_disk={"app.py": A}), Finding.DRIFT, set(), (), (), ("static/site.css",), ()),
     ("manifest-missing", replace(GOOD, manifest=None, manifest_problem="cannot read MANIFEST.sha256"),
-     Outcome.DRIFT, {"manifest"}, (), (), (), ()),
+     Finding.DRIFT, {"manifest"}, (), (), (), ()),
     ("checksums-failed", replace(GOOD, on_disk=None, disk_problem="sha256sum: x: Permission denied"),
-     Outcome.DRIFT, {"files"}, (), (), (), ()),
+     Finding.DRIFT, {"files"}, (), (), (), ()),
     ("nginx-down", replace(GOOD, services={"webapp.service (gunicorn)": True, "nginx": False}),
-     Outcome.DRIFT, set(), (), (), (), ("nginx",)),
-    ("nothing-observed-is-not-a-match", Observed(INSTANCE),
-     Outcome.DRIFT, {"/version", "manifest", "services"}, (), (), (), ()),
-    ("unreachable", Observed(INSTANCE, unreachable="cannot reach 127.100.0.5:22"),
-     Outcome.UNREACHABLE, set(), (), (), (), ()),
+     Finding.DRIFT, set(), (), (), (), ("nginx",)),
+    ("nothing-observed-is-not-a-match", Reading(INSTANCE),
+     Finding.DRIFT, {"/version", "manifest", "services"}, (), (), (), ()),
+    ("unreachable", Reading(INSTANCE, unreachable="cannot reach 127.100.0.5:22"),
+     Finding.UNREACHABLE, set(), (), (), (), ()),
     ("unreachable-on-the-wrong-image-is-drift",
-     Observed(replace(INSTANCE, image_id="ami-0old"), unreachable="cannot reach 127.100.0.5:22"),
-     Outcome.DRIFT, {"image_id"}, (), (), (), ()),
+     Reading(replace(INSTANCE, image_id="ami-0old"), unreachable="cannot reach 127.100.0.5:22"),
+     Finding.DRIFT, {"image_id"}, (), (), (), ()),
 ]  # fmt: skip
 
 
@@ -84,7 +84,7 @@ CASES: list[tuple[str, Observed, Outcome, set[str], Paths, Paths, Paths, Paths]]
     [case[1:] for case in CASES],
     ids=[case[0] for case in CASES],
 )
-def test_judge(observed: Observed, outcome: Outcome, fields: set[str], changed: tuple[str, ...],
+def test_judge(observed: Reading, outcome: Finding, fields: set[str], changed: tuple[str, ...],
                added: tuple[str, ...], missing: tuple[str, ...], down: tuple[str, ...]) -> None:  # fmt: skip
     verdict = judge(EXPECTED, observed)
     assert verdict.outcome is outcome
@@ -92,7 +92,7 @@ def test_judge(observed: Observed, outcome: Outcome, fields: set[str], changed: 
     assert (verdict.changed_files, verdict.added_files, verdict.missing_files) == (changed, added, missing)
     assert verdict.services_down == down
     assert verdict.symbol == {"match": "✔", "drift": "✘", "unreachable": "?"}[outcome.value]
-    if outcome is Outcome.MATCH:
+    if outcome is Finding.MATCH:
         assert verdict.details() == []
     else:
         assert verdict.details()  # a drifted or unreachable verdict always says why
@@ -106,7 +106,7 @@ def test_judge_names_expected_and_found_values() -> None:
 def test_no_expected_fingerprint_or_template_version_means_not_compared() -> None:
     loose = replace(EXPECTED, fingerprint=None, template_version=None)
     observed = replace(GOOD, served={"version": "1.4.2"}, instance=replace(INSTANCE, template_version=None))
-    assert judge(loose, observed).outcome is Outcome.MATCH
+    assert judge(loose, observed).outcome is Finding.MATCH
 
 
 @pytest.mark.parametrize(
@@ -203,9 +203,9 @@ def test_audit_reports_each_instance_and_one_unreachable_is_not_fatal() -> None:
     assert [v.instance_id for v in report.verdicts] == ["i-1", "i-2", "i-3", "i-4", "i-5"]  # input order
     assert sorted(seen) == ["i-1", "i-2", "i-3", "i-4", "i-5"]
     by_id = {v.instance_id: v for v in report.verdicts}
-    assert by_id["i-1"].outcome is Outcome.MATCH
+    assert by_id["i-1"].outcome is Finding.MATCH
     assert by_id["i-2"].added_files == ("hotfix.py",)
-    assert by_id["i-3"].outcome is Outcome.UNREACHABLE and "Connection refused" in (by_id["i-3"].reason or "")
+    assert by_id["i-3"].outcome is Finding.UNREACHABLE and "Connection refused" in (by_id["i-3"].reason or "")
     assert by_id["i-4"].services_down == tuple(check.name for check in DEFAULT_SERVICES)
     assert by_id["i-5"].reason == "no private IP address"
     assert not report.ok and report.exit_code == EXIT_DRIFT
@@ -255,7 +255,7 @@ def test_a_crash_while_observing_one_host_is_reported_for_that_host_only() -> No
     reach = Broken({"10.0.0.1": _host(), "10.0.0.2": _host()})
     instances = [FleetInstance("i-1", "10.0.0.1", "ami-0new", "7"), FleetInstance("i-2", "10.0.0.2", "ami-0new", "7")]
     report = audit(reach, EXPECTED, instances)
-    assert [v.outcome for v in report.verdicts] == [Outcome.MATCH, Outcome.UNREACHABLE]
+    assert [v.outcome for v in report.verdicts] == [Finding.MATCH, Finding.UNREACHABLE]
     assert report.verdicts[1].reason == "RuntimeError: boom"
 
 
@@ -274,7 +274,7 @@ def test_every_drift_field_belongs_to_a_smoke_check() -> None:
 HEALTHY = HttpResponse(200, b"ok")
 
 
-def _checks(observed: Observed, health: HttpResponse | str | None = HEALTHY) -> dict[str, tuple[bool | None, str]]:
+def _checks(observed: Reading, health: HttpResponse | str | None = HEALTHY) -> dict[str, tuple[bool | None, str]]:
     return {c.name: (c.ok, c.detail) for c in smoke_checks(judge(EXPECTED, observed), health)}
 
 
@@ -287,7 +287,7 @@ def test_smoke_checks_all_pass_for_a_good_instance() -> None:
 @pytest.mark.parametrize(
     ("observed", "health", "failing", "detail"),
     [
-        (Observed(INSTANCE, unreachable="offered host key SHA256:x is not known"), None, "ssh", "is not known"),
+        (Reading(INSTANCE, unreachable="offered host key SHA256:x is not known"), None, "ssh", "is not known"),
         (replace(GOOD, on_disk={"app.py": C, "static/site.css": B}), HEALTHY, "files", "changed: app.py"),
         (replace(GOOD, served={"version": "1.4.1", "fingerprint": "sha256:f00d"}), HEALTHY,
          "/version", "version: expected 1.4.2, found 1.4.1"),
@@ -299,7 +299,7 @@ def test_smoke_checks_all_pass_for_a_good_instance() -> None:
     ],
     ids=["unreachable", "files", "version", "services", "health-503", "health-error", "image"],
 )
-def test_smoke_checks_name_the_one_failure(observed: Observed, health: HttpResponse | str | None,
+def test_smoke_checks_name_the_one_failure(observed: Reading, health: HttpResponse | str | None,
                                            failing: str, detail: str) -> None:  # fmt: skip
     checks = _checks(observed, health)
     assert [name for name, (ok, _) in checks.items() if not ok] == [failing]
@@ -361,7 +361,7 @@ def test_a_session_that_drops_midway_is_audited_once_more_after_a_pause() -> Non
     report = audit(Reach({"10.0.0.1": _host(), "10.0.0.2": _host(), "10.0.0.3": _host()}), EXPECTED, instances,
                    again_after=2.0, sleep=pauses.append)  # fmt: skip
     outcomes = {v.instance_id: v.outcome for v in report.verdicts}
-    assert outcomes == {"i-1": Outcome.MATCH, "i-2": Outcome.UNREACHABLE, "i-3": Outcome.MATCH}
+    assert outcomes == {"i-1": Finding.MATCH, "i-2": Finding.UNREACHABLE, "i-3": Finding.MATCH}
     assert "audit interrupted" in (report.verdicts[1].reason or "")
     assert pauses == [2.0, 2.0]  # one more look for each dropped session, and only one
 
@@ -369,4 +369,4 @@ def test_a_session_that_drops_midway_is_audited_once_more_after_a_pause() -> Non
 def test_a_host_that_cannot_be_reached_is_not_looked_at_twice() -> None:
     pauses: list[float] = []
     report = audit(FakeReach({}), EXPECTED, [FleetInstance("i-3", "10.0.0.3", "ami-0new", "7")], sleep=pauses.append)
-    assert report.verdicts[0].outcome is Outcome.UNREACHABLE and pauses == []
+    assert report.verdicts[0].outcome is Finding.UNREACHABLE and pauses == []

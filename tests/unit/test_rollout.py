@@ -13,10 +13,10 @@ from packaging.version import Version
 from release import config
 from release.clock import FakeClock
 from release.errors import EXIT_ROLLBACK_FAILED, AwsError, GateFailed, LeaseLost, LockHeld, RollbackFailed
-from release.machine import CHECKPOINTS, Driver, Event, Phase, ProbeResult, Probes, Releaser
 from release.model import AmiRef, GroupState, InstanceState, Lock, RefreshState, TemplateVersion
 from release.plan import Observed, Request, make_plan
 from release.record import Lease, Outcome, ReleaseRecord
+from release.rollout import CHECKPOINTS, Driver, Event, Phase, ProbeResult, Probes, Releaser
 
 CFG = config.load(Path(__file__).parents[2] / "versions.toml")
 ENV = CFG.environment("sandbox")
@@ -544,7 +544,7 @@ def test_the_state_machine_loads_no_aws_library() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, release.machine, release.plan, release.gate, release.record; "
+    code = ("import sys, release.rollout, release.plan, release.gate, release.record; "
             "print(sorted(m for m in ('boto3', 'botocore', 'invoke', 'paramiko') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"

@@ -106,7 +106,7 @@ def in_service(group: GroupState) -> list[FleetInstance]:
 
 
 @dataclass(frozen=True)
-class Observed:
+class Reading:
     """What the audit saw on one instance. `unreachable` set: nothing over SSH was observed.
 
     A None observation with no problem means it was not made, which judge() reports as drift
@@ -128,13 +128,13 @@ class Observed:
 # --- verdicts ---------------------------------------------------------------------------------
 
 
-class Outcome(StrEnum):
+class Finding(StrEnum):
     MATCH = "match"
     DRIFT = "drift"
     UNREACHABLE = "unreachable"
 
 
-SYMBOLS = {Outcome.MATCH: "✔", Outcome.DRIFT: "✘", Outcome.UNREACHABLE: "?"}
+SYMBOLS = {Finding.MATCH: "✔", Finding.DRIFT: "✘", Finding.UNREACHABLE: "?"}
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class FieldDrift:
 class InstanceVerdict:
     instance_id: str
     address: str | None
-    outcome: Outcome
+    outcome: Finding
     fields: tuple[FieldDrift, ...] = ()
     changed_files: tuple[str, ...] = ()
     added_files: tuple[str, ...] = ()
@@ -203,7 +203,7 @@ def compare_files(manifest: Mapping[str, str], on_disk: Mapping[str, str]) -> tu
     return tuple(changed), tuple(added), tuple(missing)
 
 
-def _served_drift(expected: ExpectedRelease, observed: Observed) -> list[FieldDrift]:
+def _served_drift(expected: ExpectedRelease, observed: Reading) -> list[FieldDrift]:
     if observed.served_problem is not None:
         return [FieldDrift("/version", f"version {expected.version}", observed.served_problem)]
     if observed.served is None:
@@ -218,7 +218,7 @@ def _served_drift(expected: ExpectedRelease, observed: Observed) -> list[FieldDr
     return drift
 
 
-def judge(expected: ExpectedRelease, observed: Observed) -> InstanceVerdict:
+def judge(expected: ExpectedRelease, observed: Reading) -> InstanceVerdict:
     """The verdict for one instance. Pure."""
     instance = observed.instance
     fields: list[FieldDrift] = []
@@ -229,7 +229,7 @@ def judge(expected: ExpectedRelease, observed: Observed) -> InstanceVerdict:
 
     if observed.unreachable is not None:
         # What AWS says is still known: an instance on the wrong image is drift even if it is down.
-        outcome = Outcome.DRIFT if fields else Outcome.UNREACHABLE
+        outcome = Finding.DRIFT if fields else Finding.UNREACHABLE
         return InstanceVerdict(instance.instance_id, instance.private_ip, outcome, tuple(fields),
                                reason=observed.unreachable)  # fmt: skip
 
@@ -250,7 +250,7 @@ def judge(expected: ExpectedRelease, observed: Observed) -> InstanceVerdict:
 
     drifted = bool(fields or changed or added or missing or down)
     return InstanceVerdict(
-        instance.instance_id, instance.private_ip, Outcome.DRIFT if drifted else Outcome.MATCH,
+        instance.instance_id, instance.private_ip, Finding.DRIFT if drifted else Finding.MATCH,
         tuple(fields), changed, added, missing, down,
     )  # fmt: skip
 
@@ -269,12 +269,12 @@ class FleetReport:
     expected: ExpectedRelease
     verdicts: tuple[InstanceVerdict, ...]
 
-    def count(self, outcome: Outcome) -> int:
+    def count(self, outcome: Finding) -> int:
         return sum(1 for v in self.verdicts if v.outcome is outcome)
 
     @property
     def ok(self) -> bool:
-        return all(v.outcome is Outcome.MATCH for v in self.verdicts)
+        return all(v.outcome is Finding.MATCH for v in self.verdicts)
 
     @property
     def exit_code(self) -> int:
@@ -284,10 +284,10 @@ class FleetReport:
         """The error a task raises (exit code DriftDetected's), or None when all match."""
         if self.ok:
             return None
-        bad = [v for v in self.verdicts if v.outcome is not Outcome.MATCH]
+        bad = [v for v in self.verdicts if v.outcome is not Finding.MATCH]
         names = ", ".join(f"{v.instance_id} ({_why(v)})" for v in bad)
         return DriftDetected(
-            f"{self.count(Outcome.DRIFT)} drifted and {self.count(Outcome.UNREACHABLE)} unreachable of "
+            f"{self.count(Finding.DRIFT)} drifted and {self.count(Finding.UNREACHABLE)} unreachable of "
             f"{len(self.verdicts)} instances: {names}",
             where=f"fleet.verify {self.expected.version}",
             hint="Images are immutable: release a new bake (`inv bake`, `inv release`) to replace drifted "
@@ -310,7 +310,7 @@ class FleetReport:
                 "template_version": self.expected.template_version,
             },
             "ok": self.ok,
-            "counts": {outcome.value: self.count(outcome) for outcome in Outcome},
+            "counts": {outcome.value: self.count(outcome) for outcome in Finding},
             "instances": [v.to_json() for v in self.verdicts],
         }
 
@@ -395,14 +395,14 @@ def observe(
     services: Sequence[ServiceCheck] = DEFAULT_SERVICES,
     app_root: str = APP_ROOT,
     http_port: int = HTTP_PORT,
-) -> Observed:
+) -> Reading:
     """Look at one instance over SSH. Any failure to connect becomes `unreachable`, never an exception."""
     if not instance.private_ip:
-        return Observed(instance, unreachable="no private IP address")
+        return Reading(instance, unreachable="no private IP address")
     try:
         session = reach.connect(instance.private_ip, instance_id=instance.instance_id)
     except KilnError as err:
-        return Observed(instance, unreachable=str(err))
+        return Reading(instance, unreachable=str(err))
     try:
         served, served_problem = _observe_served(reach, instance.private_ip, http_port)
         directory = release_dir(expected.version, app_root)
@@ -417,10 +417,10 @@ def observe(
         disk_problem = None if disk.ok else f"checksums failed: {_first_line(disk.stderr, f'exit {disk.exit_status}')}"
         running = _services_running(session, services)
     except KilnError as err:  # the connection dropped or a command timed out midway
-        return Observed(instance, unreachable=f"audit interrupted: {err}", interrupted=True)
+        return Reading(instance, unreachable=f"audit interrupted: {err}", interrupted=True)
     finally:
         session.close()
-    return Observed(instance, None, served, served_problem, manifest, manifest_problem, on_disk, disk_problem, running)
+    return Reading(instance, None, served, served_problem, manifest, manifest_problem, on_disk, disk_problem, running)
 
 
 def audit(
@@ -444,11 +444,11 @@ def audit(
     from the worker threads as verdicts arrive.
     """
 
-    def look(instance: FleetInstance) -> Observed:
+    def look(instance: FleetInstance) -> Reading:
         try:
             return observe(reach, instance, expected, services=services, app_root=app_root, http_port=http_port)
         except Exception as err:  # one broken host must not end the audit of the others
-            return Observed(instance, unreachable=f"{type(err).__name__}: {err}")
+            return Reading(instance, unreachable=f"{type(err).__name__}: {err}")
 
     def one(instance: FleetInstance) -> InstanceVerdict:
         observed = look(instance)
