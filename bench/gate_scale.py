@@ -58,7 +58,8 @@ from typing import Any
 from packaging.version import Version
 
 from release import config
-from release.aws import Aws, Cloud
+from release.aws import Aws
+from release.cloud import Cloud
 from release.commands import context as kiln
 from release.commands import deploy
 from release.errors import GateFailed

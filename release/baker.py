@@ -35,8 +35,9 @@ from packaging.version import Version
 
 from release import fingerprint as fp
 from release import packer
-from release.aws import Aws, Cloud
+from release.aws import Aws
 from release.clock import Clock
+from release.cloud import Cloud
 from release.config import Config, Environment
 from release.errors import BakeError
 from release.model import TAG_VALIDATED, TAG_VALIDATION_REASON, AmiRef, Check

@@ -17,8 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from release import audit
-from release.aws import Cloud
 from release.clock import Clock
+from release.cloud import Cloud
 from release.config import Environment
 from release.errors import BakeError, KilnError
 from release.model import Check

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
-from release.aws import Aws, Cloud, Target, credentials_configured, session_name
+from release.aws import Aws, Target, credentials_configured, session_name
 from release.clock import Clock, SystemClock
+from release.cloud import Cloud
 from release.config import Config, Environment, select_environment
 from release.errors import SandboxError, UsageError, WrongAccount
 from release.ledger import Ledger

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
-from release.aws import Aws, Cloud
+from release.aws import Aws
+from release.cloud import Cloud
 from release.commands.context import CommandContext, actor, parse_version, ssh_for, target_for
 from release.commands.views import event_printer, next_step, show_plan, show_unfinished
 from release.errors import LockHeld, NotFound, SandboxError, UsageError

@@ -7,8 +7,9 @@ from datetime import timedelta
 
 from packaging.version import Version
 
-from release.aws import Aws, Cloud
+from release.aws import Aws
 from release.catalogue import Action, CatalogueImage, Decision, References, decide
+from release.cloud import Cloud
 from release.commands.context import CommandContext, actor, target_for
 from release.errors import NotFound, UsageError
 from release.model import TAG_DEPRECATED_REASON, TAG_FOUNDATION_DEPRECATED

@@ -14,7 +14,8 @@ import boto3
 import pytest
 
 from release import config
-from release.aws import Aws, Cloud, Target
+from release.aws import Aws, Target
+from release.cloud import Cloud
 from release.commands import sandbox as local_cloud
 from release.errors import UsageError
 from release.sandbox import lifecycle, stack

@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 from aws_sandbox_kit import Kit, unique
 
-from release.aws import Aws, Cloud, Target
+from release.aws import Aws, Target
+from release.cloud import Cloud
 from release.errors import NotFound
 from release.sandbox.provision import SeedResources
 

@@ -90,7 +90,7 @@ def iam_action(service: str, operation: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- types
-# A type is a string: "release.aws.Cloud" (an instance of a Kiln class), "client:ec2" (a boto3
+# A type is a string: "release.cloud.Cloud" (an instance of a Kiln class), "client:ec2" (a boto3
 # client), "seq:<type>" (a container or iterator of that type); and references: "module:<name>",
 # "class:<qualname>", "func:<qualname>", "method:<qualname>" (a bound method), "methods:<q1>,<q2>"
 # (a Protocol's method: its implementations), "method-of:<type>" (dict.values() and the like).

@@ -1,4 +1,4 @@
-"""Contract tests of the boto3 adapter (release/aws.py, and release/ledger.py through it): every
+"""Contract tests of the boto3 adapter (release/aws.py, release/cloud.py and release/ledger.py through them): every
 AWS call it makes, checked against the service models botocore ships, without AWS and without a
 network.
 
@@ -10,7 +10,7 @@ Each client Aws hands out gets a botocore Stubber, which
 
 Each test asserts what Kiln makes of the answer (release.model types, AwsError, NotFound,
 LockHeld, LeaseLost, …), and that every canned answer was asked for. Multi-page answers cover
-each call Kiln pages. The last tests check that every AWS call in aws.py and ledger.py, and every
+each call Kiln pages. The last tests check that every AWS call in aws.py, cloud.py and ledger.py, and every
 method that makes one, has a contract test here.
 """
 
@@ -31,7 +31,8 @@ from botocore import xform_name
 from botocore.stub import ANY, Stubber
 from packaging.version import Version
 
-from release.aws import Aws, Cloud, Target
+from release.aws import Aws, Target
+from release.cloud import Cloud
 from release.config import RefreshPreferences
 from release.errors import AwsError, LeaseLost, LockHeld, NotFound
 from release.ledger import Ledger
@@ -1145,7 +1146,7 @@ def test_events_are_recorded_and_read_back_newest_first(ledger: Ledger, stubs: S
 # Every AWS call has a contract test
 # ---------------------------------------------------------------------------------------------
 
-ADAPTER = [ROOT / "release" / "aws.py", ROOT / "release" / "ledger.py"]
+ADAPTER = [ROOT / "release" / "aws.py", ROOT / "release" / "cloud.py", ROOT / "release" / "ledger.py"]
 _session = botocore.session.get_session()
 # snake_case operation name -> the services that have it
 OPERATIONS: dict[str, set[str]] = {}
@@ -1231,11 +1232,11 @@ def contracted() -> tuple[set[str], set[str]]:
 def test_the_scan_finds_the_calls_it_must() -> None:
     calls = adapter_calls()
     # A few that must be there, so a broken scanner cannot pass by finding nothing.
-    assert "start_instance_refresh" in calls["aws.Cloud.start_refresh"]
-    assert "paginate:describe_images" in calls["aws.Cloud._described_app_images"]
+    assert "start_instance_refresh" in calls["cloud.Cloud.start_refresh"]
+    assert "paginate:describe_images" in calls["cloud.Cloud._described_app_images"]
     assert "paginate:query" in calls["ledger.Ledger._newest_first"]
     assert "transact_write_items" in calls["ledger.Ledger.save"]
-    assert calls["aws.Cloud.group"] == {"describe_auto_scaling_groups"}  # not Cloud.describe_instances
+    assert calls["cloud.Cloud.group"] == {"describe_auto_scaling_groups"}  # not Cloud.describe_instances
     assert "_newest_first" in self_callers() and "history" in self_callers()["_newest_first"]
     assert any("assume_role" in found for found in calls.values())  # botocore's, for the role
 

@@ -240,7 +240,8 @@ def test_the_scan_follows_typed_clients_and_objects() -> None:
     s = Scan()
     s.add_source("release.extra", '''
 from typing import TYPE_CHECKING
-from release.aws import Aws, Cloud
+from release.aws import Aws
+from release.cloud import Cloud
 if TYPE_CHECKING:
     from types_boto3_ec2 import EC2Client
 
@@ -269,7 +270,7 @@ def test_the_scan_follows_imports_inside_functions() -> None:
     s.add_source("release.extra", '''
 def lazy(aws) -> None:
     from release import aws as kiln_aws
-    from release.aws import Cloud
+    from release.cloud import Cloud
 
     Cloud(aws).delete_image("ami-1", ())
     kiln_aws.Cloud(aws).delete_image("ami-2", ())
