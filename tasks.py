@@ -74,15 +74,14 @@ def show_config(c: Context, env: str | None = None, config: str | None = None, j
 
 
 @task(help={"env": ENV, "config": CONFIG, "json": JSON, "dry_run": "Print the fingerprint, whether a bake is "
-            "needed and the exact Packer command.", "force": "Bake even when an AMI with this fingerprint exists.",
-            "if_changed": "Bake only when the fingerprint is new (say which input changed); the default too."})
+            "needed and the exact Packer command.", "force": "Bake even when an AMI with this fingerprint exists."})
 def bake(c: Context, env: str | None = None, config: str | None = None, json: bool = False, dry_run: bool = False,
-         force: bool = False, if_changed: bool = False) -> None:
+         force: bool = False) -> None:
     """Bake the AMI for versions.toml's [app] version with Packer + Ansible, then smoke-test it."""
     from release.commands import bake as baking
 
     with kiln_errors():
-        baking.bake(open_context(env, config, json, bake=True), force=force, dry_run=dry_run, if_changed=if_changed)
+        baking.bake(open_context(env, config, json, bake=True), force=force, dry_run=dry_run)
 
 
 @task(help={"version": "The version to release (PEP 440), baked and validated.", "env": ENV, "config": CONFIG,
@@ -256,7 +255,7 @@ def sandbox_down(c: Context, json: bool = False) -> None:
 @task(name="new-base-image", help={"config": CONFIG, "json": JSON})
 def sandbox_new_base_image(c: Context, config: str | None = None, json: bool = False) -> None:
     """Publish a newer base AMI in the running sandbox (as Debian does with security updates), so that
-    the next `inv bake --if-changed` bakes on it."""
+    the next `inv bake` bakes on it."""
     from release.commands import sandbox
 
     with kiln_errors():

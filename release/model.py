@@ -16,9 +16,6 @@ from packaging.version import Version
 TAG_APP = "kiln:app"
 TAG_VERSION = "kiln:version"
 TAG_FINGERPRINT = "kiln:fingerprint"
-TAG_GIT_SHA = "kiln:git-sha"
-TAG_BASE_AMI = "kiln:base-ami"
-TAG_BUILT_AT = "kiln:built-at"
 TAG_VALIDATED = "kiln:validated"  # "true" | "false" after the smoke test
 TAG_VALIDATION_REASON = "kiln:validation-reason"
 TAG_DEPRECATED_REASON = "kiln:deprecated-reason"

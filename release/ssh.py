@@ -190,16 +190,6 @@ def verify_host_key(host: str, key: paramiko.PKey, trusted: TrustedKeys) -> None
     )
 
 
-class StrictHostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """For paramiko.SSHClient users: accept only keys in `trusted`. The opposite of AutoAddPolicy."""
-
-    def __init__(self, trusted: TrustedKeys) -> None:
-        self.trusted = trusted
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        verify_host_key(hostname, key, self.trusted)
-
-
 class KnownHostsRecorder:
     """A Kiln-owned known_hosts file: keys verified through console output are written here.
 

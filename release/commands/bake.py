@@ -15,7 +15,8 @@ from release.model import Check
 from release.ui import Progress
 
 
-def bake(ctx: CommandContext, *, force: bool, dry_run: bool, if_changed: bool) -> BakeResult | BakePlan:
+def bake(ctx: CommandContext, *, force: bool, dry_run: bool) -> BakeResult | BakePlan:
+    """Bake what changed (nothing when an AMI with these inputs exists), then smoke-test it."""
     ui = ctx.ui
     baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: ui.note(f"  {s}"),
                   on_line=lambda line: None, bastion_key=sandbox_key() if ctx.env.sandbox else None)
@@ -51,7 +52,6 @@ def bake(ctx: CommandContext, *, force: bool, dry_run: bool, if_changed: bool) -
         ui.result({"needed": True, "fingerprint": fp, "changed": plan.changed, "command": plan.command,
                    "variables": plan.variables, "foundation": foundation})
         return plan
-    del if_changed  # the fingerprint check above is what --if-changed asks for; baking is the default
     with ui.progress(f"baking {plan.version}") as status, stop_on_sigterm():
         baker.on_step = bake_steps(status)
         result = baker.bake(plan)

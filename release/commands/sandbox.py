@@ -38,7 +38,7 @@ def status(ui: UI) -> None:
 
 def new_base_image(cfg: Config, ui: UI, clock: Clock | None = None) -> dict[str, str]:
     """Publish a newer base AMI in the running sandbox, the way Debian publishes security updates:
-    the next `bake --if-changed` sees the base image move and bakes."""
+    the next `inv bake` sees the base image move and bakes."""
     base = cfg.base_image
     if base.ami or "*" not in base.name:
         raise UsageError(f"[base_image] pins {base.ami or base.name!r}: a newer base AMI would never be picked up",
@@ -56,9 +56,11 @@ def new_base_image(cfg: Config, ui: UI, clock: Clock | None = None) -> dict[str,
 
 
 def reset(cfg: Config, ui: UI, *, time_scale: float) -> None:
-    """An empty sandbox: stop it, then start and provision it again (the base image cache stays)."""
+    """An empty sandbox: stop it, then start and provision it again (the base image cache stays),
+    with real instances when the one stopped had them (or none was running)."""
+    previous = stack.status(lookup.STATE_DIR)
     down(ui)
-    up(cfg, ui, time_scale=time_scale, instances=True)
+    up(cfg, ui, time_scale=time_scale, instances=previous.dataplane if previous is not None else True)
 
 
 def down(ui: UI) -> None:

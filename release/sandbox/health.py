@@ -254,10 +254,6 @@ class TargetHealthTracker:
                         self._restart(target, now)
             group.in_use = in_use
 
-    def delete_group(self, target_group: str) -> None:
-        with self._lock:
-            self._groups.pop(target_group, None)
-
     # --- targets -------------------------------------------------------------------------------
 
     def register(self, target_group: str, target_id: str, ip: str, port: int) -> None:

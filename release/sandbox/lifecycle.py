@@ -88,7 +88,8 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -215,7 +216,7 @@ def up(
         running = status(state_dir)
         if running is not None:
             return running
-        chosen = port or _free_port()
+        chosen = port or free_port()
         endpoint = f"http://127.0.0.1:{chosen}"
         if _health(endpoint, timeout=0.5) is not None:
             raise SandboxError(
@@ -328,22 +329,6 @@ def _down(state_dir: Path) -> bool:
     _state_file(state_dir).unlink(missing_ok=True)
     return stopped
 
-
-def reset(state_dir: Path, *, port: int | None = None, time_scale: float | None = None) -> SandboxInfo:
-    """An empty sandbox: stop the server (its state is in memory) and start a fresh one, on the
-    same port and time scale unless told otherwise."""
-    previous = status(state_dir.resolve())
-    down(state_dir)
-    keep_port = port or (previous.port if previous else None)
-    scale = time_scale or (previous.time_scale if previous else DEFAULT_TIME_SCALE)
-    return up(
-        state_dir,
-        port=keep_port,
-        time_scale=scale,
-        dataplane=bool(previous and previous.dataplane),
-        base_image_name=previous.base_image_name if previous else None,
-        base_image_owner=previous.base_image_owner if previous else None,
-    )
 
 
 def _stop_pid(pid: int) -> None:

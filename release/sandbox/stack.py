@@ -285,7 +285,7 @@ def _database(state_dir: Path) -> str:
     pg_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(pg_dir, 0o755)  # the postgres user must be able to enter it
     port_file, password_file = pg_dir / "port", pg_dir / "webapp.password"
-    port = int(port_file.read_text()) if port_file.exists() else _free_port()
+    port = int(port_file.read_text()) if port_file.exists() else lifecycle.free_port()
     password = password_file.read_text().strip() if password_file.exists() else secrets.token_urlsafe(18)
     server = PostgresServer(pg_dir, port)
     server.start()
@@ -295,11 +295,6 @@ def _database(state_dir: Path) -> str:
         out.write(password)
     return server.create_database(DATABASE, DATABASE, password)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _import_key(aws: Aws, key: Path, public_key: str | None) -> None:

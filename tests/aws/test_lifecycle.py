@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from release.errors import SandboxError
@@ -78,26 +77,6 @@ def test_a_busy_port_is_a_clear_error(state_dir: Path) -> None:
             lifecycle.up(state_dir, port=port)
     assert "exited" in str(failed.value) and "server.log" in str(failed.value)
     assert not (state_dir / "server.json").exists()
-
-
-def test_reset_gives_an_empty_cloud_on_the_same_port(state_dir: Path) -> None:
-    info = lifecycle.up(state_dir, time_scale=0.05)
-
-    def ec2(endpoint: str) -> object:
-        return boto3.client(
-            "ec2",
-            region_name="us-east-1",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    vpc = ec2(info.endpoint).create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]  # type: ignore[attr-defined]
-    fresh = lifecycle.reset(state_dir)
-    assert fresh.pid != info.pid and fresh.port == info.port and fresh.time_scale == 0.05
-    assert not Path(f"/proc/{info.pid}").exists()
-    vpcs = ec2(fresh.endpoint).describe_vpcs()["Vpcs"]  # type: ignore[attr-defined]
-    assert vpc not in {v["VpcId"] for v in vpcs}
 
 
 def test_concurrent_ups_start_one_server(state_dir: Path) -> None:

@@ -170,7 +170,7 @@ def test_the_fleet_answers_ssh_from_the_bastion_only(world: World) -> None:
 
 def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) -> None:
     ctx = world.ctx()
-    result = baking.bake(ctx, force=False, dry_run=False, if_changed=False)
+    result = baking.bake(ctx, force=False, dry_run=False)
     assert isinstance(result, BakeResult) and result.validated
     ami = ctx.cloud.image(result.image_id)
     assert ami is not None and ami.state == "available" and ami.validated is True
@@ -207,7 +207,7 @@ def test_the_bake_went_through_the_bastion(world: World) -> None:
     reached it through the bastion, and Ansible's jump checked the bastion's key, the one its
     console output vouches for."""
     ctx = world.ctx()
-    plan = baking.bake(ctx, force=True, dry_run=True, if_changed=False)
+    plan = baking.bake(ctx, force=True, dry_run=True)
     assert not isinstance(plan, BakeResult)
     app_group = ctx.aws.client("ec2").describe_security_groups(
         Filters=[{"Name": "group-name", "Values": ["web-sandbox-app"]}])["SecurityGroups"][0]["GroupId"]
@@ -253,7 +253,7 @@ def test_a_bake_that_dials_the_build_instance_directly_fails_saying_why(world: W
 
 def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> None:
     started = time.monotonic()
-    plan = baking.bake(world.ctx(), force=False, dry_run=False, if_changed=True)
+    plan = baking.bake(world.ctx(), force=False, dry_run=False)
     elapsed = time.monotonic() - started
     assert not isinstance(plan, BakeResult) and not plan.needed
     print(f"\nno-op bake: {elapsed:.2f} s")
@@ -265,10 +265,10 @@ def test_a_second_bake_with_nothing_changed_is_a_quick_no_op(world: World) -> No
     ("ansible/roles/proxy/tasks/main.yml", True),  # the foundation's role: both layers
 ])
 def test_which_layers_a_change_rebakes(world: World, tmp_path: Path, path: str, foundation_too: bool) -> None:
-    checkout = baking.bake(world.ctx(), force=False, dry_run=True, if_changed=True)
+    checkout = baking.bake(world.ctx(), force=False, dry_run=True)
     project = copy_project(tmp_path)
     (project / path).write_text((project / path).read_text() + "\n# one more line\n")
-    plan = baking.bake(world.ctx(project=project), force=False, dry_run=True, if_changed=True)
+    plan = baking.bake(world.ctx(project=project), force=False, dry_run=True)
     assert not isinstance(plan, BakeResult) and not isinstance(checkout, BakeResult) and plan.needed
     assert plan.foundation.needed is foundation_too
     changed = plan.fingerprint.changed_since(checkout.fingerprint.as_tag())
@@ -287,7 +287,7 @@ def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
 def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
     cfg = world.config_for("1.1.0")
     first = world.ctx().cloud.app_images(world.cfg.app.name, "1.0.0")[0]
-    result = baking.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=False)
+    result = baking.bake(world.ctx(cfg), force=False, dry_run=False)
     assert isinstance(result, BakeResult) and result.validated
     # A new app version is an app-only bake, on the foundation 1.0.0 was baked on.
     assert result.foundation_seconds == 0 and result.foundation_id == first.foundation
@@ -366,7 +366,7 @@ def test_a_broken_playbook_fails_the_bake_naming_the_task_and_leaves_nothing(wor
     groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
     keys_before = len(ec2.describe_key_pairs()["KeyPairs"])
     with pytest.raises(BakeError, match=r"at Ansible task \[Break the bake on purpose\]"):
-        baking.bake(ctx, force=False, dry_run=False, if_changed=False)
+        baking.bake(ctx, force=False, dry_run=False)
     assert ctx.cloud.app_images(ctx.cfg.app.name, "1.3.0") == []
     running = ctx.cloud.instances_tagged({"kiln:version": "1.3.0"}, states=("pending", "running", "stopping",
                                                                              "stopped"))
@@ -387,7 +387,7 @@ def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, 
         '    return {"status": "broken"}, 503\n'))
     cfg = world.config_for("1.2.0")
     with pytest.raises(BakeError, match="failed its smoke test"):  # the smoke test catches it...
-        baking.bake(world.ctx(cfg, project=project), force=False, dry_run=False, if_changed=False)
+        baking.bake(world.ctx(cfg, project=project), force=False, dry_run=False)
     with pytest.raises(GateFailed) as info:  # ...and releasing it anyway (--force) is rolled back
         deploy.release(world.ctx(cfg), Version("1.2.0"), dry_run=False, allow_downgrade=False, force=True)
     assert info.value.exit_code == 10
@@ -624,18 +624,18 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
     print(f"\nkilled {victim} mid-refresh: {record.outcome.value}: {record.reason or record.journal[-1].message}")
 
 
-def test_bake_if_changed_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
+def test_bake_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
     cfg = world.config_for("1.1.0")
-    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
+    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True)
     assert not isinstance(plan, BakeResult) and not plan.needed
     published = local_cloud.new_base_image(world.cfg, UI(stdout=world.out, stderr=world.out))
     assert set(published) == {"us-east-1", "us-west-2"}  # Debian publishes in every region
-    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True, if_changed=True)
+    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True)
     assert not isinstance(plan, BakeResult) and plan.needed
     # A new base image is a new foundation, and so a new app image on it.
     assert plan.base_image.image_id == published["us-east-1"]
     assert plan.foundation.needed and plan.foundation.changed == ("base",) and "foundation" in plan.changed
-    result = baking.bake(world.ctx(cfg), force=False, dry_run=False, if_changed=True)
+    result = baking.bake(world.ctx(cfg), force=False, dry_run=False)
     assert isinstance(result, BakeResult) and result.validated and result.foundation_seconds > 0
     ami = world.ctx().cloud.image(result.image_id)
     assert ami is not None and ami.version == Version("1.1.0") and ami.tags["kiln:base-ami"] == published["us-east-1"]

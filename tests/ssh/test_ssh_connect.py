@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import threading
@@ -22,9 +21,7 @@ from release.ssh import (
     HostKeyRejected,
     Ssh,
     SshError,
-    StrictHostKeyPolicy,
     Timeouts,
-    TrustedKeys,
     fingerprint,
 )
 
@@ -213,17 +210,6 @@ def test_console_output_of_another_host_does_not_vouch(client_key: Path, bastion
     ssh = make_ssh(client_key, empty, console_output=lambda _id: bastion.console_output())
     with ssh, pytest.raises(HostKeyRejected, match=r"console output of i-0abc \(1 keys, 1 fingerprints\)"):
         ssh.connect(instance.address, port=instance.port, instance_id="i-0abc")
-
-
-def test_strict_policy_for_paramiko_clients(instance: SshServer, client_key: Path) -> None:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(StrictHostKeyPolicy(TrustedKeys(looked_in=("nowhere",))))
-    try:
-        with pytest.raises(HostKeyRejected, match=re.escape(offered_fingerprint(instance))):
-            client.connect(instance.address, port=instance.port, username="root", key_filename=str(client_key),
-                           allow_agent=False, look_for_keys=False, timeout=3)  # fmt: skip
-    finally:
-        client.close()
 
 
 def test_http_get_through_the_jump(client_key: Path, bastion: SshServer, known_hosts: Callable[..., Path],

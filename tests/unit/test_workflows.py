@@ -36,7 +36,7 @@ def test_the_bake_workflow_is_scheduled_authenticates_with_oidc_and_never_overla
     assert "id-token: write" in text and "role-to-assume: ${{ vars." in text
     assert "aws-access-key-id" not in text  # no long-lived keys
     assert "concurrency:" in text and "cancel-in-progress: false" in text
-    assert "inv bake --if-changed" in text
+    assert "inv bake --env" in text
 
 
 def test_the_bake_workflow_keeps_packers_full_log_even_when_the_bake_fails() -> None:
