@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from report.synthetic import NEW, NEW_IMAGE, OLD_IMAGE, VERSIONS, release
 
 from release.model import Check, Verdict, VerdictKind
 from release.timeline import (
@@ -19,7 +20,6 @@ from release.timeline import (
     sample_of,
     unobserved_sample,
 )
-from report.synthetic import NEW, NEW_IMAGE, OLD_IMAGE, VERSIONS, release
 
 
 def timeline(samples: list[Sample], **kw: int) -> Timeline:
@@ -60,7 +60,8 @@ def test_round_trip_keeps_every_poll_a_person_could_tell_apart(n: int) -> None:
         kept = covering(decoded, original)
         assert replace(original, at=kept.at, polls=kept.polls) == kept, original.at
     # Every change of state of every instance is there, at the poll it happened.
-    assert {i.instance_id for s in samples for i in s.instances} == {i.instance_id for d in decoded for i in d.instances}
+    ids = {i.instance_id for s in samples for i in s.instances}
+    assert ids == {i.instance_id for d in decoded for i in d.instances}
     assert [d.watch for d in decoded].count(ROLLBACK) >= 1
     assert next(d for d in decoded if d.verdict == "fail").reason == synthetic.record.reason
 
