@@ -4,6 +4,8 @@
 - The moto-backed fleet (fleet.py) implements `Fleet` over moto's backends.
 - The data plane (dataplane/) implements `DataPlane`; the control plane calls it when EC2
   launches, stops, starts, terminates or images an instance, and asks it for target health.
+- Run Command (ssm.py) hands a `Script` to whatever runs it inside an instance (the data plane's
+  agent, dataplane/agent.py) and watches the `ScriptRun` it gets back.
 
 Everything here is plain data; no moto, no boto3.
 """
@@ -136,4 +138,46 @@ class DataPlane(Protocol):
 
     def probe(self, ip: str, port: int, path: str, timeout: float) -> int | None:
         """One HTTP health-check request; the status code, or None when it did not answer."""
+        ...
+
+
+SSM_SCRIPT_DIRECTORY = (
+    "/var/lib/amazon/ssm/{instance}/document/orchestration/{command}/awsrunShellScript/0.awsrunShellScript"
+)
+
+
+@dataclass(frozen=True)
+class Script:
+    """One AWS-RunShellScript invocation as the SSM agent receives it."""
+
+    command_id: str
+    instance_id: str
+    commands: tuple[str, ...]
+    working_directory: str
+    environment: Mapping[str, str]
+
+    @property
+    def directory(self) -> str:
+        """Where the agent writes `_script.sh` inside the instance (its orchestration directory)."""
+        return SSM_SCRIPT_DIRECTORY.format(instance=self.instance_id, command=self.command_id)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a script ended: its exit status (negative: killed by that signal) and what it wrote."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class ScriptRun(Protocol):
+    """A script running in an instance."""
+
+    def poll(self) -> Finished | None:
+        """How it ended and what it wrote, or None while it runs (again after kill(): the end)."""
+        ...
+
+    def kill(self) -> Finished:
+        """SIGKILL its process group, as the agent does on a timeout or cancel; how it ended."""
         ...

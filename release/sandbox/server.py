@@ -8,7 +8,8 @@ Requests first meet `SandboxServer` (a WSGI middleware). It serves:
 - faults injected into AWS calls (faults.py): an error instead of the call, a delay before it, or
   its response held past the client's read timeout — before anything below;
 - the AWS operations moto lacks (instance refresh, DeleteLaunchTemplateVersions, image
-  deprecation), parsed and rendered from botocore's models by wire.py, over the same wire as AWS;
+  deprecation) or only fakes (SSM Run Command: ssm.py), parsed and rendered from botocore's models
+  by wire.py, over the same wire as AWS;
 - everything else goes to moto, whose behaviour patches/ corrects in place.
 It also publishes the base AMI in each region on first use (like Debian's public AMIs).
 
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from release.clock import Clock, SystemClock
@@ -47,6 +48,7 @@ from release.sandbox.calls import CallCounter
 from release.sandbox.contracts import DataPlane
 from release.sandbox.faults import Call, FaultBook, Injection, identify, render_error
 from release.sandbox.fleet import MotoFleet, sweep_elb_health
+from release.sandbox.managed import MotoNodes
 from release.sandbox.patches import images, launch_templates
 from release.sandbox.patches.addresses import LoopbackAddresses
 from release.sandbox.patches.cloudwatch import AlarmEvaluator
@@ -54,7 +56,8 @@ from release.sandbox.patches.loadbalancers import LoadBalancers
 from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
 from release.sandbox.provision import BASE_IMAGE_NAME, DEBIAN_OWNER_ID
 from release.sandbox.refresh import RefreshEngine, RefreshError
-from release.sandbox.wire import Reply, RequestContext, ServiceWire, WireError, new_request_id
+from release.sandbox.ssm import Agent, RunCommand, SsmError
+from release.sandbox.wire import JsonWire, Reply, RequestContext, ServiceWire, WireError, new_request_id, wire_for
 
 log = logging.getLogger("kiln.sandbox")
 
@@ -83,7 +86,10 @@ SERVICES: dict[tuple[str, str | None], str] = {
     ("autoscaling", None): "autoscaling",
     ("ec2", None): "ec2",
     ("elasticloadbalancing", "2015-12-01"): "elbv2",
+    ("ssm", None): "ssm",
 }
+RUN_COMMAND_OPERATIONS = ("SendCommand", "GetCommandInvocation", "ListCommandInvocations", "ListCommands",
+                          "CancelCommand")
 
 
 def _backends(backend_dict: Any) -> list[Any]:
@@ -123,6 +129,9 @@ class SandboxServer:
     ) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+        # AWS's managed policies exist in every account (AmazonSSMManagedInstanceCore makes an
+        # instance's role SSM-capable); moto loads them only when asked (0.07 s per account).
+        os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
         self.clock: Clock = clock or SystemClock()
         self.time_scale = time_scale
         self.lock = threading.RLock()
@@ -142,7 +151,7 @@ class SandboxServer:
         self.moto: Callable[[dict[str, Any], StartResponse], Iterable[bytes]] = DomainDispatcherApplication(
             create_backend_app
         )
-        self.wires = {name: ServiceWire(name) for name in set(SERVICES.values())}
+        self.wires: dict[str, ServiceWire | JsonWire] = {name: wire_for(name) for name in set(SERVICES.values())}
         self.handlers: dict[tuple[str, str], Handler] = {}
         self.faults = FaultBook(self.clock)
         self.requests = CallCounter(self.clock)
@@ -152,6 +161,7 @@ class SandboxServer:
             ssh_ingress=self.ssh_ingress, requests=self.requests,
         )
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
+        self.run_commands: dict[tuple[str, str], RunCommand] = {}
         self.base_image = base_image or BaseImage()
         self._base_rootfs: Path | None = None
         self._published: dict[str, str] = {}  # region -> base AMI id
@@ -161,6 +171,7 @@ class SandboxServer:
         self.register("ec2", "EnableImageDeprecation", images.enable_image_deprecation)
         self.register("ec2", "DisableImageDeprecation", images.disable_image_deprecation)
         self._register_refresh_operations()
+        self._register_run_command()
 
     # ---- plugging ------------------------------------------------------------------------------
 
@@ -177,6 +188,8 @@ class SandboxServer:
         with self.lock:
             self.runtime.dataplane = dataplane
             self.targets.probe = dataplane_probe(dataplane, self.targets.policy) if dataplane else self.targets.policy
+            for key in list(getattr(self, "run_commands", {})):  # made again, with the new data plane
+                del self.run_commands[key]
 
     def set_health_probe(self, probe: ProbeFn) -> None:
         """Replace what one target health check does (health.Probe -> (status, timed_out))."""
@@ -287,6 +300,38 @@ class SandboxServer:
             self.engines[key] = RefreshEngine(fleet, self.clock, time_scale=self.time_scale)
         return self.engines[key]
 
+    # ---- SSM Run Command ----------------------------------------------------------------------
+
+    def _register_run_command(self) -> None:
+        def handler(operation: str) -> Handler:
+            def handle(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+                engine = self.run_command(ctx.account_id, ctx.region)
+                call = {"SendCommand": engine.send, "GetCommandInvocation": engine.get_invocation,
+                        "ListCommandInvocations": engine.list_invocations, "ListCommands": engine.list_commands,
+                        "CancelCommand": engine.cancel}[operation]  # fmt: skip
+                try:
+                    return call(params)
+                except SsmError as exc:
+                    raise WireError(exc.code, exc.message, exc.status) from exc
+
+            return handle
+
+        for operation in RUN_COMMAND_OPERATIONS:
+            self.register("ssm", operation, handler(operation))
+
+    def run_command(self, account_id: str, region: str) -> RunCommand:
+        """The Run Command engine of one account and region (made on first use). Scripts run in
+        the data plane's instances; without one, every invocation is Undeliverable."""
+        key = (account_id, region)
+        if key not in self.run_commands:
+            dataplane = self.runtime.dataplane
+            agent = cast(Agent, dataplane) if callable(getattr(dataplane, "run_script", None)) else None
+            self.run_commands[key] = RunCommand(
+                self.clock, MotoNodes(account_id, region, dataplane), agent,
+                account_id=account_id, region=region, time_scale=self.time_scale,
+            )  # fmt: skip
+        return self.run_commands[key]
+
     # ---- the ticker ---------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -301,6 +346,11 @@ class SandboxServer:
                     engine.tick()
                 except Exception:  # one broken refresh must not stop the others
                     log.exception("refresh engine tick failed")
+            for run_command in list(self.run_commands.values()):
+                try:
+                    run_command.tick()
+                except Exception:
+                    log.exception("run command tick failed")
             if self.runtime.dataplane is not None:  # without real targets a proxy has nowhere to go
                 self.load_balancers.sync(
                     _backends(elbv2_backends), lambda b: cloudwatch_backends[b.account_id][b.region_name]
@@ -484,10 +534,17 @@ class SandboxServer:
         environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again when the request is its
         return bytes(body)
 
-    def _route(self, environ: dict[str, Any]) -> tuple[str, str, dict[str, str], tuple[str, str]] | None:
+    def _route(self, environ: dict[str, Any]) -> tuple[str, str, dict[str, str] | bytes, tuple[str, str]] | None:
         scope = _credential_scope(environ)
         if scope is None:
             return None
+        target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+        if "." in target:  # a JSON service: X-Amz-Target names the operation, the body is JSON
+            json_service = SERVICES.get((scope[1], None))
+            operation = target.rsplit(".", 1)[1]
+            if json_service is None or (json_service, operation) not in self.handlers:
+                return None
+            return json_service, operation, self._read_body(environ), scope
         form: dict[str, str] = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
         if environ.get("REQUEST_METHOD") == "POST" and "form-urlencoded" in environ.get("CONTENT_TYPE", ""):
             form.update(parse_qsl(self._read_body(environ).decode(), keep_blank_values=True))
@@ -499,13 +556,16 @@ class SandboxServer:
             return None
         return service, action, form, scope
 
-    def _serve(self, service: str, operation: str, form: dict[str, str], scope: tuple[str, str]) -> Reply:
+    def _serve(self, service: str, operation: str, payload: dict[str, str] | bytes, scope: tuple[str, str]) -> Reply:
         from moto.core.exceptions import ServiceException
 
         wire = self.wires[service]
         ctx = RequestContext(service, operation, DEFAULT_ACCOUNT_ID, scope[0], new_request_id())
         try:
-            params = wire.parse(operation, form)
+            if isinstance(wire, JsonWire):
+                params = wire.parse(operation, payload if isinstance(payload, bytes) else b"")
+            else:
+                params = wire.parse(operation, payload if isinstance(payload, dict) else {})
             with self.lock:
                 result = self.handlers[(service, operation)](ctx, params)
             return wire.render(operation, result, ctx.request_id)
@@ -515,7 +575,7 @@ class SandboxServer:
             return wire.render_error(WireError(str(exc.code), str(exc.message)), ctx.request_id)
         except (KeyError, TypeError) as exc:
             log.exception("bad %s %s request", service, operation)
-            return wire.render_error(WireError("ValidationError", f"Invalid request: {exc}"), ctx.request_id)
+            return wire.render_error(WireError(wire.validation_code, f"Invalid request: {exc}"), ctx.request_id)
         except Exception:  # a bug in the sandbox: say so the way AWS does, keep serving
             log.exception("%s %s failed", service, operation)
             failure = WireError("InternalFailure", "The sandbox failed to process the request.", 500, sender=False)
@@ -525,7 +585,7 @@ class SandboxServer:
     def _send(start_response: StartResponse, reply: Reply) -> list[bytes]:
         start_response(
             f"{reply.status} {_REASONS.get(reply.status, 'Error')}",
-            [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body)))],
+            [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))), *reply.headers],
         )
         return [reply.body]
 

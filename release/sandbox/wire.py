@@ -14,11 +14,16 @@ The rules below are botocore's own serializer/parser rules, read from its docs a
 - query output: `<OpResponse xmlns><OpResult>…</OpResult><ResponseMetadata>…`; ec2 output:
   `<OpResponse xmlns><requestId>…` with members straight under the root.
 - errors: query `<ErrorResponse><Error><Type><Code><Message>`; ec2 `<Response><Errors><Error>`.
+
+JSON services (SSM: `X-Amz-Target: AmazonSSM.SendCommand`, a JSON body) are `JsonWire`: the body
+already is the boto3-shaped input; the result goes back as JSON with timestamps as epoch seconds
+(botocore's JSON parser reads either those or ISO strings), errors as `{"__type", "message"}`.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +64,7 @@ class Reply:
     status: int
     body: bytes
     content_type: str = "text/xml"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @cache
@@ -72,6 +78,8 @@ def new_request_id() -> str:
 
 class ServiceWire:
     """Parses requests for, and renders responses of, one query/ec2-protocol service."""
+
+    validation_code = "ValidationError"
 
     def __init__(self, service: str) -> None:
         self.model = _service_model(service)
@@ -223,6 +231,68 @@ class ServiceWire:
             )
             return f"<{tag}>{entries}</{tag}>"
         return f"<{tag}>{escape(_render_scalar(kind, value))}</{tag}>"
+
+
+class JsonWire:
+    """Parses requests for, and renders responses of, one JSON-protocol service (SSM)."""
+
+    validation_code = "ValidationException"
+
+    def __init__(self, service: str) -> None:
+        self.model = _service_model(service)
+        if self.model.protocol != "json":
+            raise ValueError(f"{service} speaks {self.model.protocol}, not json")
+        self.content_type = f"application/x-amz-json-{self.model.metadata.get('jsonVersion', '1.0')}"
+
+    def has_operation(self, operation: str) -> bool:
+        return operation in self.model.operation_names
+
+    def parse(self, operation: str, body: bytes) -> dict[str, Any]:
+        """The JSON body -> the parameters (required members checked, as the service does)."""
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise WireError("SerializationException", f"The request body is not JSON: {exc}") from exc
+        if not isinstance(params, dict):
+            raise WireError("SerializationException", "The request body must be a JSON object.")
+        shape = self.model.operation_model(operation).input_shape
+        missing = [m for m in (shape.required_members if shape is not None else []) if params.get(m) is None]
+        if missing:
+            raise WireError(self.validation_code, f"1 validation error detected: Value null at '{missing[0][0].lower()}"
+                            f"{missing[0][1:]}' failed to satisfy constraint: Member must not be null")  # fmt: skip
+        return params
+
+    def render(self, operation: str, result: Mapping[str, Any], request_id: str | None = None) -> Reply:
+        shape = self.model.operation_model(operation).output_shape
+        body = self._value(shape, result) if shape is not None else {}
+        return Reply(200, json.dumps(body).encode(), self.content_type,
+                     (("x-amzn-RequestId", request_id or new_request_id()),))  # fmt: skip
+
+    def render_error(self, error: WireError, request_id: str | None = None) -> Reply:
+        body = json.dumps({"__type": error.code, "message": error.message}).encode()
+        return Reply(error.status, body, self.content_type, (("x-amzn-RequestId", request_id or new_request_id()),))
+
+    def _value(self, shape: Any, value: Any) -> Any:
+        kind = shape.type_name
+        if kind == "structure":
+            return {name: self._value(member, value[name]) for name, member in shape.members.items()
+                    if value.get(name) is not None}  # fmt: skip
+        if kind == "list":
+            return [self._value(shape.member, item) for item in value]
+        if kind == "map":
+            return {str(k): self._value(shape.value, v) for k, v in value.items()}
+        if kind == "timestamp" and isinstance(value, datetime):
+            moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+            return moment.timestamp()
+        if kind == "blob":
+            raw = value.encode() if isinstance(value, str) else bytes(value)
+            return base64.b64encode(raw).decode()
+        return value
+
+
+def wire_for(service: str) -> ServiceWire | JsonWire:
+    """The wire of a service, by the protocol its model speaks."""
+    return JsonWire(service) if _service_model(service).protocol == "json" else ServiceWire(service)
 
 
 def error_xml(
