@@ -123,6 +123,10 @@ class InstanceProcess:
 
         return ours(data.get("unshare")), ours(data.get("init"))
 
+    def init_pid(self) -> int | None:
+        """The host pid of the instance's init (PID 1 of its namespaces), None when not running."""
+        return self._recorded()[1]
+
     def live_root(self) -> Path | None:
         """The rootfs as the instance sees it (with its /run, /dev, /proc), via its init's mount
         namespace; None when the instance is not running."""

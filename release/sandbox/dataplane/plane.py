@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from release.errors import SandboxError
-from release.sandbox.contracts import LaunchedInstance
-from release.sandbox.dataplane import cloudinit, layout, peers
+from release.sandbox.contracts import LaunchedInstance, Script
+from release.sandbox.dataplane import agent, cloudinit, layout, peers
 from release.sandbox.dataplane.baseimage import DEFAULT_CACHE_DIR, BuiltImage, build_base_image
 from release.sandbox.dataplane.cloudinit import Identity
 from release.sandbox.dataplane.images import ImageTable
@@ -234,6 +234,24 @@ class LocalDataPlane:
             return None
         instance_id = root.relative_to(instances).parts[0]
         return instance_id if layout.rootfs(instances / instance_id) in (root, *root.parents) else None
+
+    # --- Run Command (the SSM agent's side) -------------------------------------------------------
+
+    def agent_online(self, instance_id: str) -> bool:
+        """Would the instance's SSM agent take a command now: booted (every unit started) and its
+        init still running."""
+        if not layout.spec(self._dir(instance_id)).exists():
+            return False
+        return bool(self.status(instance_id)["phase"] == "running")
+
+    def run_script(self, script: Script) -> agent.ScriptProcess:
+        """Start an AWS-RunShellScript script inside the running instance, as root (agent.py)."""
+        instance_dir = self._existing_dir(script.instance_id, "SendCommand")
+        init_pid = self._process(script.instance_id).init_pid()
+        if init_pid is None:
+            raise SandboxError(f"SendCommand: instance {script.instance_id} is not running")
+        output = self.state_dir / "ssm" / script.command_id / script.instance_id
+        return agent.start(script, root=layout.rootfs(instance_dir), init_pid=init_pid, output_dir=output)
 
     def instance_ids(self) -> list[str]:
         return sorted(d.name for d in self._instance_dirs())
