@@ -2,7 +2,9 @@
 
 VPC with two AZs (public and private subnet each, an internet gateway and a public route table),
 security groups (alb, app, bastion, db), an HTTP target group checking /health, an ALB with an
-HTTP listener, the sandbox's Debian base image, a launch template, the Auto Scaling group
+HTTP listener, the sandbox's Debian base image, the instance role and profile (Systems Manager
+can manage the instances: AmazonSSMManagedInstanceCore attached), a launch template naming that
+profile, the Auto Scaling group
 (min 2 / desired 4 / max 8, private subnets, ELB health checks with a grace period, the template
 referenced by a *numbered* version), the two CloudWatch alarms, Kiln's DynamoDB ledger table and
 the app's Secrets Manager secret.
@@ -55,6 +57,9 @@ class SeedNames:
     base_image_owner: str = DEBIAN_OWNER_ID
     instance_type: str = "t3.micro"
     key_name: str | None = None  # an imported key pair the launch template authorises for SSH
+    # The instance role and its instance profile (iam/kiln.cfn.yaml's InstanceRoleName), global
+    # like every IAM name: both sandbox environments share it, as two regions of an account do.
+    instance_profile: str = "kiln-instance"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class SeedResources:
     load_balancer_arn: str
     listener_arn: str
     base_image_id: str
+    instance_profile_arn: str
     launch_template_id: str
     launch_template_version: str
     asg_name: str
@@ -247,7 +253,38 @@ def _user_data(names: SeedNames, region: str) -> str:
     return base64.b64encode(document.encode()).decode()
 
 
-def _launch_template(ec2: Any, names: SeedNames, image_id: str, app_sg: str, region: str) -> tuple[str, str]:
+SSM_CORE_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+
+def _instance_profile(iam: Any, names: SeedNames) -> str:
+    """The fleet's instance role (trusted by EC2, AmazonSSMManagedInstanceCore attached, so Run
+    Command reaches its instances) and its instance profile; the profile's ARN."""
+    name = names.instance_profile
+    try:
+        iam.get_role(RoleName=name)
+    except ClientError as exc:
+        if _code(exc) != "NoSuchEntity":
+            raise
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
+                        Description="The sandbox fleet's instances (iam/instance.json on AWS)")  # fmt: skip
+        iam.attach_role_policy(RoleName=name, PolicyArn=SSM_CORE_POLICY_ARN)
+    try:
+        return str(iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"])
+    except ClientError as exc:
+        if _code(exc) != "NoSuchEntity":
+            raise
+    profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return str(profile["Arn"])
+
+
+def _launch_template(
+    ec2: Any, names: SeedNames, image_id: str, app_sg: str, region: str, profile_arn: str
+) -> tuple[str, str]:
     try:
         template = ec2.describe_launch_templates(LaunchTemplateNames=[names.launch_template])["LaunchTemplates"][0]
         return str(template["LaunchTemplateId"]), str(template["DefaultVersionNumber"])
@@ -261,6 +298,7 @@ def _launch_template(ec2: Any, names: SeedNames, image_id: str, app_sg: str, reg
             "ImageId": image_id,
             "InstanceType": names.instance_type,
             "SecurityGroupIds": [app_sg],
+            "IamInstanceProfile": {"Arn": profile_arn},
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": _tags(names.asg)}],
             "UserData": _user_data(names, region),
@@ -384,7 +422,8 @@ def provision(
     private = [subnets["private-a"], subnets["private-b"]]
     tg_arn, alb_arn, listener_arn = _load_balancing(elbv2, names, vpc_id, public, groups["alb"])
     image_id = base_image_id or _base_image(ec2, names)
-    template_id, version = _launch_template(ec2, names, image_id, groups["app"], region)
+    profile_arn = _instance_profile(clients("iam", region), names)
+    template_id, version = _launch_template(ec2, names, image_id, groups["app"], region, profile_arn)
     _group(clients("autoscaling", region), names, template_id, version, private, tg_arn)
     _alarms(clients("cloudwatch", region), names, alb_arn, tg_arn)
     _table(clients("dynamodb", region), names)
@@ -398,6 +437,7 @@ def provision(
         load_balancer_arn=alb_arn,
         listener_arn=listener_arn,
         base_image_id=image_id,
+        instance_profile_arn=profile_arn,
         launch_template_id=template_id,
         launch_template_version=version,
         asg_name=names.asg,

@@ -21,6 +21,11 @@
   data plane, moto's sample text.
 - Instances launched here let SSH in only from sources their security groups admit: each login
   asks the server (POST /_kiln/ssh-ingress, server.ssh_ingress; docs/dataplane.md).
+- An instance launched from a launch template whose data names an IamInstanceProfile (Arn or
+  Name) gets that instance profile, as on EC2, when the request names none itself: group launches
+  and the bake's smoke test launch so. (moto associates a profile only when RunInstances names it
+  directly, so their instances had none, and Systems Manager could not manage them.) A profile that
+  does not exist is logged and left out.
 """
 
 from __future__ import annotations
@@ -103,6 +108,30 @@ def _give_back_subnet_addresses(instance: Any) -> None:
         instance._private_ips.discard(address)
 
 
+def _profile_from_template(backend: Any, reservation: Any, kwargs: dict[str, Any]) -> None:
+    """Associate the launch template's IamInstanceProfile with instances launched from it."""
+    if not kwargs.get("launch_template") or kwargs.get("iam_instance_profile_name") or \
+            kwargs.get("iam_instance_profile_arn"):
+        return  # fmt: skip
+    try:
+        data = backend._get_template_from_args(kwargs["launch_template"]).data
+    except Exception:  # moto already refused or resolved the template; nothing more to add
+        return
+    profile = data.get("IamInstanceProfile") or {}
+    name, arn = profile.get("Name"), profile.get("Arn")
+    if not (name or arn):
+        return
+    for instance in reservation.instances:
+        if instance.id in backend.iam_instance_profile_associations:
+            continue
+        try:
+            backend.associate_iam_instance_profile(instance.id, iam_instance_profile_name=name,
+                                                   iam_instance_profile_arn=arn)  # fmt: skip
+        except Exception as exc:
+            log.warning("instance %s: launch template's instance profile %s not associated: %s", instance.id,
+                        arn or name, exc)  # fmt: skip
+
+
 def apply() -> None:
     from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
     from moto.ec2.responses.general import General
@@ -132,6 +161,7 @@ def apply() -> None:
 
     def run_instances(self: Any, *args: Any, **kwargs: Any) -> Any:
         reservation = original_run(self, *args, **kwargs)
+        _profile_from_template(self, reservation, kwargs)
         now = _runtime().clock.now()
         for instance in reservation.instances:
             if not hasattr(instance, "kiln_launched_at"):
