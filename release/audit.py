@@ -352,16 +352,18 @@ class Reach(Protocol):
 
     def connect(self, address: str, *, instance_id: str | None = None) -> Session: ...
 
-    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse: ...
+    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None,
+                 instance_id: str | None = None) -> HttpResponse: ...
 
 
 def _first_line(text: str, fallback: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), fallback)
 
 
-def _observe_served(reach: Reach, address: str, port: int) -> tuple[Mapping[str, Any] | None, str | None]:
+def _observe_served(reach: Reach, address: str, port: int,
+                    instance_id: str | None = None) -> tuple[Mapping[str, Any] | None, str | None]:
     try:
-        response = reach.http_get(address, port, "/version")
+        response = reach.http_get(address, port, "/version", instance_id=instance_id)
     except KilnError as err:
         return None, f"GET /version failed: {err}"
     if response.status != 200:
@@ -404,7 +406,7 @@ def observe(
     except KilnError as err:
         return Reading(instance, unreachable=str(err))
     try:
-        served, served_problem = _observe_served(reach, instance.private_ip, http_port)
+        served, served_problem = _observe_served(reach, instance.private_ip, http_port, instance.instance_id)
         directory = release_dir(expected.version, app_root)
         manifest: dict[str, str] | None = None
         manifest_problem = None
@@ -470,47 +472,17 @@ def audit(
 # --- the gate's and the smoke test's questions --------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ServedVersion:
-    """What GET /version on one instance said: a version and fingerprint, or why not."""
-
-    version: str | None
-    fingerprint: str | None
-    problem: str | None = None
-
-
-def served_versions(
-    reach: Reach, addresses: Sequence[str], *, parallel: int = DEFAULT_PARALLEL, http_port: int = HTTP_PORT
-) -> dict[str, ServedVersion]:
-    """GET /version from each address (through the jump), in parallel; never raises for one host."""
-
-    def one(address: str) -> ServedVersion:
-        try:
-            document, problem = _observe_served(reach, address, http_port)
-        except Exception as err:  # one broken host must not hide the others' answers
-            return ServedVersion(None, None, f"{type(err).__name__}: {err}")
-        if document is None:
-            return ServedVersion(None, None, problem)
-        version, fingerprint = document.get("version"), document.get("fingerprint")
-        return ServedVersion(str(version) if version else None, str(fingerprint) if fingerprint else None)
-
-    if not addresses:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(addresses))), thread_name_prefix="version") as pool:
-        return dict(zip(addresses, pool.map(one, addresses), strict=True))
-
-
-def probe_release(reach: Reach, address: str, *, http_port: int = HTTP_PORT,
-                  timeout: float = 5.0) -> tuple[str | None, bool | None, str]:
+def probe_release(reach: Reach, address: str, *, http_port: int = HTTP_PORT, timeout: float = 5.0,
+                  instance_id: str | None = None) -> tuple[str | None, bool | None, str]:
     """What the gate asks one new instance: (version on /version, /health answered 200, detail).
     None where the instance did not answer; never raises."""
     try:
-        document, problem = _observe_served(reach, address, http_port)
+        document, problem = _observe_served(reach, address, http_port, instance_id)
     except Exception as err:  # one unreachable host is an answer, not a crash
         return None, None, f"{type(err).__name__}: {err}"
     version = str(document["version"]) if document and document.get("version") else None
     try:
-        health = reach.http_get(address, http_port, "/health", timeout=timeout)
+        health = reach.http_get(address, http_port, "/health", timeout=timeout, instance_id=instance_id)
     except Exception as err:
         return version, None, f"GET /health failed: {err}"
     return version, health.status == 200, f"HTTP {health.status}" + (f"; {problem}" if problem else "")
@@ -558,7 +530,7 @@ def smoke_check(
     health: HttpResponse | str | None = None
     if observed.unreachable is None and instance.private_ip:
         try:
-            health = reach.http_get(instance.private_ip, http_port, "/health")
+            health = reach.http_get(instance.private_ip, http_port, "/health", instance_id=instance.instance_id)
         except KilnError as err:
             health = f"GET /health failed: {err}"
     return smoke_checks(judge(expected, observed), health)

@@ -20,6 +20,7 @@ from release.model import (
     TAG_VALIDATED,
     TAG_VERSION,
     AmiRef,
+    CommandInvocation,
     GroupState,
     InstanceState,
     RefreshState,
@@ -504,6 +505,30 @@ class Cloud:
             alarms = [a for page in pages for a in page["MetricAlarms"]]
         found = {a["AlarmName"]: a["StateValue"] for a in alarms}
         return {n: found.get(n, "MISSING") for n in names}
+
+    # SSM Run Command: reads on instances without SSH (environments with access = "ssm")
+    def send_shell_command(self, instance_id: str, lines: list[str], *, timeout_s: int, comment: str) -> str:
+        """SendCommand AWS-RunShellScript to one instance; its CommandId. `timeout_s` is the script's
+        executionTimeout; delivery may take as long again (TimeoutSeconds, at least 30 as AWS wants)."""
+        with self.aws.call("SendCommand", instance_id):
+            return self.aws.client("ssm").send_command(
+                InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
+                Parameters={"commands": lines, "executionTimeout": [str(timeout_s)]},
+                TimeoutSeconds=max(30, timeout_s))["Command"]["CommandId"]
+
+    def command_invocation(self, command_id: str, instance_id: str) -> CommandInvocation | None:
+        """The invocation's state; None while AWS does not know it yet (right after SendCommand)."""
+        try:
+            with self.aws.call("GetCommandInvocation", f"{command_id} on {instance_id}"):
+                got = self.aws.client("ssm").get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+        except AwsError as err:
+            if err.code == "InvocationDoesNotExist":
+                return None
+            raise
+        return CommandInvocation(status=got.get("Status", "Pending"), details=got.get("StatusDetails", ""),
+                                 exit_code=int(got.get("ResponseCode", -1)),
+                                 stdout=got.get("StandardOutputContent", ""),
+                                 stderr=got.get("StandardErrorContent", ""))
 
     def console_output(self, instance_id: str) -> str:
         with self.aws.call("GetConsoleOutput", instance_id):

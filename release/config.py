@@ -144,6 +144,13 @@ class Environment:
     role_duration: int = 3600  # seconds per assumed-role session; botocore refreshes before expiry
     # A launch template that lets instances use IMDSv1: "warn" in the plan, or "block" the release.
     imdsv1: str = "block"
+    # How Kiln reads things on instances (smoke test, the gate's /version and /health, the fleet
+    # audit): "ssh" (through the bastion, strict host keys) or "ssm" (SSM Run Command: no inbound
+    # port, no bastion, no host keys; the instance role must allow SSM).
+    access: str = "ssh"
+
+
+ACCESS_MODES = ("ssh", "ssm")
 
 
 @dataclass(frozen=True)
@@ -400,6 +407,9 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
     imdsv1 = r.text("imdsv1", "block") or "block"
     if imdsv1 not in ("block", "warn"):
         r.problem("imdsv1", f"{imdsv1!r} is not one of 'block', 'warn'")
+    access = r.text("access", "ssh") or "ssh"
+    if access not in ACCESS_MODES:
+        r.problem("access", f"{access!r} is not one of 'ssh' (through the bastion) or 'ssm' (SSM Run Command)")
     if (external_id or "role_duration" in r.table) and not (role_arn or bake_role_arn):
         r.problem("external_id" if external_id else "role_duration", "only applies with role_arn; set role_arn too")
     for key, arn in (("role_arn", role_arn), ("bake_role_arn", bake_role_arn)):
@@ -441,7 +451,7 @@ def _environment(name: str, r: _Reader, file: str, problems: list[str]) -> Envir
         alarms=alarms, secret_id=secret_id, ledger_table=ledger_table or "kiln-ledger",
         requires=requires, ami_regions=ami_regions, ami_users=ami_users, kms_key_id=kms_key_id,
         refresh=refresh, gate=gate, ssh=ssh, bake_role_arn=bake_role_arn, external_id=external_id,
-        role_duration=role_duration, imdsv1=imdsv1,
+        role_duration=role_duration, imdsv1=imdsv1, access=access,
     )
 
 

@@ -158,6 +158,21 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class CommandInvocation:
+    """One SSM Run Command invocation on one instance, as GetCommandInvocation reports it."""
+
+    status: str  # Pending | InProgress | Delayed | Success | Cancelled | TimedOut | Failed | Cancelling
+    details: str  # StatusDetails: e.g. Undeliverable, DeliveryTimedOut, ExecutionTimedOut, Terminated
+    exit_code: int  # ResponseCode; -1 while it has none
+    stdout: str  # StandardOutputContent: AWS keeps the first 24,000 characters
+    stderr: str  # StandardErrorContent: the first 8,000 characters
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("Success", "Cancelled", "TimedOut", "Failed")
+
+
+@dataclass(frozen=True)
 class LiveRelease:
     """What the ledger says is live in an environment."""
 

@@ -288,7 +288,10 @@ def _gate_checks(env: Environment) -> tuple[str, ...]:
               "the group's desired capacity InService on the new image and Healthy in the ASG",
               "new instances registered and healthy in every target group" if env.target_groups
               else "no target groups to check",
-              "each new instance answers /health and serves the version on /version",
+              "each new instance answers /health and serves the version on /version"
+              + (" (asked through SSM Run Command: no inbound port, bastion or host keys)" if env.access == "ssm"
+                 else " (asked over SSH" + (", through the bastion)" if env.ssh.bastion or env.ssh.bastion_instance
+                                             else ")")),
               "the load balancer serves only the new version" if env.target_groups else "no load balancer to sample",
               "no new instance taken out of service by the group"]
     checks.append(f"alarms stay OK: {', '.join(env.alarms)}" if env.alarms else "no alarms configured")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,18 +23,19 @@ from release.cloud import Cloud
 from release.config import Environment
 from release.errors import BakeError, KilnError
 from release.model import Check
-from release.ssh import Ssh, Timeouts, new_key_pair
+from release.ssh import Timeouts, new_key_pair
 
 BOOT_TIMEOUT = 300  # seconds for the instance to run and its services to pass every check
 READY_TIMEOUT = 45  # once SSH, services and files are fine: how long /health may take to say 200
 POLL = 3
 
 
-OpenSsh = Callable[[Path, Timeouts], Ssh]  # (key file, timeouts) -> an Ssh for the environment (its bastion)
+# (key file, timeouts) -> how to reach the instance: an Ssh (through the bastion) or SSM Run Command.
+OpenReach = Callable[[Path, Timeouts], AbstractContextManager[audit.Reach]]
 
 
 def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fingerprint: str, clock: Clock,
-               open_ssh: OpenSsh, on_step: Callable[[str], None]) -> tuple[Check, ...]:
+               open_reach: OpenReach, on_step: Callable[[str], None]) -> tuple[Check, ...]:
     name = f"kiln-smoke-{fingerprint[:8]}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="kiln-smoke-") as scratch:
         key_file = Path(scratch) / "smoke_ed25519"
@@ -45,9 +47,10 @@ def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fing
                                                      {"Name": name, "kiln:smoke": fingerprint})
             on_step(f"smoke test: launched {instance_id} from {image_id}")
             address = _wait_running(cloud, instance_id, clock)
-            with open_ssh(key_file, Timeouts.from_settings(env.ssh, command=60.0)) as ssh:
-                return _checks_until_green(ssh, audit.FleetInstance(instance_id, address, image_id, None),
-                                           audit.ExpectedRelease(version, fingerprint, image_id, None), clock, on_step)
+            with open_reach(key_file, Timeouts.from_settings(env.ssh, command=60.0)) as reach:
+                return _checks_until_green(reach, audit.FleetInstance(instance_id, address, image_id, None),
+                                           audit.ExpectedRelease(version, fingerprint, image_id, None), clock, on_step,
+                                           access=env.access)
         finally:
             if instance_id is not None:
                 cloud.terminate(instance_id)
@@ -67,15 +70,15 @@ def _wait_running(cloud: Cloud, instance_id: str, clock: Clock) -> str:
         clock.sleep(POLL)
 
 
-def _checks_until_green(ssh: Ssh, instance: audit.FleetInstance, expected: audit.ExpectedRelease, clock: Clock,
-                        on_step: Callable[[str], None]) -> tuple[Check, ...]:
+def _checks_until_green(reach: audit.Reach, instance: audit.FleetInstance, expected: audit.ExpectedRelease,
+                        clock: Clock, on_step: Callable[[str], None], *, access: str) -> tuple[Check, ...]:
     """Services take a moment to boot: check again until everything passes or time is up."""
     deadline = clock.now() + timedelta(seconds=BOOT_TIMEOUT)
     while True:
         try:
-            checks = audit.smoke_check(ssh, instance, expected)
+            checks = audit.smoke_check(reach, instance, expected)
         except KilnError as err:
-            checks = (Check("ssh", False, str(err)),)
+            checks = (Check(access, False, str(err)),)
         failing = [c for c in checks if not c.ok]
         if not failing or clock.now() >= deadline:
             return checks

@@ -556,8 +556,10 @@ class Ssh:
             sock.close()
             raise
 
-    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
-        """GET http://address:port/path, from the bastion when there is one (private addresses)."""
+    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None,
+                 instance_id: str | None = None) -> HttpResponse:
+        """GET http://address:port/path, from the bastion when there is one (private addresses).
+        `instance_id` is not needed over SSH (audit.Reach has it for SSM)."""
         jump = self.bastion()
         sock: Any = jump.open_tcp(address, port) if jump is not None else self._tcp(address, port)
         sock.settimeout(self.timeouts.command if timeout is None else timeout)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from release.baker import BakePlan, Baker, BakeResult
-from release.commands.context import CommandContext, sandbox_key, ssh_for
+from release.commands.context import CommandContext, reach_for, sandbox_key
 from release.errors import BakeError
 from release.model import Check
 from release.ui import Progress
@@ -88,7 +88,7 @@ def _smoke_test(ctx: CommandContext, image_id: str, version: str, fingerprint: s
     status.stage("smoke test")
     status.update(f"smoke-testing {image_id}")
     return smoke_test(ctx.cloud, ctx.env, image_id, version, fingerprint, ctx.clock,
-                      lambda key, timeouts: ssh_for(ctx, key=key, use_agent=False, timeouts=timeouts),
+                      lambda key, timeouts: reach_for(ctx, key=key, use_agent=False, timeouts=timeouts),
                       on_step=status.update)
 
 

@@ -21,6 +21,7 @@ from release.ledger import Ledger
 from release.ui import UI
 
 if TYPE_CHECKING:
+    from release.runcommand import SsmReach
     from release.ssh import Ssh, Timeouts
 
 
@@ -114,6 +115,17 @@ def sandbox_key() -> Path | None:
     from release.sandbox import lookup
 
     return lookup.instance_key()
+
+
+def reach_for(ctx: CommandContext, *, key: Path | None = None, use_agent: bool = True,
+              record_to: Path | None = None, timeouts: Timeouts | None = None) -> Ssh | SsmReach:
+    """How this environment's instances are read: SSH (ssh_for) or, with access = "ssm", SSM Run
+    Command (no bastion, no inbound port, no host keys)."""
+    if ctx.env.access == "ssm":
+        from release.runcommand import SsmReach
+
+        return SsmReach(ctx.cloud, ctx.clock, timeout=timeouts.command if timeouts else 30.0)
+    return ssh_for(ctx, key=key, use_agent=use_agent, record_to=record_to, timeouts=timeouts)
 
 
 def ssh_for(ctx: CommandContext, *, key: Path | None = None, use_agent: bool = True, record_to: Path | None = None,

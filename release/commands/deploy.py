@@ -21,7 +21,7 @@ from packaging.version import Version
 
 from release.aws import Aws
 from release.cloud import Cloud
-from release.commands.context import CommandContext, actor, parse_version, ssh_for, target_for
+from release.commands.context import CommandContext, actor, parse_version, reach_for, target_for
 from release.commands.views import event_printer, next_step, show_plan, show_unfinished
 from release.errors import LockHeld, NotFound, SandboxError, UsageError
 from release.ledger import Ledger
@@ -37,8 +37,8 @@ from release.plan import Observed, Plan, Request, make_plan
 from release.record import Outcome, ReleaseRecord, new_release_id
 
 if TYPE_CHECKING:
+    from release import audit
     from release.rollout import Probes, Releaser
-    from release.ssh import Ssh
 
 LB_SAMPLES = 8
 
@@ -216,8 +216,8 @@ def _releaser(ctx: CommandContext, doing: str) -> Iterator[Releaser]:
     from release.rollout import Driver, Releaser
 
     driver = Driver(holder=uuid.uuid4().hex, who=f"{actor()} pid {os.getpid()}")
-    with ssh_for(ctx) as ssh, ctx.ui.progress(doing) as progress:
-        releaser = Releaser(ctx.env, gate_cloud, ctx.ledger, ctx.clock, probes_for(ctx, ssh),
+    with reach_for(ctx) as reach, ctx.ui.progress(doing) as progress:
+        releaser = Releaser(ctx.env, gate_cloud, ctx.ledger, ctx.clock, probes_for(ctx, reach),
                             event_printer(ctx.ui, progress), actor=actor(), driver=driver,
                             time_scale=ctx.aws.target.time_scale,
                             checkpoint=crash_point)
@@ -227,7 +227,7 @@ def _releaser(ctx: CommandContext, doing: str) -> Iterator[Releaser]:
             releaser.close()
 
 
-def probes_for(ctx: CommandContext, ssh: Ssh) -> Probes:
+def probes_for(ctx: CommandContext, reach: audit.Reach) -> Probes:
     from release import audit
     from release.rollout import ProbeResult, Probes
 
@@ -236,7 +236,7 @@ def probes_for(ctx: CommandContext, ssh: Ssh) -> Probes:
     def check(instance: InstanceState) -> ProbeResult:
         if not instance.private_ip:
             return ProbeResult(None, None, "no private IP address")
-        return ProbeResult(*audit.probe_release(ssh, instance.private_ip))
+        return ProbeResult(*audit.probe_release(reach, instance.private_ip, instance_id=instance.instance_id))
 
     return Probes(check, (lambda: sample_versions(lb, LB_SAMPLES)) if lb else None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from release.commands.context import KNOWN_HOSTS, CommandContext, ssh_for
+from release.commands.context import KNOWN_HOSTS, CommandContext, reach_for
 from release.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
@@ -23,8 +23,8 @@ def verify(ctx: CommandContext, *, parallel: int, key: Path | None) -> audit.Fle
     instances = audit.in_service(group)
     ctx.ui.info(f"auditing {len(instances)} in-service instance(s) of {ctx.env.asg} against {live.version} "
                 f"({live.image_id}, fingerprint {live.fingerprint})")
-    with ssh_for(ctx, key=key, record_to=KNOWN_HOSTS) as ssh:
-        report = audit.audit(ssh, audit.expected_from_live(live.as_live()), instances, parallel=parallel)
+    with reach_for(ctx, key=key, record_to=KNOWN_HOSTS) as reach:
+        report = audit.audit(reach, audit.expected_from_live(live.as_live()), instances, parallel=parallel)
     ctx.ui.table(*report.table(), title=f"fleet of {ctx.env.name}")
     ctx.ui.result(report.to_json())
     error = report.error()

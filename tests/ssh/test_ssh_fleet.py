@@ -20,10 +20,9 @@ from release.audit import (
     ExpectedRelease,
     Finding,
     FleetInstance,
-    ServedVersion,
     ServiceCheck,
     audit,
-    served_versions,
+    probe_release,
     smoke_check,
 )
 from release.config import SshSettings
@@ -161,7 +160,8 @@ def test_smoke_check_of_a_fresh_instance_through_the_jump(fleet_ssh: Ssh, instan
     assert "is not known" in imposter[0].detail
 
 
-def test_served_versions_through_the_jump(fleet_ssh: Ssh, version_server: VersionServer) -> None:
-    answers = served_versions(fleet_ssh, [version_server.address, REFUSING_ADDRESS], http_port=version_server.port)
-    assert answers[version_server.address] == ServedVersion("1.4.2", "sha256:abc")
-    assert "could not open a connection" in (answers[REFUSING_ADDRESS].problem or "")
+def test_the_gate_probe_through_the_jump(fleet_ssh: Ssh, version_server: VersionServer) -> None:
+    version, _, _ = probe_release(fleet_ssh, version_server.address, http_port=version_server.port)
+    assert version == "1.4.2"
+    version, healthy, detail = probe_release(fleet_ssh, REFUSING_ADDRESS, http_port=version_server.port)
+    assert version is None and healthy is None and "could not open a connection" in detail

@@ -17,14 +17,12 @@ from release.audit import (
     Finding,
     FleetInstance,
     Reading,
-    ServedVersion,
     audit,
     compare_files,
     expected_from_live,
     in_service,
     judge,
     parse_sha256sum,
-    served_versions,
     smoke_checks,
 )
 from release.errors import EXIT_DRIFT, DriftDetected
@@ -178,7 +176,8 @@ class FakeReach:
             raise SshError(f"cannot reach {address}:22: Connection refused")
         return FakeSession(self.hosts[address])
 
-    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
+    def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None,
+                 instance_id: str | None = None) -> HttpResponse:
         assert (port, path) == (80, "/version")
         return HttpResponse(200, json.dumps(self.hosts[address].version).encode())
 
@@ -247,7 +246,8 @@ def test_audit_runs_in_parallel_within_the_bound() -> None:
 
 def test_a_crash_while_observing_one_host_is_reported_for_that_host_only() -> None:
     class Broken(FakeReach):
-        def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
+        def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None,
+                 instance_id: str | None = None) -> HttpResponse:
             if address == "10.0.0.2":
                 raise RuntimeError("boom")
             return super().http_get(address, port, path, timeout=timeout)
@@ -304,27 +304,6 @@ def test_smoke_checks_name_the_one_failure(observed: Reading, health: HttpRespon
     checks = _checks(observed, health)
     assert [name for name, (ok, _) in checks.items() if not ok] == [failing]
     assert detail in checks[failing][1]
-
-
-def test_served_versions_asks_every_address_and_never_raises() -> None:
-    class Reach(FakeReach):
-        def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None) -> HttpResponse:
-            if address == "10.0.0.3":
-                raise SshError("cannot reach 10.0.0.3:80")
-            if address == "10.0.0.4":
-                raise RuntimeError("boom")
-            if address == "10.0.0.5":
-                return HttpResponse(503, b"starting")
-            return super().http_get(address, port, path, timeout=timeout)
-
-    hosts = {"10.0.0.1": _host(), "10.0.0.2": replace(_host(), version={"version": "1.4.1"})}
-    answers = served_versions(Reach(hosts), ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"])
-    assert answers["10.0.0.1"] == ServedVersion("1.4.2", "sha256:f00d")
-    assert answers["10.0.0.2"] == ServedVersion("1.4.1", None)
-    assert "cannot reach" in (answers["10.0.0.3"].problem or "")
-    assert answers["10.0.0.4"].problem == "RuntimeError: boom"
-    assert answers["10.0.0.5"].problem == "GET /version answered HTTP 503: starting"
-    assert served_versions(Reach({}), []) == {}
 
 
 def test_inputs_from_the_model() -> None:

@@ -560,6 +560,36 @@ def test_console_output_is_decoded(cloud: Cloud, stubs: Stubs) -> None:
     assert cloud.console_output("i-1") == ""  # none yet
 
 
+CMD = "0b1f3c5e-7a9d-4e2b-8c6f-1a2b3c4d5e6f"
+
+
+def test_send_shell_command_runs_the_shell_document_on_one_instance(cloud: Cloud, stubs: Stubs) -> None:
+    stubs("ssm").add_response(
+        "send_command", {"Command": {"CommandId": CMD}},
+        {"InstanceIds": ["i-1"], "DocumentName": "AWS-RunShellScript", "Comment": "kiln: cat",
+         "Parameters": {"commands": ["cat /etc/hostname"], "executionTimeout": ["10"]}, "TimeoutSeconds": 30})
+    assert cloud.send_shell_command("i-1", ["cat /etc/hostname"], timeout_s=10, comment="kiln: cat") == CMD
+
+
+def test_command_invocation_reads_status_code_and_output(cloud: Cloud, stubs: Stubs) -> None:
+    ssm = stubs("ssm")
+    ssm.add_client_error("get_command_invocation", "InvocationDoesNotExist", http_status_code=400,
+                         expected_params={"CommandId": CMD, "InstanceId": "i-1"})
+    ssm.add_response("get_command_invocation",
+                     {"CommandId": CMD, "InstanceId": "i-1", "Status": "InProgress", "StatusDetails": "InProgress",
+                      "ResponseCode": -1}, {"CommandId": CMD, "InstanceId": "i-1"})
+    ssm.add_response("get_command_invocation",
+                     {"CommandId": CMD, "InstanceId": "i-1", "Status": "Failed", "StatusDetails": "Failed",
+                      "ResponseCode": 2, "StandardOutputContent": "out", "StandardErrorContent": "no such file"},
+                     {"CommandId": CMD, "InstanceId": "i-1"})
+    assert cloud.command_invocation(CMD, "i-1") is None  # just sent: SSM does not know it yet
+    running = cloud.command_invocation(CMD, "i-1")
+    assert running is not None and not running.finished
+    done = cloud.command_invocation(CMD, "i-1")
+    assert done is not None and done.finished and (done.exit_code, done.stdout, done.stderr) == (2, "out",
+                                                                                                "no such file")
+
+
 # ---------------------------------------------------------------------------------------------
 # Launch templates
 # ---------------------------------------------------------------------------------------------

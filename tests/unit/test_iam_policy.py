@@ -106,6 +106,9 @@ ALLOWED_FINDINGS: list[dict[str, Any]] = [
      "why": "parliament wants every resource type RunInstances requires in each statement; AWS authorizes each "
             "resource of a launch against all statements, and scoping instances, templates and the rest by "
             "different conditions needs one statement each (the EC2 User Guide's own examples split it so)"},
+    {"files": {"bake.json", "deploy.json"}, "issue": "RESOURCE_MISMATCH", "actions": {"ssm:SendCommand"},
+     "why": "likewise: SendCommand is authorized on the instance (scoped by its tag) and on the document "
+            "(AWS-RunShellScript only), one statement each"},
     {"files": {"bake.json"}, "issue": "RESOURCE_MISMATCH", "actions": {"ec2:CreateImage"},
      "why": "likewise: the build instance (by its tags) and the new AMI and snapshots are separate statements"},
     {"files": {"bake.json", "deploy.json"}, "issue": "PERMISSIONS_MANAGEMENT_ACTIONS",
