@@ -144,6 +144,17 @@ def history(c: Context, env: str | None = None, config: str | None = None, json:
         reports.history(open_context(env, config, json), limit=limit)
 
 
+@task(help={"release_id": "The release (see `inv history`; default: the newest).", "env": ENV, "config": CONFIG,
+            "json": JSON, "output": "Where to write the HTML file (default: kiln-report-<env>-<release>.html)."})
+def report(c: Context, release_id: str | None = None, env: str | None = None, config: str | None = None,
+           json: bool = False, output: str | None = None) -> None:
+    """Write one release as a self-contained HTML report: timeline, gate checks, failure, rollback."""
+    from release.commands import status as reports
+
+    with kiln_errors():
+        reports.report(open_context(env, config, json), release_id=release_id, output=Path(output) if output else None)
+
+
 @task(help={"version": "The version to record for what the group runs now (PEP 440).", "env": ENV,
             "config": CONFIG, "json": JSON, "force": "Adopt even when the environment has a release history."})
 def adopt(c: Context, version: str | None = None, env: str | None = None, config: str | None = None, json: bool = False,
@@ -306,7 +317,7 @@ def sandbox_reset(c: Context, config: str | None = None, json: bool = False, tim
         sandbox.reset(load_config(config), make_ui(json), time_scale=time_scale)
 
 
-ns = Collection(show_config, bake, release, resume, rollback, status, history, adopt)
+ns = Collection(show_config, bake, release, resume, rollback, status, history, report, adopt)
 ns.add_collection(Collection("sandbox", sandbox_up, sandbox_status, sandbox_down, sandbox_reset,
                              sandbox_new_base_image, sandbox_fault))
 ns.add_collection(Collection("ami", ami_cleanup, ami_deprecate, ami_promote))

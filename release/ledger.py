@@ -4,6 +4,8 @@ Items:
 - lock:     pk "lock#<env>",    sk "lock"                  a lease: holder, who, release, phase, expires_at
 - release:  pk "release#<env>", sk "<started_at>#<id>"      one record per release/rollback (record.py)
 - event:    pk "event#<kind>",  sk "<at>#<subject>"         promotions, deprecations, deletions
+- timeline: pk "timeline#<env>", sk as its release             what the gate saw, for `inv report`
+  (timeline.py; up to ~100 KB, so apart from the record, which history reads by the hundred)
 
 The lock is a lease with a fencing token (Chubby, the DynamoDB lock client): the holder is one
 process's unique id; it is taken with a conditional put (free or lapsed), renewed by heartbeats
@@ -155,6 +157,19 @@ class Ledger:
         return frozenset(passed)
 
     # Events (promotion, deprecation, deletion)
+    def save_timeline(self, record: ReleaseRecord, body: str) -> None:
+        """The gate's timeline of a release (timeline.encode()), replaced whole. Not fenced: it only
+        ever holds polls a driver really saw."""
+        item = {"pk": _s(f"timeline#{record.environment}"), "sk": _s(record.sort_key), "body": _s(body)}
+        with self.aws.call("PutItem", f"{self.table} timeline {record.release_id}", hint=self._hint()):
+            self.db.put_item(TableName=self.table, Item=item)
+
+    def timeline(self, env: str, sort_key: str) -> str | None:
+        with self.aws.call("GetItem", f"{self.table} timeline#{env}", hint=self._hint()):
+            item = self.db.get_item(TableName=self.table, Key={"pk": _s(f"timeline#{env}"), "sk": _s(sort_key)},
+                                    ConsistentRead=True).get("Item")
+        return item["body"]["S"] if item else None
+
     def record_event(self, kind: str, subject: str, at: datetime, details: Mapping[str, Any]) -> None:
         item = {"pk": _s(f"event#{kind}"), "sk": _s(f"{at.isoformat()}#{subject}"),
                 "body": _s(json.dumps(dict(details), sort_keys=True, default=str))}

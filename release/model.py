@@ -16,6 +16,7 @@ from packaging.version import Version
 TAG_APP = "kiln:app"
 TAG_VERSION = "kiln:version"
 TAG_FINGERPRINT = "kiln:fingerprint"
+TAG_GIT_SHA = "kiln:git-sha"  # the commit the image was baked from (Packer tags it)
 TAG_VALIDATED = "kiln:validated"  # "true" | "false" after the smoke test
 TAG_VALIDATION_REASON = "kiln:validation-reason"
 TAG_DEPRECATED_REASON = "kiln:deprecated-reason"

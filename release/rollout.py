@@ -57,6 +57,7 @@ from release.model import (
 )
 from release.plan import Plan
 from release.record import Lease, Outcome, ReleaseRecord, client_token, new_release_id
+from release.timeline import RELEASE, ROLLBACK, Timeline, decode, unobserved_sample
 
 
 class Phase(StrEnum):
@@ -92,6 +93,8 @@ CHECKPOINTS = (
 
 # How much longer than the poll interval one observation may take before the loop moves on.
 OBSERVE_SLACK_SECONDS = 2.0
+# The gate's timeline is saved when a watch ends and every this many polls in between.
+TIMELINE_SAVE_POLLS = 10
 ROLLBACK_STATUSES = frozenset({"RollbackInProgress", "RollbackSuccessful"})
 
 
@@ -108,6 +111,13 @@ class CloudPort(Protocol):
     def start_refresh(self, group: str, template: str, version: int, preferences: dict[str, Any]) -> str: ...
     def rollback_refresh(self, group: str) -> str: ...
     def cancel_refresh(self, group: str) -> str: ...
+
+
+class TimelineStore(Protocol):
+    """Where the gate's timeline of a release is kept for `inv report` (the ledger, beside the record)."""
+
+    def save_timeline(self, record: ReleaseRecord, body: str) -> None: ...
+    def timeline(self, env: str, sort_key: str) -> str | None: ...
 
 
 class LedgerPort(Protocol):
@@ -218,7 +228,8 @@ class Probes:
 class Releaser:
     def __init__(self, env: Environment, cloud: CloudPort, ledger: LedgerPort, clock: Clock, probes: Probes,
                  on_event: Callable[[Event], None], *, actor: str, driver: Driver, time_scale: float = 1.0,
-                 checkpoint: Callable[[str], None] = lambda name: None) -> None:
+                 checkpoint: Callable[[str], None] = lambda name: None,
+                 timelines: TimelineStore | None = None) -> None:
         self.env = env
         self.cloud = cloud
         self.ledger = ledger
@@ -229,6 +240,8 @@ class Releaser:
         self.driver = driver
         self.time_scale = time_scale  # AWS seconds -> this clock's seconds (the sandbox runs faster)
         self.checkpoint = checkpoint
+        self.timelines = timelines
+        self.timeline = Timeline()
         # Time budgets, in real seconds: how long a poll waits for an observation, and for probes.
         self.observe_budget = env.gate.poll_interval + OBSERVE_SLACK_SECONDS
         self.probe_budget = max(0.5, env.gate.poll_interval / 2)
@@ -277,6 +290,7 @@ class Releaser:
     def resume(self, record: ReleaseRecord) -> ReleaseRecord:
         """Carry on with a release whose driver died, from its saved record (after take_over)."""
         self.record = record
+        self._load_timeline()
         self._emit(Phase(record.phase), f"resuming {record.kind} {record.version} ({record.release_id}) "
                                         f"from phase {record.phase}")
         return self._drive()
@@ -285,6 +299,7 @@ class Releaser:
         """Roll an unfinished release back to what the group ran before it (after take_over): never
         complete it. Returns the record (rolled back) or raises RollbackFailed."""
         self.record = record
+        self._load_timeline()
         with self._leaving_in_progress():
             if record.phase != Phase.ROLLING_BACK:
                 self._step(Phase.ROLLING_BACK, f"{why}: going {record.way_back()}", reason=why)
@@ -436,12 +451,46 @@ class Releaser:
                     verdict = self._waiting(f"AWS answered {err.code or 'nothing'} ({err.where}); asking again",
                                             deadline)
             self._emit(Phase(self._current().phase), verdict.reason, verdict, snapshot)
+            self._sample(first, verdict, snapshot)
             polls += 1
             if polls == 1:
                 self.checkpoint(first)
+            if verdict.done or polls % TIMELINE_SAVE_POLLS == 0:
+                self._save_timeline()
             if verdict.done:
                 return verdict
             self.clock.sleep(self.env.gate.poll_interval)
+
+    def _sample(self, first: str, verdict: Verdict, snapshot: Snapshot | None) -> None:
+        """One poll into the timeline `inv report` draws (what each instance ran, the checks)."""
+        watch = RELEASE if first == "gating" else ROLLBACK
+        record = self._current()
+        if snapshot is None:
+            self.timeline.add(unobserved_sample(self.clock.now(), verdict, watch))
+            return
+        versions = {record.image_id: record.version}
+        if record.previous_image_id and record.previous_version:
+            versions[record.previous_image_id] = record.previous_version
+        self.timeline.record(snapshot, verdict, watch, versions)
+
+    def _save_timeline(self) -> None:
+        """The timeline is a picture, not a step: failing to keep it never stops a release."""
+        if self.timelines is None or not len(self.timeline):
+            return
+        try:
+            self.timelines.save_timeline(self._current(), self.timeline.encode())
+        except KilnError as err:
+            self._emit(Phase(self._current().phase), f"the report's timeline was not saved ({err})")
+
+    def _load_timeline(self) -> None:
+        """Carry on the timeline of the release taken over, so its report shows the whole story."""
+        record = self._current()
+        try:
+            body = self.timelines.timeline(record.environment, record.sort_key) if self.timelines else None
+        except KilnError:
+            body = None
+        for sample in decode(body) if body else ():
+            self.timeline.add(sample)
 
     def _waiting(self, why: str, deadline: datetime) -> Verdict:
         if self.clock.now() >= deadline:

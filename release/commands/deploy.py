@@ -220,7 +220,7 @@ def _releaser(ctx: CommandContext, doing: str) -> Iterator[Releaser]:
         releaser = Releaser(ctx.env, gate_cloud, ctx.ledger, ctx.clock, probes_for(ctx, reach),
                             event_printer(ctx.ui, progress), actor=actor(), driver=driver,
                             time_scale=ctx.aws.target.time_scale,
-                            checkpoint=crash_point)
+                            checkpoint=crash_point, timelines=ctx.ledger)
         try:
             yield releaser
         finally:

@@ -1,11 +1,14 @@
-"""`inv status` and `inv history`: what is live, what the group really runs, and where the ledger
-and the cloud disagree (the cloud is the truth)."""
+"""`inv status`, `inv history` and `inv report`: what is live, what the group really runs, where the
+ledger and the cloud disagree (the cloud is the truth), and a picture of one release."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from release.commands.context import CommandContext
 from release.commands.views import show_unfinished
-from release.model import GroupState, RefreshState, TemplateVersion
+from release.errors import NotFound
+from release.model import TAG_GIT_SHA, GroupState, RefreshState, TemplateVersion
 from release.record import ReleaseRecord
 
 
@@ -79,8 +82,37 @@ def _disagreements(live: ReleaseRecord | None, running: ReleaseRecord | None, gr
 
 def history(ctx: CommandContext, *, limit: int) -> None:
     records = ctx.ledger.history(ctx.env.name, limit=limit)
-    rows = [(r.started_at, r.kind, r.version, r.image_id, f"v{r.template_before} → v{r.template_after}",
+    rows = [(r.started_at, r.release_id, r.kind, r.version, r.image_id, f"v{r.template_before} → v{r.template_after}",
              r.outcome.value, r.actor, (r.reason or "")[:60]) for r in records]
-    ctx.ui.table(["started", "kind", "version", "AMI", "LT", "outcome", "who", "reason"], rows,
+    ctx.ui.table(["started", "release", "kind", "version", "AMI", "LT", "outcome", "who", "reason"], rows,
                  title=f"history of {ctx.env.name}")
+    if records:
+        ctx.ui.note(f"A release's report (one HTML file): inv report {records[0].release_id} --env {ctx.env.name}")
     ctx.ui.result({"history": records})
+
+
+def report(ctx: CommandContext, *, release_id: str | None, output: Path | None) -> Path:
+    """`inv report`: one self-contained HTML file of a release (the newest when no id is given):
+    the gate's timeline, each poll's checks, the failure and the rollback, the provenance."""
+    from release.report import render
+    from release.timeline import decode, omitted_instances
+
+    records = ctx.ledger.history(ctx.env.name, limit=200)
+    record = next((r for r in records if r.release_id == release_id), None) if release_id else \
+        (records[0] if records else None)
+    if record is None:
+        raise NotFound(f"no release {release_id + ' ' if release_id else ''}in the history of {ctx.env.name}",
+                       hint=f"See `inv history --env {ctx.env.name}` for release ids.")
+    body = ctx.ledger.timeline(ctx.env.name, record.sort_key)
+    samples = decode(body) if body else []
+    image = ctx.cloud.image(record.image_id)
+    git_sha = image.tags.get(TAG_GIT_SHA) if image else None
+    html = render(record, samples, generated_at=ctx.clock.now(), git_sha=git_sha,
+                  omitted_instances=omitted_instances(body) if body else 0)
+    path = output or Path(f"kiln-report-{ctx.env.name}-{record.release_id}.html")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    ctx.ui.success(f"wrote {path}: the {record.kind} of {record.version} ({record.outcome.value}), "
+                   f"{len(samples)} gate sample(s); open it in a browser")
+    ctx.ui.result({"path": str(path), "release_id": record.release_id, "samples": len(samples)})
+    return path

@@ -1172,6 +1172,18 @@ def test_events_are_recorded_and_read_back_newest_first(ledger: Ledger, stubs: S
     assert ledger.events("ami-promoted") == [{"to": "prod", "at": T0.isoformat(), "subject": "ami-1"}]
 
 
+def test_a_timeline_is_kept_beside_its_release_and_read_back(ledger: Ledger, stubs: Stubs) -> None:
+    db, r = stubs("dynamodb"), record("r1")
+    key = {"pk": {"S": "timeline#prod"}, "sk": {"S": r.sort_key}}
+    db.add_response("put_item", {}, {"TableName": TABLE, "Item": {**key, "body": {"S": "{}"}}})
+    ledger.save_timeline(r, "{}")
+    db.add_response("get_item", {"Item": {**key, "body": {"S": "{}"}}},
+                    {"TableName": TABLE, "Key": key, "ConsistentRead": True})
+    db.add_response("get_item", {}, {"TableName": TABLE, "Key": key, "ConsistentRead": True})
+    assert ledger.timeline("prod", r.sort_key) == "{}"
+    assert ledger.timeline("prod", r.sort_key) is None  # a release recorded before reports existed
+
+
 # ---------------------------------------------------------------------------------------------
 # Every AWS call has a contract test
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ BOOT_SCRIPT = ROOT / "ansible" / "roles" / "boot" / "files" / "webapp-boot"
 SANDBOX_NAMESPACES = {"sandbox"}
 TASK_ROLES = {
     "show_config": "deploy", "bake": "bake", "release": "deploy", "resume": "deploy", "rollback": "deploy",
-    "status": "deploy", "history": "deploy", "adopt": "deploy", "ami_cleanup": "deploy",
+    "status": "deploy", "history": "deploy", "report": "deploy", "adopt": "deploy", "ami_cleanup": "deploy",
     "ami_deprecate": "deploy", "ami_promote": "deploy", "fleet_verify": "deploy",
 }
 
