@@ -9,6 +9,7 @@ each step builds on the fleet the previous one left.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import os
@@ -59,9 +60,13 @@ class World:
         ui = UI(stdout=self.out, stderr=self.out)
         return kiln.open_context(cfg or self.cfg, env, ui, project=project)
 
-    def config_for(self, version: str) -> config.Config:
+    def config_for(self, version: str, *, access: str = "ssh") -> config.Config:
+        """versions.toml at `version`; access = "ssm": the sandbox environment reads its instances
+        through SSM Run Command instead of SSH."""
         text = (ROOT / "versions.toml").read_text().replace('version = "1.0.0"', f'version = "{version}"')
-        path = self.state / f"versions-{version}.toml"
+        if access != "ssh":
+            text = text.replace("[environments.sandbox]\n", f'[environments.sandbox]\naccess = "{access}"\n', 1)
+        path = self.state / f"versions-{version}{'-' + access if access != 'ssh' else ''}.toml"
         path.write_text(text)
         return config.load(path)
 
@@ -317,8 +322,33 @@ def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
     assert "views.py" in world.out.getvalue()
 
 
+def test_with_access_ssm_the_audit_finds_the_hand_edit_through_run_command(world: World) -> None:
+    """No SSH at all: fleet.verify reads every instance through SSM Run Command, and the hotfix of
+    the test before is drift; the AWS CLI sees the commands Kiln sent."""
+    ctx = world.ctx(world.config_for("1.1.0", access="ssm"))
+    assert ctx.env.access == "ssm"
+    start = len(world.out.getvalue())
+    with pytest.raises(DriftDetected) as info:
+        fleet_audit.verify(ctx, parallel=4, key=None)
+    assert "views.py" in world.out.getvalue()[start:] and "i-" in str(info.value)
+    listed = subprocess.run([str(Path(sys.executable).parent / "aws"), "ssm", "list-commands", "--region",
+                             ctx.env.region, "--output", "json"], env={**os.environ, **ssm_cli_env(world)},
+                            capture_output=True, text=True, timeout=60, check=True)
+    commands = json.loads(listed.stdout)["Commands"]
+    assert commands and all(c["DocumentName"] == "AWS-RunShellScript" for c in commands)
+    assert {c["Status"] for c in commands} <= {"Success", "Failed"}
+
+
+def ssm_cli_env(world: World) -> dict[str, str]:
+    info = lookup.running()
+    assert info is not None
+    return {"AWS_ENDPOINT_URL": info.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+
 def test_rollback_returns_to_1_0_0(world: World) -> None:
-    record = deploy.rollback(world.ctx(), to=None, dry_run=False)
+    # The gate asks the new instances for /version and /health through SSM Run Command.
+    record = deploy.rollback(world.ctx(world.config_for("1.1.0", access="ssm")), to=None, dry_run=False)
     assert not isinstance(record, Plan) and record.outcome is Outcome.SUCCEEDED
     assert record.kind == "rollback" and record.version == "1.0.0"
     assert set(world.lb_versions()) == {"1.0.0"}
@@ -399,6 +429,38 @@ def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, 
     assert set(world.lb_versions()) == {"1.0.0"}
     group = world.ctx().cloud.group(world.ctx().env.asg)
     assert group is not None and all(i.target_health == "healthy" for i in group.instances)
+
+
+def test_the_report_of_a_release_and_of_a_rollback_in_a_browser(world: World, tmp_path: Path) -> None:
+    """`inv report` through the real CLI, of the successful 1.1.0 release and of the 1.2.0 release
+    the gate rolled back; headless Chromium renders both (tests/report/browser.py)."""
+    spec = importlib.util.spec_from_file_location("report_browser", ROOT / "tests" / "report" / "browser.py")
+    assert spec is not None and spec.loader is not None
+    browser = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(browser)
+    render_html = browser.render_html
+
+    history = world.ctx().ledger.history(ENV, limit=50)
+    rolled_back = next(r for r in history if r.outcome is Outcome.ROLLED_BACK and r.version == "1.2.0")
+    released = next(r for r in history if r.outcome is Outcome.SUCCEEDED and r.version == "1.1.0"
+                    and r.kind == "release")
+    cli = Cli(world)
+    artifacts = Path(os.environ.get("KILN_TEST_ARTIFACTS", tmp_path)) / "report"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for record, failed in ((released, False), (rolled_back, True)):
+        out = tmp_path / f"{record.release_id}.html"
+        done = cli.run("report", record.release_id, "--output", str(out))
+        assert done.returncode == 0, done.stderr
+        html = out.read_text()
+        assert "http://" not in html and "https://" not in html  # self-contained
+        dom, png = render_html(out)
+        (artifacts / f"e2e-{'rollback' if failed else 'release'}.png").write_bytes(png)
+        lanes = dom.count("data-lane=")
+        assert lanes >= 4, f"one lane per instance of the group, found {lanes}"
+        assert dom.count('class="poll ') >= 2  # the gate's polls, each with its checks
+        assert ('id="failure-marker"' in dom) is failed and ('id="rollback-marker"' in dom) is failed
+        assert record.release_id in dom and record.image_id in dom
+    print(f"\nreport screenshots in {artifacts}")
 
 
 class Cli:
