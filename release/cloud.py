@@ -432,9 +432,8 @@ class Cloud:
         return self._target_group_arns[name]
 
     def load_balancer_url(self, target_groups: tuple[str, ...]) -> str | None:
-        """http://<DNS name>:<listener port> of the first target group's load balancer.
-
-        In the sandbox the DNS name is a loopback address where the local ALB listens."""
+        """http://<DNS name>:<listener port> of the first target group's load balancer (in the
+        sandbox the DNS name is a loopback address, where its local ALB listens)."""
         if not target_groups:
             return None
         elb = self.aws.client("elbv2")

@@ -3,7 +3,6 @@ it, and drive it as the environment's one fenced driver (the state machine in ro
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from release.aws import Aws
 from release.cloud import Cloud
 from release.commands.context import CommandContext, actor, parse_version, reach_for, target_for
 from release.commands.views import event_printer, next_step, show_plan, show_unfinished
-from release.errors import LockHeld, NotFound, SandboxError, UsageError
+from release.errors import LockHeld, NotFound, UsageError
 from release.ledger import Ledger
 from release.model import (
     TAG_APP,
@@ -231,7 +230,7 @@ def probes_for(ctx: CommandContext, reach: audit.Reach) -> Probes:
     from release import audit
     from release.rollout import ProbeResult, Probes
 
-    lb = _load_balancer_url(ctx)
+    lb = ctx.cloud.load_balancer_url(ctx.env.target_groups)
 
     def check(instance: InstanceState) -> ProbeResult:
         if not instance.private_ip:
@@ -239,20 +238,6 @@ def probes_for(ctx: CommandContext, reach: audit.Reach) -> Probes:
         return ProbeResult(*audit.probe_release(reach, instance.private_ip, instance_id=instance.instance_id))
 
     return Probes(check, (lambda: sample_versions(lb, LB_SAMPLES)) if lb else None)
-
-
-def _load_balancer_url(ctx: CommandContext) -> str | None:
-    if not ctx.aws.target.is_sandbox:
-        return ctx.cloud.load_balancer_url(ctx.env.target_groups)
-    # The sandbox's ALB DNS names are made up; its listeners really answer on loopback ports.
-    from release.sandbox import stack
-
-    assert ctx.aws.target.endpoint_url is not None
-    url = stack.load_balancer_url(ctx.aws.target.endpoint_url, ctx.env.target_groups[0]) \
-        if ctx.env.target_groups else None
-    if url is not None:
-        _require_loopback(url)
-    return url
 
 
 def sample_versions(url: str, count: int) -> dict[str, int]:
@@ -265,17 +250,6 @@ def sample_versions(url: str, count: int) -> dict[str, int]:
         except (urllib.error.URLError, OSError, ValueError) as err:
             seen[f"error: {type(err).__name__}"] += 1
     return dict(seen)
-
-
-def _require_loopback(url: str) -> None:
-    host = urllib.parse.urlparse(url).hostname or ""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise SandboxError(f"the sandbox's load balancer answers at {url}, which is not a loopback address",
-                           hint="Restart the sandbox (inv sandbox.reset); Kiln never dials outside loopback.")
 
 
 def adopt(ctx: CommandContext, version: Version, *, force: bool = False) -> ReleaseRecord:

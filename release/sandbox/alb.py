@@ -95,12 +95,16 @@ class _BadGateway(Exception):
         self.status = status
 
 
-def _require_loopback(host: str, what: str) -> None:
+def is_loopback(host: str) -> bool:
+    """Is `host` an IP address on 127.0.0.0/8 or ::1 (not a name, which would need DNS)?"""
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback:
+        return False
+
+
+def _require_loopback(host: str, what: str) -> None:
+    if not is_loopback(host):
         raise UsageError(f"{what} {host!r} is not a loopback address: the sandbox stays on 127.0.0.0/8 and ::1")
 
 

@@ -260,15 +260,6 @@ def load_balancers(endpoint: str) -> list[dict[str, Any]]:
                            hint="Is it running? inv sandbox.status") from None
 
 
-def load_balancer_url(endpoint: str, target_group: str) -> str | None:
-    """The loopback URL of the local ALB that serves `target_group` (a name or ARN)."""
-    for lb in load_balancers(endpoint):
-        arn = str(lb.get("target_group_arn", ""))
-        if arn == target_group or arn.split("/")[-2:-1] == [target_group]:
-            return str(lb["url"])
-    return None
-
-
 def _published_base(aws: Aws, names: SeedNames) -> str:
     with aws.call("DescribeImages", names.base_image):
         images = aws.client("ec2").describe_images(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -101,8 +102,14 @@ def test_group_instances_boot_from_the_base_image_and_down_leaves_nothing(state_
     with urllib.request.urlopen(f"{info.endpoint}/_kiln/load-balancers", timeout=5) as response:
         [listener] = json.loads(response.read())["load_balancers"]
     assert listener["load_balancer_arn"] == seed.load_balancer_arn and listener["listener_port"] == 80
+    # Its DNS name is its own loopback address and the proxy listens there at the listener's port,
+    # so http://<DNSName>:<port> works as on AWS (no sandbox-only lookup, no DNS query).
+    elbv2 = boto3.client("elbv2", region_name="us-east-1", endpoint_url=info.endpoint,
+                         aws_access_key_id="testing", aws_secret_access_key="testing")
+    dns = elbv2.describe_load_balancers(LoadBalancerArns=[seed.load_balancer_arn])["LoadBalancers"][0]["DNSName"]
+    assert ipaddress.ip_address(dns).is_loopback and listener["url"] == f"http://{dns}:80"
     with pytest.raises(urllib.error.HTTPError) as proxied:
-        urllib.request.urlopen(listener["url"] + "/version", timeout=5)
+        urllib.request.urlopen(f"http://{dns}:80/version", timeout=5)
     assert proxied.value.code in (502, 503) and proxied.value.headers["Server"] == "awselb/2.0"
     cloudwatch = boto3.client(
         "cloudwatch",

@@ -92,7 +92,7 @@ class World:
 
     def lb_versions(self, count: int = 12, env: str = ENV) -> dict[str, int]:
         ctx = self.ctx(env=env)
-        url = stack.load_balancer_url(ctx.aws.target.endpoint_url or "", ctx.env.target_groups[0])
+        url = ctx.cloud.load_balancer_url(ctx.env.target_groups)  # the DNS name, as on AWS
         assert url is not None
         return deploy.sample_versions(url, count)
 

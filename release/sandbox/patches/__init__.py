@@ -56,7 +56,15 @@ def install(rt: Runtime) -> None:
     _runtime = rt
     if _installed:
         return
-    from release.sandbox.patches import autoscaling, cloudwatch, images, instances, launch_templates, targets
+    from release.sandbox.patches import (
+        autoscaling,
+        cloudwatch,
+        images,
+        instances,
+        launch_templates,
+        loadbalancers,
+        targets,
+    )
 
     cloudwatch.apply()
     launch_templates.apply()
@@ -64,4 +72,5 @@ def install(rt: Runtime) -> None:
     images.apply()
     instances.apply()
     targets.apply()
+    loadbalancers.apply()
     _installed = True

@@ -1,13 +1,17 @@
 """Give every Application Load Balancer's HTTP listener a data path: a `LocalLoadBalancer` proxy.
 
+Every load balancer's DNSName is a loopback address of its own (127.100.x.y, from the pool instance
+addresses come from), so `http://<DNSName>:<listener port>` works unchanged from boto3, the AWS
+CLI or Kiln, with no sandbox-only lookup and no DNS query leaving the machine.
+
 moto's elbv2 is configuration only. With real instances behind EC2 (a data plane), each HTTP
-listener whose default action forwards to a target group gets a real reverse proxy on a loopback
-port (not the listener's port: several sandboxes, and 80 may be taken), routing to the target
-group's routable targets as the health tracker sees them (healthy ones; all unhealthy ones when
-none is healthy — ALB fails open). Its metrics, and the target group's HealthyHostCount and
-UnHealthyHostCount once per period, go into CloudWatch under namespace AWS/ApplicationELB with
-the LoadBalancer and the TargetGroup+LoadBalancer dimensions, as ELB publishes them, where the
-alarm evaluator sees them. The proxies' URLs are listed by the admin API (/_kiln/load-balancers).
+listener whose default action forwards to a target group gets a real reverse proxy listening on
+that address at the listener's port, routing to the target group's routable targets as the health
+tracker sees them (healthy ones; all unhealthy ones when none is healthy — ALB fails open). Its
+metrics, and the target group's HealthyHostCount and UnHealthyHostCount once per period, go into
+CloudWatch under namespace AWS/ApplicationELB with the LoadBalancer and the
+TargetGroup+LoadBalancer dimensions, as ELB publishes them, where the alarm evaluator sees them.
+The proxies' URLs are listed by the admin API (/_kiln/load-balancers).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from release.clock import Clock
-from release.sandbox.alb import LocalLoadBalancer, MetricDatum
+from release.sandbox.alb import LocalLoadBalancer, MetricDatum, is_loopback
 from release.sandbox.health import TargetHealthTracker
 
 log = logging.getLogger("kiln.sandbox.alb")
@@ -96,9 +100,14 @@ class LoadBalancers:
                         continue
                     if proxy is not None:
                         proxy.balancer.stop()
+                    # Where the load balancer's DNS name points (a load balancer made before the
+                    # server had its address pool keeps moto's name: it listens on 127.0.0.1).
+                    at_home = is_loopback(lb.dns_name)
                     balancer = LocalLoadBalancer(
                         self._router(target_group),
                         self.clock,
+                        host=lb.dns_name if at_home else "127.0.0.1",
+                        port=int(listener.port) if at_home else 0,
                         period_seconds=PERIOD_AWS_SECONDS * self.time_scale,
                     )
                     balancer.start()
@@ -165,3 +174,18 @@ def _as_api(datum: MetricDatum, dimensions: list[dict[str, str]]) -> dict[str, A
         },
         "Unit": datum.unit,
     }
+
+
+def apply() -> None:
+    """CreateLoadBalancer answers a DNSName that is a loopback address of the load balancer's own."""
+    from moto.elbv2.models import ELBv2Backend
+
+    from release.sandbox import patches
+    from release.sandbox.patches._replace import replace
+
+    def create_load_balancer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        balancer = original(self, *args, **kwargs)
+        balancer.dns_name = patches.runtime().addresses.allocate()
+        return balancer
+
+    original = replace(ELBv2Backend, "create_load_balancer", create_load_balancer)
