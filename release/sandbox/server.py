@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl
 
 from release.clock import Clock, SystemClock
 from release.errors import KilnError
-from release.sandbox import ingress, paging, patches
+from release.sandbox import imds, ingress, paging, patches
 from release.sandbox.admin import AdminApi, AdminError
 from release.sandbox.calls import CallCounter
 from release.sandbox.contracts import DataPlane
@@ -163,6 +163,7 @@ class SandboxServer:
         self.engines: dict[tuple[str, str], RefreshEngine] = {}
         self.run_commands: dict[tuple[str, str], RunCommand] = {}
         self.base_image = base_image or BaseImage()
+        self.metadata = imds.InstanceMetadataService(self.clock)
         self._base_rootfs: Path | None = None
         self._published: dict[str, str] = {}  # region -> base AMI id
         self._stop = threading.Event()
@@ -484,6 +485,8 @@ class SandboxServer:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if path.startswith(imds.PREFIX):
+            return self._metadata_service(environ, start_response, path[len(imds.PREFIX):])
         if self.admin.handles(path):
             body = self._read_body(environ)
             status, payload = self.admin.handle(environ.get("REQUEST_METHOD", "GET"), path, body)
@@ -506,6 +509,17 @@ class SandboxServer:
         if fault.kind == "timeout":
             self.clock.sleep(fault.delay)  # the client's read timeout fires; the call took effect
         return answer
+
+    def _metadata_service(self, environ: dict[str, Any], start_response: StartResponse, path: str) -> Iterable[bytes]:
+        """An instance's IMDSv2 (imds.py), from what the data plane wrote for it at launch."""
+        lookup = getattr(self.runtime.dataplane, "instance_metadata", None)
+        metadata = lookup(path.partition("/")[0]) if callable(lookup) else None
+        headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
+                   if key.startswith("HTTP_")}
+        answer = self.metadata.handle(environ.get("REQUEST_METHOD", "GET"), path,
+                                      {imds.TOKEN_HEADER: headers.get(imds.TOKEN_HEADER.lower(), ""),
+                                       imds.TTL_HEADER: headers.get(imds.TTL_HEADER.lower(), "")}, metadata)
+        return self._send(start_response, Reply(answer.status, answer.body, answer.content_type))
 
     def _fault_for(self, call: Call | None) -> Injection | None:
         injection = self.faults.take(call) if call is not None else None

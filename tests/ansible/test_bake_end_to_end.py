@@ -27,6 +27,7 @@ from pathlib import Path
 import boto3
 import pytest
 from chroot_host import Host, chroot_host, free_port, kill_processes_in, stop, wait_for_port
+from imds_server import metadata_service
 from moto.ec2.models import ec2_backends
 from moto.server import ThreadedMotoServer
 from unitfile import parse_unit
@@ -299,22 +300,17 @@ def test_the_baked_image_boots_and_serves_through_nginx(bake: Bake) -> None:
     boot_unit = parse_unit((units / "webapp-boot.service").read_text())
     app_unit = parse_unit((units / "webapp.service").read_text())
 
-    # What the sandbox writes at launch: identity, user data and its endpoint.
-    (root / "etc/kiln/instance-metadata.json").write_text(
-        json.dumps(
-            {
-                "instance_id": "i-0e2e0000000000001",
-                "local_ipv4": BOOT_ADDRESS,
-                "region": "us-east-1",
+    # What the sandbox gives an instance: IMDSv2 (its identity and user data) and, in the AWS SDKs'
+    # own variables, where its AWS is. The image itself reads IMDS as on EC2.
+    identity = {"instance_id": "i-0e2e0000000000001", "local_ipv4": BOOT_ADDRESS, "region": "us-east-1",
                 "availability_zone": "us-east-1a",
-                "user_data": json.dumps({"secret_id": "webapp/e2e", "region": "us-east-1"}),
-                "aws_endpoint_url": bake.endpoint,
-                "aws_access_key_id": "testing",
-                "aws_secret_access_key": "testing",
-            }
-        )
-    )
-    booted = in_root(bake, *shlex.split(boot_unit["Service"]["ExecStart"][0]))
+                "user_data": json.dumps({"secret_id": "webapp/e2e", "region": "us-east-1"})}
+    with metadata_service(identity) as imds:
+        booted = subprocess.run(
+            ["chroot", str(root), *shlex.split(boot_unit["Service"]["ExecStart"][0])], capture_output=True, text=True,
+            timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
+                             "AWS_ENDPOINT_URL": bake.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                             "AWS_SECRET_ACCESS_KEY": "testing"})
     assert booted.returncode == 0, booted.stderr
     env_file = root / "etc/webapp/runtime.env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600

@@ -1,7 +1,7 @@
 """The boot script (ansible/roles/boot/files/webapp-boot), loaded from the repository as a module.
 
 Pure parts are tested table-style; the whole run is tested against moto's in-process Secrets
-Manager and STS, with a metadata file standing in for the sandbox's.
+Manager and STS, with IMDSv2 served on loopback by the sandbox's own metadata service.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import json
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import boto3
 import pytest
 from boot_module import SCRIPT, load_boot
+from imds_server import metadata_service
 from moto import mock_aws
 
 SECRET = {"JWT_SECRET": 's3cr"et $HOME `id` \\n', "DATABASE_URL": "postgresql://app:p%40ss@db:5432/app"}
@@ -147,9 +150,6 @@ IDENTITY = {
     "region": "us-east-1",
     "availability_zone": "us-east-1a",
     "user_data": '{"secret_id": "webapp/sandbox"}',
-    "aws_endpoint_url": None,
-    "aws_access_key_id": "testing",
-    "aws_secret_access_key": "testing",
 }
 
 
@@ -186,12 +186,22 @@ def aws(monkeypatch: pytest.MonkeyPatch):
         yield
 
 
-def paths(tmp_path: Path, identity: dict[str, object]) -> list[str]:
-    metadata = tmp_path / "instance-metadata.json"
-    metadata.write_text(json.dumps(identity), encoding="utf-8")
+Serve = Callable[[dict[str, object]], None]
+
+
+@pytest.fixture
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Serve]:
+    """serve(identity): the instance's metadata service answers with it from now on."""
+    with ExitStack() as stack:
+
+        def start(identity: dict[str, object]) -> None:
+            monkeypatch.setattr(boot, "IMDS_URL", stack.enter_context(metadata_service(identity)))
+
+        yield start
+
+
+def paths(tmp_path: Path) -> list[str]:
     return [
-        "--metadata-file",
-        str(metadata),
         "--env-file",
         str(tmp_path / "etc-webapp/runtime.env"),
         "--listen-file",
@@ -206,8 +216,9 @@ def read_env(path: Path) -> dict[str, str]:
     return {"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret, "WEBAPP_INSTANCE_ID": instance_id}
 
 
-def test_boot_writes_a_root_only_env_file_and_the_listen_address(aws: None, tmp_path: Path) -> None:
-    assert boot.main(paths(tmp_path, IDENTITY)) == 0
+def test_boot_writes_a_root_only_env_file_and_the_listen_address(aws: None, serve: Serve, tmp_path: Path) -> None:
+    serve(IDENTITY)
+    assert boot.main(paths(tmp_path)) == 0
 
     env_file = tmp_path / "etc-webapp/runtime.env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
@@ -217,13 +228,13 @@ def test_boot_writes_a_root_only_env_file_and_the_listen_address(aws: None, tmp_
     assert stat.S_IMODE(listen.stat().st_mode) == 0o644
     # Nothing but the two files: the temporary files were renamed into place.
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
-        "instance-metadata.json",
         "runtime.env",
         "webapp-listen.conf",
     ]
 
 
-def test_boot_assumes_the_role_from_user_data_first(aws: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_boot_assumes_the_role_from_user_data_first(aws: None, serve: Serve, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     iam = boto3.client("iam", region_name="us-east-1")
     role = iam.create_role(RoleName="webapp-secrets", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     user_data = json.dumps({"secret_id": "webapp/sandbox", "region": "us-east-1", "role_arn": role})
@@ -236,7 +247,8 @@ def test_boot_assumes_the_role_from_user_data_first(aws: None, tmp_path: Path, m
             return super().client(service_name, *args, **kwargs)
 
     monkeypatch.setattr(boto3, "Session", RecordingSession)
-    assert boot.main(paths(tmp_path, {**IDENTITY, "user_data": user_data})) == 0
+    serve({**IDENTITY, "user_data": user_data})
+    assert boot.main(paths(tmp_path)) == 0
 
     assert read_env(tmp_path / "etc-webapp/runtime.env")["JWT_SECRET"] == SECRET["JWT_SECRET"]
     # STS with the instance's credentials, then Secrets Manager with the role's session.
@@ -246,10 +258,10 @@ def test_boot_assumes_the_role_from_user_data_first(aws: None, tmp_path: Path, m
 
 
 def test_boot_fails_loudly_without_writing_anything(
-    aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: None, serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    user_data = json.dumps({"secret_id": "webapp/missing"})
-    assert boot.main(paths(tmp_path, {**IDENTITY, "user_data": user_data})) == 1
+    serve({**IDENTITY, "user_data": json.dumps({"secret_id": "webapp/missing"})})
+    assert boot.main(paths(tmp_path)) == 1
 
     err = capsys.readouterr().err
     assert "webapp-boot: secret webapp/missing in us-east-1" in err
@@ -258,23 +270,35 @@ def test_boot_fails_loudly_without_writing_anything(
     assert not (tmp_path / "webapp-listen.conf").exists()
 
 
-def test_boot_never_prints_a_secret_value(aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_boot_never_prints_a_secret_value(aws: None, serve: Serve, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     boto3.client("secretsmanager", region_name="us-east-1").create_secret(
         Name="webapp/half", SecretString=json.dumps({"JWT_SECRET": "do-not-print-me"})
     )
-    user_data = json.dumps({"secret_id": "webapp/half"})
-    assert boot.main(paths(tmp_path, {**IDENTITY, "user_data": user_data})) == 1
+    serve({**IDENTITY, "user_data": json.dumps({"secret_id": "webapp/half"})})
+    assert boot.main(paths(tmp_path)) == 1
 
     captured = capsys.readouterr()
     assert "missing or empty DATABASE_URL" in captured.err
     assert "do-not-print-me" not in captured.err + captured.out
 
 
-def test_boot_without_metadata_file_or_ec2_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_boot_without_a_metadata_service_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Point IMDS at a closed loopback port: the test must never dial 169.254.169.254.
     monkeypatch.setattr(boot, "IMDS_URL", "http://127.0.0.1:9")
-    with pytest.raises(boot.BootError, match=r"absent\.json and no IMDSv2 token"):
-        boot.run(tmp_path / "absent.json", tmp_path / "runtime.env", tmp_path / "listen.conf")
+    with pytest.raises(boot.BootError, match=r"no IMDSv2 token from http://127\.0\.0\.1:9"):
+        boot.run(tmp_path / "runtime.env", tmp_path / "listen.conf")
+
+
+def test_the_metadata_service_is_found_where_the_aws_sdks_look(tmp_path: Path) -> None:
+    """AWS_EC2_METADATA_SERVICE_ENDPOINT (what the sandbox sets) or EC2's own address."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from boot_module import load_boot; print(load_boot().IMDS_URL)"
+    here = str(Path(__file__).parent)
+    for value, expected in (("http://127.0.0.1:5000/_kiln/imds/i-1/", "http://127.0.0.1:5000/_kiln/imds/i-1"),
+                            (None, "http://169.254.169.254")):
+        env = {"PATH": "/usr/bin:/bin", **({"AWS_EC2_METADATA_SERVICE_ENDPOINT": value} if value else {})}
+        out = subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == expected
     assert list(tmp_path.iterdir()) == []
 
 

@@ -95,7 +95,6 @@ def test_roles_and_boot_script_agree_on_shared_paths() -> None:
     assert app["app_runtime_env"] == "{{ app_config_dir }}/runtime.env"
     assert app["app_config_dir"] == str(boot.ENV_FILE.parent) == "/etc/webapp"
     assert boot_role["boot_script"] == "/usr/local/sbin/webapp-boot"
-    assert str(boot.METADATA_FILE.parent) == boot_role["boot_metadata_dir"]
     assert base["base_app_user"] == app["app_user"] == "webapp"
     assert base["base_app_group"] == app["app_group"] == proxy["proxy_app_group"]
     shebang = (ROLES / "boot/files/webapp-boot").read_text().splitlines()[0]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from release.errors import SandboxError
+from release.sandbox import imds
 from release.sandbox.contracts import LaunchedInstance
 from release.sandbox.dataplane.rootfs import read_account, resolve_in_root
 
@@ -27,7 +28,10 @@ HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # what `ssh-keygen -A` makes on De
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-sandbox.conf"
 # sshd's AuthorizedKeysCommand for instances whose SSH their security groups decide (ssh_gate.py).
 SSH_GATE = "/etc/ssh/sandbox-ssh-gate"
-METADATA = "/etc/kiln/instance-metadata.json"
+METADATA = "/etc/kiln/instance-metadata.json"  # the sandbox's own record; the image never reads it
+# Every service of the instance talks to the sandbox the standard way: the AWS SDKs' own variables
+# (endpoint, credentials, where IMDS is) in a drop-in for all services (systemd's service.d/).
+AWS_DROPIN = "/etc/systemd/system/service.d/50-sandbox-aws.conf"
 # cloud-init's place for a user-data script; the instance's init runs it once, on first boot.
 USER_SCRIPT = "/var/lib/cloud/instance/scripts/part-001"
 
@@ -35,6 +39,7 @@ USER_SCRIPT = "/var/lib/cloud/instance/scripts/part-001"
 # files the instance itself changed afterwards (hash differs), which are the instance's own work.
 LAUNCH_FILES = (
     SSHD_DROPIN, SSH_GATE, "/etc/hostname", "/etc/hosts", "/etc/machine-id", "/etc/resolv.conf", METADATA,
+    AWS_DROPIN,
     f"/home/{DEFAULT_USER}/.ssh/authorized_keys", "/root/.ssh/authorized_keys",
 )  # fmt: skip
 
@@ -185,6 +190,14 @@ def inject(root: Path, spec: LaunchedInstance, identity: Identity) -> dict[str, 
     }
     # Readable by every local user, as the EC2 metadata service is.
     written[METADATA] = _write(root, METADATA, json.dumps(metadata, indent=2) + "\n", 0o644)
+    imds_url = imds.endpoint_for(identity.aws_endpoint_url, spec.instance_id)
+    written[AWS_DROPIN] = _write(root, AWS_DROPIN, (
+        "# Written at launch by the Kiln sandbox: where this instance's AWS is, in the AWS SDKs' own\n"
+        "# variables (on EC2 none is needed: IMDS at 169.254.169.254 and the instance role).\n[Service]\n"
+        f"Environment=AWS_ENDPOINT_URL={identity.aws_endpoint_url}\n"
+        f"Environment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds_url}\n"
+        f"Environment=AWS_ACCESS_KEY_ID={identity.aws_access_key_id}\n"
+        f"Environment=AWS_SECRET_ACCESS_KEY={identity.aws_secret_access_key}\n"), 0o644)
     if spec.public_key:
         account = read_account(root, DEFAULT_USER) or read_account(root, "root")
         if account is None:

@@ -221,6 +221,16 @@ class LocalDataPlane:
     def probe(self, ip: str, port: int, path: str, timeout: float) -> int | None:
         return http_probe(ip, port, path, timeout)
 
+    def instance_metadata(self, instance_id: str) -> dict[str, Any] | None:
+        """What the instance's metadata service answers (written at launch by cloudinit.inject);
+        None when the instance is gone or its root is not mounted."""
+        path = layout.rootfs(self._dir(instance_id)) / cloudinit.METADATA.lstrip("/")
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return document if isinstance(document, dict) else None
+
     def connection_source(self, client: tuple[str, int], server: tuple[str, int]) -> str | None:
         """The instance whose process opened the TCP connection from `client` to `server` (as the
         server sees it: its peer's address and port, its own); None for anything else, such as a

@@ -305,7 +305,9 @@ class UnitLoader:
         texts = [path.read_text(errors="replace")]
         dropins: dict[str, Path] = {}
         for directory in reversed(self._dirs()):  # higher precedence overrides same-named drop-ins
-            for base in filter(None, (template_instance, name)):
+            # "service.d/" applies to every service (systemd 246 and later), then the unit's own.
+            kind = name.rsplit(".", 1)[-1]
+            for base in filter(None, (kind, template_instance, name)):
                 d = directory / f"{base}.d"
                 if d.is_dir():
                     dropins.update({p.name: p for p in d.glob("*.conf")})

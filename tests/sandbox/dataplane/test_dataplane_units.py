@@ -131,6 +131,21 @@ def test_drop_ins_override_and_reset_lists_and_masking_wins(root: Path) -> None:
     assert "masked.service" in plan.masked and "masked.service" not in plan.order
 
 
+def test_service_d_drop_ins_apply_to_every_service_before_its_own(root: Path) -> None:
+    """systemd 246+: /etc/systemd/system/service.d/*.conf applies to every service (the sandbox
+    writes its AWS variables there); a unit's own drop-ins come after and may override."""
+    lib = "/usr/lib/systemd/system"
+    write_unit(root, lib, "boot.service", "[Service]\nType=oneshot\nExecStart=/boot\n")
+    write_unit(root, lib, "web.service", "[Service]\nExecStart=/web\n")
+    write_unit(root, "/etc/systemd/system/service.d", "50-aws.conf", "[Service]\nEnvironment=AWS_ENDPOINT_URL=x\n")
+    write_unit(root, "/etc/systemd/system/web.service.d", "60-own.conf", "[Service]\nEnvironment=OWN=1\n")
+    for name in ("boot.service", "web.service"):
+        enable(root, name)
+    plan = boot_plan(root)
+    assert plan.units["boot.service"].settings["Service.Environment"] == ["AWS_ENDPOINT_URL=x"]
+    assert plan.units["web.service"].settings["Service.Environment"] == ["AWS_ENDPOINT_URL=x", "OWN=1"]
+
+
 def test_missing_dependencies_and_cycles_are_reported(root: Path) -> None:
     lib = "/usr/lib/systemd/system"
     write_unit(root, lib, "a.service", "[Unit]\nAfter=b.service\nRequires=ghost.service\n[Service]\nExecStart=/a\n")
