@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from release.clock import SystemClock
-from release.sandbox.alb import LocalLoadBalancer
+from release.sandbox.engines.alb import LocalLoadBalancer
 
 
 class _Target(ThreadingHTTPServer):

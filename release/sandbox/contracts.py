@@ -1,7 +1,7 @@
 """The seams between the sandbox's parts.
 
 - The refresh engine (refresh.py) drives instance refreshes against a `Fleet`.
-- The moto-backed fleet (fleet.py) implements `Fleet` over moto's backends.
+- The moto-backed fleet (patches/fleet.py) implements `Fleet` over moto's backends.
 - The data plane (dataplane/) implements `DataPlane`; the control plane calls it when EC2
   launches, stops, starts, terminates or images an instance, and asks it for target health.
 - Run Command (ssm.py) hands a `Script` to whatever runs it inside an instance (the data plane's
@@ -55,7 +55,7 @@ class GroupView:
 
 
 class Fleet(Protocol):
-    """What the refresh engine may observe and do. Implemented over moto in fleet.py."""
+    """What the refresh engine may observe and do. Implemented over moto in patches/fleet.py."""
 
     def group(self, name: str) -> GroupView:
         """Raise KeyError when the group does not exist."""

@@ -42,21 +42,22 @@ from urllib.parse import parse_qsl
 
 from release.clock import Clock, SystemClock
 from release.errors import KilnError
-from release.sandbox import imds, ingress, paging, patches
+from release.sandbox import paging, patches
 from release.sandbox.admin import AdminApi, AdminError
 from release.sandbox.calls import CallCounter
 from release.sandbox.contracts import DataPlane
+from release.sandbox.engines import imds, ingress
+from release.sandbox.engines.refresh import RefreshEngine, RefreshError
+from release.sandbox.engines.ssm import Agent, RunCommand, SsmError
 from release.sandbox.faults import Call, FaultBook, Injection, identify, render_error
-from release.sandbox.fleet import MotoFleet, sweep_elb_health
-from release.sandbox.managed import MotoNodes
 from release.sandbox.patches import images, launch_templates
 from release.sandbox.patches.addresses import LoopbackAddresses
 from release.sandbox.patches.cloudwatch import AlarmEvaluator
+from release.sandbox.patches.fleet import MotoFleet, sweep_elb_health
 from release.sandbox.patches.loadbalancers import LoadBalancers
+from release.sandbox.patches.managed import MotoNodes
 from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
 from release.sandbox.provision import BASE_IMAGE_NAME, DEBIAN_OWNER_ID
-from release.sandbox.refresh import RefreshEngine, RefreshError
-from release.sandbox.ssm import Agent, RunCommand, SsmError
 from release.sandbox.wire import JsonWire, Reply, RequestContext, ServiceWire, WireError, new_request_id, wire_for
 
 log = logging.getLogger("kiln.sandbox")

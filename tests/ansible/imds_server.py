@@ -1,5 +1,5 @@
 """An instance metadata service on loopback, for tests of the boot script: the sandbox's own IMDSv2
-(release/sandbox/imds.py) behind a small HTTP server, answering for one instance at its root URL
+(release/sandbox/engines/imds.py) behind a small HTTP server, answering for one instance at its root URL
 (what AWS_EC2_METADATA_SERVICE_ENDPOINT names)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from release.clock import SystemClock
-from release.sandbox.imds import TOKEN_HEADER, TTL_HEADER, InstanceMetadataService
+from release.sandbox.engines.imds import TOKEN_HEADER, TTL_HEADER, InstanceMetadataService
 
 
 @contextmanager

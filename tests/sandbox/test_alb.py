@@ -14,9 +14,9 @@ import pytest
 
 from release.clock import FakeClock
 from release.errors import UsageError
-from release.sandbox.alarms import AlarmDefinition, MetricStore, evaluate
-from release.sandbox.alb import LocalLoadBalancer, MetricDatum
-from release.sandbox.health import HealthCheckConfig, Probe, TargetHealthTracker
+from release.sandbox.engines.alarms import AlarmDefinition, MetricStore, evaluate
+from release.sandbox.engines.alb import LocalLoadBalancer, MetricDatum
+from release.sandbox.engines.health import HealthCheckConfig, Probe, TargetHealthTracker
 
 
 class _Target(ThreadingHTTPServer):

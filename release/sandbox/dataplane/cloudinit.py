@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from release.errors import SandboxError
-from release.sandbox import imds
 from release.sandbox.contracts import LaunchedInstance
 from release.sandbox.dataplane.rootfs import read_account, resolve_in_root
+from release.sandbox.engines import imds
 
 DEFAULT_USER = "admin"
 HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # what `ssh-keygen -A` makes on Debian 12

@@ -20,7 +20,14 @@ from typing import Any
 
 from release.clock import Clock
 from release.errors import UsageError
-from release.sandbox.alarms import INITIAL_STATE, AlarmDefinition, AlarmState, MetricStore, StatisticSet, evaluate
+from release.sandbox.engines.alarms import (
+    INITIAL_STATE,
+    AlarmDefinition,
+    AlarmState,
+    MetricStore,
+    StatisticSet,
+    evaluate,
+)
 from release.sandbox.patches._replace import replace
 
 log = logging.getLogger("kiln.sandbox.alarms")

@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from release.clock import Clock
-from release.sandbox.alb import LocalLoadBalancer, MetricDatum, is_loopback
-from release.sandbox.health import TargetHealthTracker
+from release.sandbox.engines.alb import LocalLoadBalancer, MetricDatum, is_loopback
+from release.sandbox.engines.health import TargetHealthTracker
 
 log = logging.getLogger("kiln.sandbox.alb")
 

@@ -24,7 +24,7 @@ from typing import Any
 from release.clock import Clock
 from release.errors import UsageError
 from release.sandbox.contracts import DataPlane
-from release.sandbox.health import HealthCheckConfig, Probe, TargetHealthTracker, TargetState
+from release.sandbox.engines.health import HealthCheckConfig, Probe, TargetHealthTracker, TargetState
 from release.sandbox.patches._replace import replace
 
 log = logging.getLogger("kiln.sandbox.targets")

@@ -16,7 +16,7 @@ from typing import Any
 
 from release.clock import FakeClock
 from release.sandbox.contracts import GroupView, Member
-from release.sandbox.refresh import RefreshEngine
+from release.sandbox.engines.refresh import RefreshEngine
 
 GROUP = "app-asg"
 TEMPLATE_ID = "lt-0123456789abcdef0"

@@ -9,7 +9,7 @@ import pytest
 
 from release.clock import FakeClock
 from release.errors import UsageError
-from release.sandbox.alarms import (
+from release.sandbox.engines.alarms import (
     INITIAL_STATE,
     AlarmDefinition,
     AlarmState,

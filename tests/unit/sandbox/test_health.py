@@ -8,7 +8,7 @@ import pytest
 
 from release.clock import FakeClock
 from release.errors import UsageError
-from release.sandbox.health import (
+from release.sandbox.engines.health import (
     REGISTRATION_DELAY_S,
     HealthCheckConfig,
     Probe,

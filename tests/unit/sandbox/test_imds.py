@@ -1,11 +1,11 @@
-"""The sandbox's instance metadata service (release/sandbox/imds.py): IMDSv2 as EC2 serves it."""
+"""The sandbox's instance metadata service (release/sandbox/engines/imds.py): IMDSv2 as EC2 serves it."""
 
 from __future__ import annotations
 
 import json
 
 from release.clock import FakeClock
-from release.sandbox.imds import TOKEN_HEADER, TTL_HEADER, InstanceMetadataService, endpoint_for
+from release.sandbox.engines.imds import TOKEN_HEADER, TTL_HEADER, InstanceMetadataService, endpoint_for
 
 META = {"instance_id": "i-1", "image_id": "ami-1", "local_ipv4": "127.100.1.5", "region": "eu-central-1",
         "availability_zone": "eu-central-1a", "user_data": '{"secret_id": "s"}'}

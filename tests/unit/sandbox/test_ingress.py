@@ -12,7 +12,7 @@ import pytest
 
 from release.sandbox.admin import AdminApi
 from release.sandbox.dataplane import peers, ssh_gate
-from release.sandbox.ingress import Permission, Source, admits
+from release.sandbox.engines.ingress import Permission, Source, admits
 from release.sandbox.patches.targets import AdminHealthPolicy
 
 BASTION_SG, APP_SG, OTHER_SG = "sg-0bastion", "sg-0app", "sg-0other"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from release.sandbox.refresh import RefreshError
+from release.sandbox.engines.refresh import RefreshError
 
 from .fakes import GROUP, FakeFleet, Rig
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from release.sandbox.refresh import RefreshEngine, RefreshError
+from release.sandbox.engines.refresh import RefreshEngine, RefreshError
 
 from .fakes import GROUP, TEMPLATE_NAME, FakeFleet, Rig, desired
 

@@ -1,4 +1,4 @@
-"""Run Command's engine (release/sandbox/ssm.py) and who is managed (managed.py), on a fake clock.
+"""Run Command's engine (release/sandbox/engines/ssm.py) and who is managed (managed.py), on a fake clock.
 
 Nodes and the agent are fakes: a test says which instances exist, are managed and online, and
 when (and how) each script ends. No process runs and nothing sleeps.
@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from release.clock import FakeClock
-from release.sandbox import managed, ssm
 from release.sandbox.contracts import Finished, Script
-from release.sandbox.ssm import Node, RunCommand, SsmError
+from release.sandbox.engines import ssm
+from release.sandbox.engines.ssm import Node, RunCommand, SsmError
+from release.sandbox.patches import managed
 
 A, B, C = "i-0aaaaaaaaaaaaaaa1", "i-0bbbbbbbbbbbbbbb2", "i-0ccccccccccccccc3"
 SCALE = 0.1

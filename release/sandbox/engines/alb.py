@@ -47,7 +47,7 @@ from types import TracebackType
 
 from release.clock import Clock
 from release.errors import SandboxError, UsageError
-from release.sandbox.alarms import StatisticSet
+from release.sandbox.engines.alarms import StatisticSet
 
 DEFAULT_PERIOD_S = 60.0
 DEFAULT_IDLE_TIMEOUT_S = 60.0  # ALB's idle_timeout.timeout_seconds default

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from release.sandbox.ssm import Node
+from release.sandbox.engines.ssm import Node
 
 log = logging.getLogger("kiln.sandbox.ssm")
 

@@ -85,7 +85,7 @@ from typing import Any
 
 from release.clock import Clock
 from release.sandbox.contracts import Fleet, GroupView, Member
-from release.sandbox.refresh_prefs import (
+from release.sandbox.engines.refresh_prefs import (
     InvalidRequest,
     Preferences,
     TemplateRef,
