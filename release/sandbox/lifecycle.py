@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from release.errors import SandboxError
+from release.sandbox.processes import alive
 
 SERVER_MODULE = "release.sandbox.server"
 DEFAULT_TIME_SCALE = 0.1  # the server's default: one AWS second lasts 0.1 s
@@ -102,13 +103,9 @@ def _reap(pid: int) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """Running and not a zombie."""
+    """Running and not a zombie (a child of ours that exited is reaped first)."""
     _reap(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return alive(pid)
 
 
 def _is_our_server(pid: int, state_dir: Path) -> bool:

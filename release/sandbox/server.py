@@ -56,7 +56,7 @@ from release.sandbox.patches.cloudwatch import AlarmEvaluator
 from release.sandbox.patches.fleet import MotoFleet, sweep_elb_health
 from release.sandbox.patches.loadbalancers import LoadBalancers
 from release.sandbox.patches.managed import MotoNodes
-from release.sandbox.patches.targets import ProbeFn, TargetHealthBook
+from release.sandbox.patches.targets import TargetHealthBook
 from release.sandbox.provision import BASE_IMAGE_NAME, DEBIAN_OWNER_ID
 from release.sandbox.wire import JsonWire, Reply, RequestContext, ServiceWire, WireError, new_request_id, wire_for
 
@@ -192,11 +192,6 @@ class SandboxServer:
             self.targets.probe = dataplane_probe(dataplane, self.targets.policy) if dataplane else self.targets.policy
             for key in list(getattr(self, "run_commands", {})):  # made again, with the new data plane
                 del self.run_commands[key]
-
-    def set_health_probe(self, probe: ProbeFn) -> None:
-        """Replace what one target health check does (health.Probe -> (status, timed_out))."""
-        with self.lock:
-            self.targets.probe = probe
 
     # ---- the base image -----------------------------------------------------------------------
 

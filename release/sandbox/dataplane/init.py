@@ -47,6 +47,7 @@ from release.sandbox.dataplane.units import (
     parse_environment_file,
     parse_seconds,
 )
+from release.sandbox.processes import alive
 
 FINAL_KILL_GRACE_S = 3.0
 USER_SCRIPT_TIMEOUT_S = 600.0
@@ -470,16 +471,16 @@ class Init:
         except (RuntimeError, OSError) as err:
             self.log(f"{unit.name}: {err}")
         main = state.main_pid
-        if main and _alive(main):
+        if main and alive(main):
             kill_signal = _signal_named(unit.get("Service.KillSignal", "SIGTERM") or "SIGTERM")
             mode = unit.get("Service.KillMode", "control-group")
             _kill(main, kill_signal)
             if mode == "control-group":
                 _kill(-main, kill_signal)  # its process group: what setsid() gave the service
             deadline = time.monotonic() + timeout
-            while _alive(main) and time.monotonic() < deadline:
+            while alive(main) and time.monotonic() < deadline:
                 self.pump(0.05)
-            if _alive(main):
+            if alive(main):
                 self.log(f"{unit.name}: did not stop within {timeout:.0f}s, killing it")
                 _kill(main, signal.SIGKILL)
             if mode in ("control-group", "mixed"):
@@ -601,19 +602,6 @@ def _signal_named(name: str) -> signal.Signals:
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still "exists" for kill(0); it is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _has_children() -> bool:
