@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 # The tree that is baked (app/, ansible/, packer/), wherever the config file comes from.
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -47,3 +47,11 @@ def test_a_core_module_does_no_io_itself(name: str) -> None:
 def test_the_check_catches_an_adapter() -> None:
     """The check itself works: the command layer does load boto3."""
     assert "boto3" in loaded_by("release.commands.deploy")
+
+
+def test_the_commands_bake_the_project_they_ship_in() -> None:
+    """The tree `inv bake` bakes (app/, ansible/, packer/) is the repository's, wherever the
+    command modules sit in the package."""
+    from release.commands.context import PROJECT
+
+    assert all((PROJECT / part).is_dir() for part in ("app", "ansible", "packer")), PROJECT
