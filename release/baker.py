@@ -392,7 +392,8 @@ class Baker:
         known_hosts or the bastion instance's console output — and write the key it proved to the
         known_hosts file Ansible's jump checks (Packer's own connection checks none). A bastion Kiln
         cannot log in to fails the bake here, before any build instance is launched."""
-        from release.ssh import Ssh, host_label  # paramiko: only when there is a bastion to trust
+        from release.hostkeys import host_label
+        from release.ssh import Ssh  # paramiko: only when there is a bastion to trust
 
         with Ssh(self.env.ssh, use_agent=True, console_output=self.cloud.console_output,
                  locate_bastion=self.cloud.running_instance_named, bastion_key=self.bastion_key) as ssh:

@@ -144,3 +144,15 @@ class RollbackFailed(KilnError):
 
 class DriftDetected(KilnError):
     exit_code = EXIT_DRIFT
+
+
+class SshError(KilnError):
+    """An SSH connection or command failed: unreachable, refused, timed out, or not authorised."""
+
+
+class HostKeyRejected(SshError):
+    """The server offered a host key Kiln cannot verify. Never accepted, never remembered."""
+
+
+class CommandTimeout(SshError):
+    """A remote command did not finish within its timeout."""

@@ -36,11 +36,12 @@ from release.commands import deploy
 from release.commands import fleet as fleet_audit
 from release.commands import images as amis
 from release.commands import sandbox as local_cloud
-from release.errors import BakeError, DriftDetected, GateFailed, NotFound, UsageError
+from release.errors import BakeError, DriftDetected, GateFailed, NotFound, SshError, UsageError
+from release.hostkeys import parse_console_output
 from release.plan import Plan, Request, make_plan
 from release.record import Lease, Outcome, ReleaseRecord
 from release.sandbox import lookup, stack
-from release.ssh import Ssh, SshError, parse_console_output
+from release.ssh import Ssh
 from release.ui import UI
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -16,14 +16,9 @@ import paramiko
 import pytest
 
 from release.config import SshSettings
-from release.ssh import (
-    CommandTimeout,
-    HostKeyRejected,
-    Ssh,
-    SshError,
-    Timeouts,
-    fingerprint,
-)
+from release.errors import CommandTimeout, HostKeyRejected, SshError
+from release.hostkeys import fingerprint
+from release.ssh import Ssh, Timeouts
 
 from .conftest import VersionServer
 from .servers import SPARE_ADDRESS, SshServer, free_port, keygen, process_tree, start_sshd, stop_sshd, tcp_socket_owners

@@ -9,8 +9,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from release.ssh import (
-    HostKeyRejected,
+from release.errors import HostKeyRejected
+from release.hostkeys import (
     KnownHostsRecorder,
     TrustedKeys,
     fingerprint,

@@ -25,9 +25,9 @@ from release.audit import (
     parse_sha256sum,
     smoke_checks,
 )
-from release.errors import EXIT_DRIFT, DriftDetected
+from release.errors import EXIT_DRIFT, DriftDetected, SshError
 from release.model import GroupState, InstanceState, LiveRelease
-from release.ssh import CommandResult, HttpResponse, SshError
+from release.ssh import CommandResult, HttpResponse
 
 EXPECTED = ExpectedRelease(version="1.4.2", fingerprint="sha256:f00d", image_id="ami-0new", template_version="7")
 INSTANCE = FleetInstance("i-1", "127.100.0.5", "ami-0new", "7")
