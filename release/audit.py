@@ -13,9 +13,7 @@ For each instance it compares, against the release that should be live:
 An instance that cannot be reached is reported as such; it never stops the audit of the others.
 
 The same pieces serve two other callers: `probe_release()` is what the release gate asks of
-each new instance (GET /version and /health through the jump), and `smoke_check()` is the
-bake's smoke test of a fresh image (SSH with a verified host key, services, /health, /version,
-the baked files).
+each new instance (GET /version and /health), and smoke.py's checks of a fresh image.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from typing import Any, Protocol
 from packaging.version import InvalidVersion, Version
 
 from release.errors import DriftDetected, KilnError
-from release.model import Check, GroupState, Lifecycle, LiveRelease
+from release.model import GroupState, Lifecycle, LiveRelease
 from release.ssh import CommandResult, HttpResponse
 
 APP_ROOT = "/opt/webapp"
@@ -486,51 +484,3 @@ def probe_release(reach: Reach, address: str, *, http_port: int = HTTP_PORT, tim
     except Exception as err:
         return version, None, f"GET /health failed: {err}"
     return version, health.status == 200, f"HTTP {health.status}" + (f"; {problem}" if problem else "")
-
-
-# Which smoke check each kind of FieldDrift belongs to (every name judge() produces).
-SMOKE_CHECK_OF_FIELD = {
-    "image_id": "image", "template_version": "image",
-    "version": "/version", "fingerprint": "/version", "/version": "/version",
-    "manifest": "files", "files": "files",
-    "services": "services",
-}  # fmt: skip
-
-
-def smoke_checks(verdict: InstanceVerdict, health: HttpResponse | str | None) -> tuple[Check, ...]:
-    """The smoke test's checks from an audit verdict and the /health answer (or why it failed). Pure."""
-    if verdict.reason is not None:  # judge() sets a reason only when SSH did not get through
-        return (Check("ssh", False, "; ".join(verdict.details())),)
-    problems: dict[str, list[str]] = {name: [] for name in ("image", "services", "/version", "files")}
-    for drift in verdict.fields:
-        problems[SMOKE_CHECK_OF_FIELD[drift.name]].append(str(drift))
-    problems["files"] += [line for line in verdict.details() if line.startswith(("changed:", "added:", "missing:"))]
-    problems["services"] += [f"not running: {name}" for name in verdict.services_down]
-    if isinstance(health, HttpResponse):
-        health_check = Check("/health", health.status == 200, f"HTTP {health.status}")
-    else:
-        health_check = Check("/health", False, health or "not checked")
-    fine = {"image": "as launched", "services": "running", "/version": "serves the baked version and fingerprint",
-            "files": "match the baked manifest"}  # fmt: skip
-    checks = [Check(name, not found, "; ".join(found) or fine[name]) for name, found in problems.items()]
-    return (Check("ssh", True, "host key verified, logged in"), *checks, health_check)
-
-
-def smoke_check(
-    reach: Reach,
-    instance: FleetInstance,
-    expected: ExpectedRelease,
-    *,
-    services: Sequence[ServiceCheck] = DEFAULT_SERVICES,
-    app_root: str = APP_ROOT,
-    http_port: int = HTTP_PORT,
-) -> tuple[Check, ...]:
-    """The bake's smoke test of one instance from a fresh image; every check passes or says why."""
-    observed = observe(reach, instance, expected, services=services, app_root=app_root, http_port=http_port)
-    health: HttpResponse | str | None = None
-    if observed.unreachable is None and instance.private_ip:
-        try:
-            health = reach.http_get(instance.private_ip, http_port, "/health", instance_id=instance.instance_id)
-        except KilnError as err:
-            health = f"GET /health failed: {err}"
-    return smoke_checks(judge(expected, observed), health)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from release.cloud import Cloud
 from release.config import Environment
 from release.errors import BakeError, KilnError
 from release.model import Check
-from release.ssh import Timeouts, new_key_pair
+from release.ssh import HttpResponse, Timeouts, new_key_pair
 
 BOOT_TIMEOUT = 300  # seconds for the instance to run and its services to pass every check
 READY_TIMEOUT = 45  # once SSH, services and files are fine: how long /health may take to say 200
@@ -76,7 +76,7 @@ def _checks_until_green(reach: audit.Reach, instance: audit.FleetInstance, expec
     deadline = clock.now() + timedelta(seconds=BOOT_TIMEOUT)
     while True:
         try:
-            checks = audit.smoke_check(reach, instance, expected)
+            checks = smoke_check(reach, instance, expected, access=access)
         except KilnError as err:
             checks = (Check(access, False, str(err)),)
         failing = [c for c in checks if not c.ok]
@@ -87,3 +87,55 @@ def _checks_until_green(reach: audit.Reach, instance: audit.FleetInstance, expec
             deadline = min(deadline, clock.now() + timedelta(seconds=READY_TIMEOUT))
         on_step(f"smoke test: waiting for {failing[0].name} ({failing[0].detail[:80]})")
         clock.sleep(POLL)
+
+
+# Which smoke check each kind of FieldDrift belongs to (every name judge() produces).
+SMOKE_CHECK_OF_FIELD = {
+    "image_id": "image", "template_version": "image",
+    "version": "/version", "fingerprint": "/version", "/version": "/version",
+    "manifest": "files", "files": "files",
+    "services": "services",
+}  # fmt: skip
+
+
+def smoke_checks(verdict: audit.InstanceVerdict, health: HttpResponse | str | None, *,
+                 access: str = "ssh") -> tuple[Check, ...]:
+    """The smoke test's checks from an audit verdict and the /health answer (or why it failed). Pure.
+    The first check is the way in (`access`): SSH with a verified host key, or SSM Run Command."""
+    if verdict.reason is not None:  # judge() sets a reason only when the way in did not get through
+        return (Check(access, False, "; ".join(verdict.details())),)
+    problems: dict[str, list[str]] = {name: [] for name in ("image", "services", "/version", "files")}
+    for drift in verdict.fields:
+        problems[SMOKE_CHECK_OF_FIELD[drift.name]].append(str(drift))
+    problems["files"] += [line for line in verdict.details() if line.startswith(("changed:", "added:", "missing:"))]
+    problems["services"] += [f"not running: {name}" for name in verdict.services_down]
+    if isinstance(health, HttpResponse):
+        health_check = Check("/health", health.status == 200, f"HTTP {health.status}")
+    else:
+        health_check = Check("/health", False, health or "not checked")
+    fine = {"image": "as launched", "services": "running", "/version": "serves the baked version and fingerprint",
+            "files": "match the baked manifest"}  # fmt: skip
+    checks = [Check(name, not found, "; ".join(found) or fine[name]) for name, found in problems.items()]
+    way_in = "host key verified, logged in" if access == "ssh" else "SSM Run Command reached the instance"
+    return (Check(access, True, way_in), *checks, health_check)
+
+
+def smoke_check(
+    reach: audit.Reach,
+    instance: audit.FleetInstance,
+    expected: audit.ExpectedRelease,
+    *,
+    access: str = "ssh",
+    services: Sequence[audit.ServiceCheck] = audit.DEFAULT_SERVICES,
+    app_root: str = audit.APP_ROOT,
+    http_port: int = audit.HTTP_PORT,
+) -> tuple[Check, ...]:
+    """The bake's smoke test of one instance from a fresh image; every check passes or says why."""
+    observed = audit.observe(reach, instance, expected, services=services, app_root=app_root, http_port=http_port)
+    health: HttpResponse | str | None = None
+    if observed.unreachable is None and instance.private_ip:
+        try:
+            health = reach.http_get(instance.private_ip, http_port, "/health", instance_id=instance.instance_id)
+        except KilnError as err:
+            health = f"GET /health failed: {err}"
+    return smoke_checks(audit.judge(expected, observed), health, access=access)

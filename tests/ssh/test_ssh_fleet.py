@@ -23,9 +23,9 @@ from release.audit import (
     ServiceCheck,
     audit,
     probe_release,
-    smoke_check,
 )
 from release.config import SshSettings
+from release.smoke import smoke_check
 from release.ssh import Ssh, Timeouts
 
 from .conftest import VersionServer

@@ -12,7 +12,6 @@ import pytest
 
 from release.audit import (
     DEFAULT_SERVICES,
-    SMOKE_CHECK_OF_FIELD,
     ExpectedRelease,
     Finding,
     FleetInstance,
@@ -23,10 +22,10 @@ from release.audit import (
     in_service,
     judge,
     parse_sha256sum,
-    smoke_checks,
 )
 from release.errors import EXIT_DRIFT, DriftDetected, SshError
 from release.model import GroupState, InstanceState, LiveRelease
+from release.smoke import SMOKE_CHECK_OF_FIELD, smoke_checks
 from release.ssh import CommandResult, HttpResponse
 
 EXPECTED = ExpectedRelease(version="1.4.2", fingerprint="sha256:f00d", image_id="ami-0new", template_version="7")
@@ -282,6 +281,13 @@ def test_smoke_checks_all_pass_for_a_good_instance() -> None:
     checks = _checks(GOOD)
     assert list(checks) == ["ssh", "image", "services", "/version", "files", "/health"]
     assert all(ok for ok, _ in checks.values())
+
+
+def test_with_ssm_the_way_in_is_named_so() -> None:
+    first = smoke_checks(judge(EXPECTED, GOOD), HEALTHY, access="ssm")[0]
+    assert (first.name, first.ok, first.detail) == ("ssm", True, "SSM Run Command reached the instance")
+    unreachable = smoke_checks(judge(EXPECTED, Reading(INSTANCE, unreachable="Undeliverable")), None, access="ssm")
+    assert [(c.name, c.ok) for c in unreachable] == [("ssm", False)]
 
 
 @pytest.mark.parametrize(
