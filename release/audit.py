@@ -14,6 +14,9 @@ An instance that cannot be reached is reported as such; it never stops the audit
 
 The same pieces serve two other callers: `probe_release()` is what the release gate asks of
 each new instance (GET /version and /health), and smoke.py's checks of a fresh image.
+
+Why one module (~500 lines): the audit's model, its pure judgement and its reads go together;
+the judgement is tested alone (tests/unit/test_audit.py).
 """
 
 from __future__ import annotations

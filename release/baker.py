@@ -11,6 +11,9 @@ first when its fingerprint has no image, then the app; an app-only change bakes 
 Two bakes of the same version with different inputs are two AMIs with the same `kiln:version`
 and different `kiln:fingerprint`; `inv release --version` takes the newest validated one
 (see plan.choose_ami).
+
+Why one module (~450 lines): the bake plan and its run share the layers' fingerprints and
+Packer's variables; the two layers are one loop.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The AWS side of a release in Kiln's words: `Cloud` reads and changes one environment's region
 (images, launch templates, the group, its refreshes, target health, alarms) and returns
 release.model types. It talks to AWS only through aws.Aws (the session, retries and errors).
+
+Why one module (~600 lines): every AWS read and write Kiln makes, each a short method; the
+IAM policy test and the contract tests walk this one class.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ timeline of the gate (the refresh's percentage, each poll's checks, the alarms, 
 instance coloured by version, with its lifecycle and health) with the moment the gate failed and
 the rollback began; and the journal. Everything that comes from outside (instance ids, reasons,
 journal messages, names) is escaped.
+
+Why one module (~600 lines): one self-contained HTML file; its CSS, SVG timeline and tables are
+rendered together and share one scale and palette.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ Safety, in the order it matters:
   DesiredConfiguration, which AWS applies only on success.
 - The gate never blocks: each observation runs with a time budget (poll interval + slack), probes
   run in the background, transient AWS errors are retried until the gate's deadline.
+
+Why one module (~700 lines): the steps share the fencing, the journal and the one record; split
+apart, the invariants (every mutation fenced, each step saved before the next) would be spread
+across files. The gate's judgement is gate.py; the cloud and the ledger come in as ports.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ How Kiln reaches an instance:
   file, so the next contact does not need the console.
 
 Everything here returns data; nothing prints.
+
+Why one module (~450 lines): a connection, the jump through the bastion and the remote helpers
+share one transport's lifecycle (host-key trust is hostkeys.py).
 """
 
 from __future__ import annotations

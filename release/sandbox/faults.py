@@ -23,6 +23,9 @@ code is returned as given, with status 400 unless told otherwise.
 Only requests whose operation the sandbox can name are matched: query and EC2 `Action` (query
 string or form body), JSON `X-Amz-Target`, and Smithy RPC v2 CBOR paths. REST services (S3) are
 never faulted.
+
+Why one module (~500 lines): a fault rule's parsing, matching and the service's own error wire
+format (query, JSON, XML) belong together.
 """
 
 from __future__ import annotations

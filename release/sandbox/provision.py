@@ -12,6 +12,9 @@ the app's Secrets Manager secret.
 Idempotent: everything is looked up by name first and created only when missing; nothing that
 exists is changed (the secret keeps its JWT_SECRET). Boto3 clients come from the caller's
 factory `(service, region) -> client`, so this module never imports boto3 itself.
+
+Why one module (~450 lines): the seed is one ordered story (network, roles, template, group,
+balancer, alarms) whose steps share ids.
 """
 
 from __future__ import annotations

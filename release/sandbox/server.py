@@ -20,6 +20,9 @@ by `time_scale` (0.1: a 300 s instance warmup takes 30 s). With `--dataplane`, i
 (docs/dataplane.md). The fidelity record is docs/sandbox.md.
 
 Binds 127.0.0.1 only.
+
+Why one module (~700 lines): the WSGI entry point of the sandbox: routing, the one lock and the
+ticker; each AWS behaviour it serves lives in engines/ or patches/.
 """
 
 from __future__ import annotations
