@@ -22,7 +22,7 @@ from release.sandbox.provision import SeedResources
 
 REGION = "us-east-1"
 NO_RETRIES = Config(retries={"total_max_attempts": 1})  # {"max_attempts": 1} would still retry once
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 INV = Path(sys.executable).parent / "inv"
 
 

@@ -22,7 +22,7 @@ from release.sandbox import lifecycle, stack
 from release.sandbox.lifecycle import SandboxInfo
 from release.ui import UI
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 OWNER = "136693071363"
 
 
