@@ -89,7 +89,7 @@ FINAL = {Phase.SUCCEEDED: Outcome.SUCCEEDED, Phase.ROLLED_BACK: Outcome.ROLLED_B
          Phase.ROLLBACK_FAILED: Outcome.ROLLBACK_FAILED, Phase.FAILED: Outcome.FAILED}
 
 # Named points between steps, and between each mutating call and its record. A test (or a
-# person rehearsing a crash) can stop the process at any of them: KILN_CRASH_AT (commands.py).
+# person rehearsing a crash) can stop the process at any of them: KILN_CRASH_AT (commands/deploy.py).
 CHECKPOINTS = (
     "locked", "template-created", "template-saved", "refresh-started", "refresh-saved", "gating",
     "gate-passed", "default-set", "rollback-started", "rollback-saved", "rollback-watching", "default-restored",

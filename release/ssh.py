@@ -1,4 +1,4 @@
-"""The one SSH module: strict host keys, the bastion jump, and a few remote helpers.
+"""SSH connections: directly or through the bastion, with the host keys hostkeys.py trusts, and a few remote helpers.
 
 How Kiln reaches an instance:
 

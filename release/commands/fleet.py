@@ -1,4 +1,4 @@
-"""`inv audit.verify`: audit every in-service instance against what was baked (audit.py)."""
+"""`inv fleet.verify`: audit every in-service instance against what was baked (audit.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Start, find, stop and reset the sandbox server: a detached process on a loopback port.
+"""Start, find and stop the sandbox server: a detached process on a loopback port.
 
     info = up(state_dir)          # starts it (or reuses the running one) and waits until it answers
     status(state_dir)             # SandboxInfo, or None when none is running

@@ -482,7 +482,7 @@ class Cli:
 
 # Where the real CLI is killed (SIGKILL): one of each kind of step boundary, each followed by both
 # ways out. Every checkpoint (12 of them) and both ways out are also driven on fakes in
-# tests/unit/test_machine.py; KILN_CRASH_MATRIX=all runs every checkpoint here too.
+# tests/unit/test_rollout.py; KILN_CRASH_MATRIX=all runs every checkpoint here too.
 CRASH_POINTS = ["template-created", "refresh-started", "gating", "default-set"]
 if os.environ.get("KILN_CRASH_MATRIX") == "all":
     CRASH_POINTS = ["locked", "template-created", "template-saved", "refresh-started", "refresh-saved", "gating",
