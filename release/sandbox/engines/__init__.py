@@ -7,5 +7,6 @@ moto import (patches/ connects them to moto's state; the data plane runs the ins
 - alb.py — the Application Load Balancer's data path (a reverse proxy) and its metrics;
 - ssm.py — Systems Manager Run Command (invocations, statuses, timeouts, output limits);
 - imds.py — the instance metadata service (IMDSv2);
-- ingress.py — security group rules, for SSH logins.
+- ingress.py — security group rules, for SSH logins;
+- errors.py — the error an engine raises where AWS answers with one.
 """

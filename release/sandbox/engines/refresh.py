@@ -85,6 +85,7 @@ from typing import Any
 
 from release.clock import Clock
 from release.sandbox.contracts import Fleet, GroupView, Member
+from release.sandbox.engines.errors import ServiceError
 from release.sandbox.engines.refresh_prefs import (
     InvalidRequest,
     Preferences,
@@ -112,16 +113,10 @@ GONE = frozenset({"Terminating", "Terminating:Wait", "Terminating:Proceed", "Ter
 STANDBY = frozenset({"Standby", "EnteringStandby"})
 
 
-class RefreshError(Exception):
+class RefreshError(ServiceError):
     """An error AWS would return. `code` is AWS's error code (e.g. "InstanceRefreshInProgress",
     "ActiveInstanceRefreshNotFound", "ValidationError", "IrreversibleInstanceRefresh"), `message`
     AWS-like text; `status` the HTTP status (400 for all of these)."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)

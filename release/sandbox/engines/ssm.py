@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from release.clock import Clock
 from release.sandbox import paging
 from release.sandbox.contracts import Script, ScriptRun
+from release.sandbox.engines.errors import ServiceError
 
 DOCUMENT = "AWS-RunShellScript"
 DOCUMENT_VERSIONS = ("$DEFAULT", "$LATEST", "1")  # AWS-RunShellScript has one version
@@ -93,14 +94,8 @@ _INSTANCE_ID = re.compile(r"^(i|mi)-[0-9a-f]{8,17}$")
 FILTER_KEYS = ("InvokedAfter", "InvokedBefore", "Status", "ExecutionStage", "DocumentName")
 
 
-class SsmError(Exception):
+class SsmError(ServiceError):
     """An SSM error as AWS answers it: code, message, HTTP status."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)
