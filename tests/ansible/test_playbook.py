@@ -99,3 +99,16 @@ def test_roles_and_boot_script_agree_on_shared_paths() -> None:
     assert base["base_app_group"] == app["app_group"] == proxy["proxy_app_group"]
     shebang = (ROLES / "boot/files/webapp-boot").read_text().splitlines()[0]
     assert shebang == f"#!{boot_role['boot_venv']}/bin/python3"
+
+
+def test_the_image_has_no_sandbox_only_path() -> None:
+    """What the roles install reads IMDS and calls AWS as on EC2: no file the sandbox alone writes
+    at launch (its metadata record, its SSH gate, its drop-ins) and none of its admin routes."""
+    from release.sandbox.dataplane import cloudinit
+
+    sandbox_only = [cloudinit.METADATA, cloudinit.SSH_GATE, cloudinit.AWS_DROPIN, cloudinit.SSHD_DROPIN,
+                    "/etc/kiln", "/_kiln/"]
+    for path in sorted(p for p in ROLES.rglob("*") if p.is_file()):
+        text = path.read_text(errors="replace")
+        found = [needle for needle in sandbox_only if needle in text]
+        assert found == [], f"{path.relative_to(ROLES)} names {found}"

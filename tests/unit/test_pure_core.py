@@ -55,3 +55,22 @@ def test_the_commands_bake_the_project_they_ship_in() -> None:
     from release.commands.context import PROJECT
 
     assert all((PROJECT / part).is_dir() for part in ("app", "ansible", "packer")), PROJECT
+
+
+def test_the_product_reaches_the_sandbox_only_through_its_lookup() -> None:
+    """Outside the sandbox package, only the sandbox tasks import it; everything else asks
+    sandbox/lookup.py where it runs and which key it uses (the rest is the endpoint)."""
+    offenders = []
+    for path in sorted((ROOT / "release").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith("release/sandbox/") or relative == "release/commands/sandbox.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("release.sandbox"):
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names if alias.name.startswith("release.sandbox")]
+            else:
+                continue
+            offenders += [f"{relative}: {name}" for name in names if name != "release.sandbox.lookup"]
+    assert offenders == []
