@@ -45,3 +45,12 @@ def test_the_bake_workflow_keeps_packers_full_log_even_when_the_bake_fails() -> 
     step = step[:step.find("\n      - ") if "\n      - " in step else len(step)]
     assert "if: always()" in step and "actions/upload-artifact@" in step
     assert "path: .kiln/bake/*.log" in step and "include-hidden-files: true" in step
+
+
+def test_the_bake_workflow_keeps_the_report_of_the_release_it_makes() -> None:
+    text = (ROOT / ".github" / "workflows" / "bake.yml").read_text()
+    release = text.index("inv release --env dev")
+    report = text.index("inv report --env dev --output release-report.html")
+    upload = text.index("name: release-report")
+    assert release < report < upload
+    assert text.count("always() && inputs.release_to_dev") == 2  # written and kept even when the gate failed
