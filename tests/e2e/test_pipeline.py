@@ -688,7 +688,8 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
 
 
 def test_bake_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
-    cfg = world.config_for("1.1.0")
+    # access = "ssm": this bake's smoke test reads the fresh instance through SSM Run Command.
+    cfg = world.config_for("1.1.0", access="ssm")
     plan = baking.bake(world.ctx(cfg), force=False, dry_run=True)
     assert not isinstance(plan, BakeResult) and not plan.needed
     published = local_cloud.new_base_image(world.cfg, UI(stdout=world.out, stderr=world.out))
@@ -700,6 +701,7 @@ def test_bake_bakes_again_when_a_new_base_ami_is_published(world: World) -> None
     assert plan.foundation.needed and plan.foundation.changed == ("base",) and "foundation" in plan.changed
     result = baking.bake(world.ctx(cfg), force=False, dry_run=False)
     assert isinstance(result, BakeResult) and result.validated and result.foundation_seconds > 0
+    assert result.smoke[0].name == "ssm" and result.smoke[0].ok, result.smoke
     ami = world.ctx().cloud.image(result.image_id)
     assert ami is not None and ami.version == Version("1.1.0") and ami.tags["kiln:base-ami"] == published["us-east-1"]
     foundation = world.ctx().cloud.image(result.foundation_id)
