@@ -51,6 +51,7 @@ class UI:
         if not self.console.is_terminal:
             self.console.width = 200  # logs and CI: no terminal to fit, keep ids whole
         self._said_once: set[str] = set()
+        self._inner = 0  # > 0 while a command runs another as one of its steps (UI.step)
         self.clock: Clock = clock or SystemClock()
         self.tick = tick
         self.every = every
@@ -142,8 +143,18 @@ class UI:
             progress.tick()
 
     # The one document for machines
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Another command run as a step of this one (sandbox.up adopting, sandbox.reset stopping):
+        its lines are shown, its result is not the command's, so --json stays one document."""
+        self._inner += 1
+        try:
+            yield
+        finally:
+            self._inner -= 1
+
     def result(self, document: Any) -> None:
-        if self.json_mode:
+        if self.json_mode and not self._inner:
             self._stdout.write(json.dumps(_plain(document), indent=2, sort_keys=True) + "\n")
             self._stdout.flush()
 

@@ -23,7 +23,8 @@ def up(cfg: Config, ui: UI, *, time_scale: float, instances: bool) -> None:
         for name in info.environments:
             ctx = open_context(cfg, name, ui)
             if not ctx.ledger.history(name, limit=1):
-                adopt(ctx, Version(stack.LEGACY_VERSION))
+                with ui.step():
+                    adopt(ctx, Version(stack.LEGACY_VERSION))
     _show_sandbox(ui, info)
 
 
@@ -59,7 +60,8 @@ def reset(cfg: Config, ui: UI, *, time_scale: float) -> None:
     """An empty sandbox: stop it, then start and provision it again (the base image cache stays),
     with real instances when the one stopped had them (or none was running)."""
     previous = stack.status(lookup.STATE_DIR)
-    down(ui)
+    with ui.step():
+        down(ui)
     up(cfg, ui, time_scale=time_scale, instances=previous.dataplane if previous is not None else True)
 
 

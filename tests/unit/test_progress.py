@@ -112,6 +112,18 @@ def test_with_json_stdout_is_one_document_and_progress_goes_to_stderr() -> None:
     assert len([line for _, line in stderr.lines if line.startswith("baking 1.1.0: packer build")]) >= 3
 
 
+def test_a_command_run_as_a_step_of_another_adds_no_document() -> None:
+    """sandbox.up adopts each environment (adopt has a result of its own): --json stays one document."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    ui = UI(json_mode=True, stdout=stdout, stderr=stderr, tick=None)
+    with ui.step():
+        ui.success("adopted ami-0 as release 0.0.0+scp of sandbox")
+        ui.result({"record": "adopt"})
+    ui.result({"endpoint": "http://127.0.0.1:5000"})
+    assert json.loads(stdout.getvalue()) == {"endpoint": "http://127.0.0.1:5000"}
+    assert "adopted ami-0" in stderr.getvalue()
+
+
 def test_the_ticker_ticks_until_stopped() -> None:
     class Stop:
         waits = 0
