@@ -87,10 +87,10 @@ def bench_list(runs: int) -> None:
 
 def bench_noop_bake(runs: int) -> None:
     from release.errors import KilnError
-    from release.sandbox import lifecycle, lookup
+    from release.sandbox import lookup, server_process
 
     try:
-        info = lifecycle.status(lookup.STATE_DIR)
+        info = server_process.find(lookup.STATE_DIR)
     except KilnError as err:
         info, why = None, str(err)
     else:

@@ -10,7 +10,7 @@ from release.commands.context import open_context
 from release.commands.deploy import adopt
 from release.config import Config
 from release.errors import SandboxError, UsageError
-from release.sandbox import lifecycle, lookup, stack
+from release.sandbox import lookup, server_process, stack
 from release.ui import UI
 
 
@@ -145,7 +145,7 @@ def fault(ui: UI, *, operation: str | None = None, service: str | None = None, e
     if instance is not None and not re.fullmatch(r"i-[0-9a-f]{8,17}", instance):
         raise UsageError(f"{actions[0]} {instance!r}: an instance id such as i-0123456789abcdef0")
 
-    info = lifecycle.status(lookup.STATE_DIR)
+    info = server_process.find(lookup.STATE_DIR)
     if info is None:
         raise SandboxError("the sandbox is not running", hint="Start it with `inv sandbox.up`.")
     outcome: dict[str, object] = {}

@@ -1,7 +1,7 @@
 """Where the running sandbox is, for the product: the one place outside the sandbox tasks where
 Kiln's commands reach into the sandbox package. It answers two questions, the way an AWS user's
 configuration would (an endpoint, a key): which endpoint to talk to, and which SSH key the
-sandbox's instances and bastions accept. Standard library only (lifecycle.py is too).
+sandbox's instances and bastions accept. Standard library only (server_process.py is too).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from release.sandbox import lifecycle
+from release.sandbox import server_process
 
 # Where `inv sandbox.up` keeps the running sandbox's state. Read at call time, so a test (or a
 # bench script) may point it elsewhere.
@@ -25,7 +25,7 @@ class Running:
 
 def running() -> Running | None:
     """The sandbox of STATE_DIR when it runs, else None."""
-    info = lifecycle.status(STATE_DIR)
+    info = server_process.find(STATE_DIR)
     return Running(info.endpoint, info.time_scale) if info is not None else None
 
 

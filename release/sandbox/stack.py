@@ -3,7 +3,7 @@ SSH key, and the seed architecture of every sandbox environment in versions.toml
 
 Everything lives in one directory (KILN_SANDBOX_DIR, default /var/lib/kiln/sandbox):
 
-    server.json, server.log   the control plane process (lifecycle.py)
+    server.json, server.log   the control plane process (server_process.py)
     dataplane/                instances' root filesystems and the image table (root only)
     postgres/                 the PostgreSQL cluster behind the app's DATABASE_URL
     keys/instances.pem        the private key the launch templates authorise (user admin)
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from release.aws import Aws, Target, client_factory
 from release.config import Config, Environment
 from release.errors import SandboxError, UsageError
-from release.sandbox import lifecycle
+from release.sandbox import server_process
 from release.sandbox.lookup import key_file
 from release.sandbox.postgres import PostgresServer
 from release.sandbox.provision import SeedNames, provision
@@ -59,7 +59,7 @@ def can_run_instances() -> bool:
     return platform.system() == "Linux" and os.geteuid() == 0
 
 
-def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TIME_SCALE,
+def up(cfg: Config, state_dir: Path, *, time_scale: float = server_process.DEFAULT_TIME_SCALE,
        dataplane: bool | None = None, on_step: Callable[[str], None] = lambda s: None) -> StackInfo:
     """Start (or reuse) everything and provision every sandbox environment. Idempotent."""
     environments = [e for e in cfg.environments.values() if e.sandbox]
@@ -71,7 +71,7 @@ def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TI
         raise SandboxError("real sandbox instances need root on Linux (chroot, overlayfs, loopback addresses)",
                            hint="Run as root, or start a control-plane-only sandbox with --no-instances.")
     on_step("starting the control plane" + (" and the data plane (first run builds the base image)" if real else ""))
-    info = lifecycle.up(state_dir, time_scale=time_scale, dataplane=real,
+    info = server_process.start(state_dir, time_scale=time_scale, dataplane=real,
                         base_image_name=cfg.base_image.name.replace("*", "sandbox"),
                         base_image_owner=cfg.base_image.owners[0] if cfg.base_image.owners else None,
                         on_step=on_step)
@@ -107,7 +107,7 @@ def up(cfg: Config, state_dir: Path, *, time_scale: float = lifecycle.DEFAULT_TI
 
 def down(state_dir: Path) -> bool:
     """Stop the server (instances with it) and PostgreSQL; True when something was running."""
-    stopped = lifecycle.down(state_dir)
+    stopped = server_process.stop(state_dir)
     _forget_images(state_dir / "dataplane")
     pg_dir = state_dir / "postgres"
     if (pg_dir / "port").exists():
@@ -131,7 +131,7 @@ def _forget_images(dataplane: Path) -> None:
 
 
 def status(state_dir: Path) -> StackInfo | None:
-    if lifecycle.status(state_dir) is None:
+    if server_process.find(state_dir) is None:
         return None
     try:
         data = json.loads((state_dir / "stack.json").read_text())
@@ -276,7 +276,7 @@ def _database(state_dir: Path) -> str:
     pg_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(pg_dir, 0o755)  # the postgres user must be able to enter it
     port_file, password_file = pg_dir / "port", pg_dir / "webapp.password"
-    port = int(port_file.read_text()) if port_file.exists() else lifecycle.free_port()
+    port = int(port_file.read_text()) if port_file.exists() else server_process.free_port()
     password = password_file.read_text().strip() if password_file.exists() else secrets.token_urlsafe(18)
     server = PostgresServer(pg_dir, port)
     server.start()

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from release.sandbox.lifecycle import SandboxInfo
+from release.sandbox.server_process import SandboxInfo
 
 Clients = Callable[..., Any]
 

@@ -9,9 +9,9 @@ import boto3
 import pytest
 from aws_sandbox_kit import Clients, Kit, unique
 
-from release.sandbox import lifecycle
-from release.sandbox.lifecycle import SandboxInfo
+from release.sandbox import server_process
 from release.sandbox.provision import SeedNames, SeedResources, provision
+from release.sandbox.server_process import SandboxInfo
 
 REGION = "us-east-1"
 
@@ -19,11 +19,11 @@ REGION = "us-east-1"
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxInfo]:
     state_dir = tmp_path_factory.mktemp("sandbox")
-    info = lifecycle.up(state_dir, time_scale=0.1)
+    info = server_process.start(state_dir, time_scale=0.1)
     try:
         yield info
     finally:
-        lifecycle.down(state_dir)
+        server_process.stop(state_dir)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from release.aws import Aws, Target
 from release.cloud import Cloud
 from release.commands import sandbox as local_cloud
 from release.errors import UsageError
-from release.sandbox import lifecycle, stack
-from release.sandbox.lifecycle import SandboxInfo
+from release.sandbox import server_process, stack
+from release.sandbox.server_process import SandboxInfo
 from release.ui import UI
 
 ROOT = Path(__file__).parents[3]
@@ -29,11 +29,11 @@ OWNER = "136693071363"
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[SandboxInfo]:
     """A server of its own: publishing a new base image changes it for everyone using that server."""
-    info = lifecycle.up(tmp_path / "sandbox", base_image_name="debian-12-amd64-sandbox", base_image_owner=OWNER)
+    info = server_process.start(tmp_path / "sandbox", base_image_name="debian-12-amd64-sandbox", base_image_owner=OWNER)
     try:
         yield info
     finally:
-        lifecycle.down(tmp_path / "sandbox")
+        server_process.stop(tmp_path / "sandbox")
 
 
 def ec2(info: SandboxInfo, region: str) -> Any:

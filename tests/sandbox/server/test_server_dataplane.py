@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from release.sandbox import lifecycle
+from release.sandbox import server_process
 from release.sandbox.dataplane.mounts import mounts_under
 from release.sandbox.dataplane.rootfs import processes_rooted_under
 from release.sandbox.provision import BASE_IMAGE_NAME, provision
@@ -30,7 +30,7 @@ pytestmark = [
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    lifecycle.down(tmp_path)
+    server_process.stop(tmp_path)
 
 
 def answers_ssh(ip: str) -> bool:
@@ -42,7 +42,7 @@ def answers_ssh(ip: str) -> bool:
 
 
 def test_group_instances_boot_from_the_base_image_and_down_leaves_nothing(state_dir: Path) -> None:
-    info = lifecycle.up(state_dir, dataplane=True)
+    info = server_process.start(state_dir, dataplane=True)
     assert info.dataplane
 
     def client(service: str, region: str) -> object:
@@ -127,7 +127,7 @@ def test_group_instances_boot_from_the_base_image_and_down_leaves_nothing(state_
         time.sleep(0.5)
     assert state == "ALARM"
 
-    lifecycle.down(state_dir)
+    server_process.stop(state_dir)
     assert not Path(f"/proc/{info.pid}").exists()
     assert processes_rooted_under(state_dir) == []
     assert mounts_under(state_dir) == []

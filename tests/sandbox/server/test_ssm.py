@@ -22,9 +22,9 @@ from aws_sandbox_kit import Kit
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from release.sandbox import lifecycle
-from release.sandbox.lifecycle import SandboxInfo
+from release.sandbox import server_process
 from release.sandbox.provision import SeedResources, provision
+from release.sandbox.server_process import SandboxInfo
 
 REGION = "us-east-1"
 AWS_CLI = Path(sys.executable).parent / "aws"
@@ -58,11 +58,11 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SandboxInfo
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("the data plane needs root on Linux")
     state_dir = tmp_path_factory.mktemp("ssm-sandbox")
-    info = lifecycle.up(state_dir, dataplane=True, time_scale=0.1)
+    info = server_process.start(state_dir, dataplane=True, time_scale=0.1)
     try:
         yield info, state_dir
     finally:
-        lifecycle.down(state_dir)
+        server_process.stop(state_dir)
 
 
 @pytest.fixture(scope="module")

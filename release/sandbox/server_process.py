@@ -1,9 +1,9 @@
-"""Start, find and stop the sandbox server: a detached process on a loopback port.
+"""The sandbox server as a process: start, find and stop it (a detached process on a loopback
+port). stack.py builds the whole sandbox (this server, PostgreSQL, the seed) on top of it.
 
-    info = up(state_dir)          # starts it (or reuses the running one) and waits until it answers
-    status(state_dir)             # SandboxInfo, or None when none is running
-    down(state_dir)               # stops the process `up` started and waits until it is gone
-    reset(state_dir)              # down + up: an empty cloud (state lives as long as the process)
+    info = start(state_dir)       # starts it (or reuses the running one) and waits until it answers
+    find(state_dir)               # SandboxInfo, or None when none is running
+    stop(state_dir)               # stops the process `start` started and waits until it is gone
 
 Everything the control plane keeps on disk is in `state_dir`: server.json (pid, port, endpoint,
 started_at, time scale) and server.log. The pid in server.json is only ever signalled after
@@ -173,7 +173,7 @@ def _write_info(info: SandboxInfo) -> None:
     temporary.replace(target)
 
 
-def status(state_dir: Path) -> SandboxInfo | None:
+def find(state_dir: Path) -> SandboxInfo | None:
     """The running sandbox of `state_dir`, or None. Clears a stale server.json."""
     info = _read_info(state_dir)
     if info is None:
@@ -191,7 +191,7 @@ def status(state_dir: Path) -> SandboxInfo | None:
     return info
 
 
-def up(
+def start(
     state_dir: Path,
     *,
     port: int | None = None,
@@ -210,7 +210,7 @@ def up(
     image is being built, `on_step` hears debootstrap's stage as it changes."""
     state_dir = state_dir.resolve()
     with _exclusive(state_dir):
-        running = status(state_dir)
+        running = find(state_dir)
         if running is not None:
             return running
         chosen = port or free_port()
@@ -306,7 +306,7 @@ class _BaseImageWatch:
             self.on_step(f"building the base image (once per machine): debootstrap: {stage}")
 
 
-def down(state_dir: Path) -> bool:
+def stop(state_dir: Path) -> bool:
     """Stop the sandbox server of `state_dir`; True if one was running. Waits until it is gone."""
     state_dir = state_dir.resolve()
     if not state_dir.exists():

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from release.errors import SandboxError
-from release.sandbox import lifecycle
+from release.sandbox import server_process
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    lifecycle.down(tmp_path)  # whatever a test left running
+    server_process.stop(tmp_path)  # whatever a test left running
 
 
 def refused(port: int) -> bool:
@@ -28,7 +28,7 @@ def refused(port: int) -> bool:
 
 def test_up_is_fast_idempotent_and_down_leaves_nothing(state_dir: Path) -> None:
     began = time.monotonic()
-    info = lifecycle.up(state_dir)
+    info = server_process.start(state_dir)
     cold = time.monotonic() - began
     print(f"sandbox up from cold: {cold:.2f} s")
     assert cold < 15
@@ -40,16 +40,16 @@ def test_up_is_fast_idempotent_and_down_leaves_nothing(state_dir: Path) -> None:
     assert (saved["pid"], saved["port"], saved["endpoint"]) == (info.pid, info.port, info.endpoint)
     assert (state_dir / "server.log").exists()
 
-    again = lifecycle.up(state_dir)
+    again = server_process.start(state_dir)
     assert again.pid == info.pid and again.port == info.port
-    assert lifecycle.status(state_dir) == info
+    assert server_process.find(state_dir) == info
 
-    assert lifecycle.down(state_dir) is True
+    assert server_process.stop(state_dir) is True
     assert not Path(f"/proc/{info.pid}").exists()
     assert refused(info.port)
     assert not (state_dir / "server.json").exists()
-    assert lifecycle.status(state_dir) is None
-    assert lifecycle.down(state_dir) is False
+    assert server_process.find(state_dir) is None
+    assert server_process.stop(state_dir) is False
 
 
 def test_a_stale_state_file_is_never_trusted(state_dir: Path) -> None:
@@ -62,10 +62,10 @@ def test_a_stale_state_file_is_never_trusted(state_dir: Path) -> None:
         "time_scale": 0.1,
     }
     (state_dir / "server.json").write_text(json.dumps(stale))
-    assert lifecycle.status(state_dir) is None
+    assert server_process.find(state_dir) is None
     assert not (state_dir / "server.json").exists()
     (state_dir / "server.json").write_text(json.dumps(stale))
-    assert lifecycle.down(state_dir) is False
+    assert server_process.stop(state_dir) is False
 
 
 def test_a_busy_port_is_a_clear_error(state_dir: Path) -> None:
@@ -74,7 +74,7 @@ def test_a_busy_port_is_a_clear_error(state_dir: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(SandboxError) as failed:
-            lifecycle.up(state_dir, port=port)
+            server_process.start(state_dir, port=port)
     assert "exited" in str(failed.value) and "server.log" in str(failed.value)
     assert not (state_dir / "server.json").exists()
 
@@ -83,7 +83,7 @@ def test_concurrent_ups_start_one_server(state_dir: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        first, second = pool.map(lambda _: lifecycle.up(state_dir), range(2))
+        first, second = pool.map(lambda _: server_process.start(state_dir), range(2))
     assert first.pid == second.pid
     servers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_server_of(p, state_dir)]
     assert len(servers) == 1
