@@ -144,15 +144,15 @@ def history(c: Context, env: str | None = None, config: str | None = None, json:
         reports.history(open_context(env, config, json), limit=limit)
 
 
-@task(help={"release_id": "The release (see `inv history`; default: the newest).", "env": ENV, "config": CONFIG,
+@task(help={"release": "The release's id (see `inv history`; default: the newest).", "env": ENV, "config": CONFIG,
             "json": JSON, "output": "Where to write the HTML file (default: kiln-report-<env>-<release>.html)."})
-def report(c: Context, release_id: str | None = None, env: str | None = None, config: str | None = None,
+def report(c: Context, release: str | None = None, env: str | None = None, config: str | None = None,
            json: bool = False, output: str | None = None) -> None:
     """Write one release as a self-contained HTML report: timeline, gate checks, failure, rollback."""
     from release.commands import status as reports
 
     with kiln_errors():
-        reports.report(open_context(env, config, json), release_id=release_id, output=Path(output) if output else None)
+        reports.report(open_context(env, config, json), release_id=release, output=Path(output) if output else None)
 
 
 @task(help={"version": "The version to record for what the group runs now (PEP 440).", "env": ENV,

@@ -87,12 +87,13 @@ def history(ctx: CommandContext, *, limit: int) -> None:
     ctx.ui.table(["started", "release", "kind", "version", "AMI", "LT", "outcome", "who", "reason"], rows,
                  title=f"history of {ctx.env.name}")
     if records:
-        ctx.ui.note(f"A release's report (one HTML file): inv report {records[0].release_id} --env {ctx.env.name}")
+        ctx.ui.note(f"A release's report (one HTML file): inv report --release {records[0].release_id} "
+                    f"--env {ctx.env.name}")
     ctx.ui.result({"history": records})
 
 
 def report(ctx: CommandContext, *, release_id: str | None, output: Path | None) -> Path:
-    """`inv report`: one self-contained HTML file of a release (the newest when no id is given):
+    """`inv report`: one self-contained HTML file of a release (release_id None: the newest):
     the gate's timeline, each poll's checks, the failure and the rollback, the provenance."""
     from release.report import render
     from release.timeline import decode, omitted_instances

@@ -450,7 +450,7 @@ def test_the_report_of_a_release_and_of_a_rollback_in_a_browser(world: World, tm
     artifacts.mkdir(parents=True, exist_ok=True)
     for record, failed in ((released, False), (rolled_back, True)):
         out = tmp_path / f"{record.release_id}.html"
-        done = cli.run("report", record.release_id, "--output", str(out))
+        done = cli.run("report", "--release", record.release_id, "--output", str(out))
         assert done.returncode == 0, done.stderr
         html = out.read_text()
         assert "http://" not in html and "https://" not in html  # self-contained
