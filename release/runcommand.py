@@ -12,8 +12,9 @@ AWS semantics followed (SSM API reference, GetCommandInvocation):
   running; DeliveryTimedOut; ExecutionTimedOut; Terminated).
 - Right after SendCommand the invocation may not exist yet (InvocationDoesNotExist): asked again.
 - StandardOutputContent holds the first 24,000 characters only. Files are therefore read in
-  slices of 16 KiB, base64-encoded (21,848 characters each), and a command whose output fills the
-  limit is an error rather than a silently short answer.
+  slices of 16 KiB, base64-encoded (21,848 characters each); a command whose output fills the
+  limit (the audit's checksums of a whole release) is run again with its output kept in a file
+  on the instance, which is then read in slices and removed — never a silently short answer.
 - Throttling is ridden out by the adapter's retries (aws.Aws, adaptive mode).
 """
 
@@ -103,9 +104,24 @@ class SsmReach:
                 hint="Is the instance running and managed by SSM (its role allows ssm:UpdateInstanceInformation; "
                      "`aws ssm describe-instance-information`)?" if invocation.details == "Undeliverable" else None)
         if len(invocation.stdout) >= STDOUT_LIMIT:
-            raise RunCommandError(f"SSM command {command_id} on {instance_id}: its output reached SSM's "
-                                  f"{STDOUT_LIMIT:,}-character limit and was cut short")
+            return self._run_to_files(instance_id, command, timeout=seconds)
         return CommandResult(invocation.exit_code, invocation.stdout, invocation.stderr)
+
+    def _run_to_files(self, instance_id: str, command: str, *, timeout: float) -> CommandResult:
+        """The command again, its output kept in files on the instance, read back in slices."""
+        kept = self.run(instance_id, f'o=$(mktemp) && e=$(mktemp) && ( {command} ) >"$o" 2>"$e"; '
+                                     'echo "$? $o $e"', timeout=timeout)
+        try:
+            code, out_path, err_path = kept.stdout.split()
+        except ValueError:
+            raise RunCommandError(f"could not keep the output of a command on {instance_id}: "
+                                  f"{_first_line(kept.stderr) or kept.stdout[:120]}") from None
+        session = SsmSession(self, instance_id)
+        try:
+            return CommandResult(int(code), session.read_file(out_path, timeout=timeout),
+                                 session.read_file(err_path, timeout=timeout))
+        finally:
+            self.run(instance_id, f"rm -f {shlex.quote(out_path)} {shlex.quote(err_path)}", timeout=timeout)
 
     def _wait(self, command_id: str, instance_id: str, *, deadline_s: float) -> CommandInvocation:
         started = self.clock.now()
