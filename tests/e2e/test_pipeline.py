@@ -438,6 +438,7 @@ def test_the_report_of_a_release_and_of_a_rollback_in_a_browser(world: World, tm
     spec = importlib.util.spec_from_file_location("report_browser", ROOT / "tests" / "report" / "browser.py")
     assert spec is not None and spec.loader is not None
     browser = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = browser  # its dataclasses look their module up there
     spec.loader.exec_module(browser)
     render_html = browser.render_html
 
