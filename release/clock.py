@@ -47,3 +47,14 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._now += timedelta(seconds=seconds)
+
+
+def as_utc(value: object) -> datetime | None:
+    """A time as AWS hands it (a datetime, or ISO 8601 text with Z or an offset), in UTC-aware
+    form; None for anything else. Naive times are taken as UTC, as AWS means them."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and value:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from packaging.version import InvalidVersion, Version
 
 from release.aws import Aws
+from release.clock import as_utc
 from release.errors import AwsError, NotFound
 from release.model import (
     LAYER_FOUNDATION,
@@ -381,7 +382,7 @@ class Cloud:
                 asg_health=i["HealthStatus"],
                 target_health=_target_state(health.get(i["InstanceId"], []), len(groups_to_check)),
                 private_ip=described.get(i["InstanceId"], {}).get("PrivateIpAddress") or None,
-                launched_at=_parse_time(described.get(i["InstanceId"], {}).get("LaunchTime")),
+                launched_at=as_utc(described.get(i["InstanceId"], {}).get("LaunchTime")),
             )
             for i in g.get("Instances", []))
         return GroupState(name=name, min_size=g["MinSize"], max_size=g["MaxSize"],
@@ -576,19 +577,11 @@ def _ami_ref(image: ImageTypeDef, region: str) -> AmiRef:
     deprecation = image.get("DeprecationTime")
     return AmiRef(
         image_id=image["ImageId"], name=image.get("Name", ""), region=region, state=image.get("State", "unknown"),
-        created_at=_parse_time(image.get("CreationDate")) or datetime.min.replace(tzinfo=UTC),
+        created_at=as_utc(image.get("CreationDate")) or datetime.min.replace(tzinfo=UTC),
         version=version, fingerprint=tags.get(TAG_FINGERPRINT), validated=validated,
-        deprecation_time=_parse_time(deprecation), tags=tags, root_device_name=image.get("RootDeviceName"),
+        deprecation_time=as_utc(deprecation), tags=tags, root_device_name=image.get("RootDeviceName"),
         imds_support=image.get("ImdsSupport"))
 
-
-def _parse_time(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, str) and value:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
 
 
 def _template_version(v: LaunchTemplateVersionTypeDef) -> TemplateVersion:
@@ -605,5 +598,5 @@ def _refresh_state(r: InstanceRefreshTypeDef) -> RefreshState:
         refresh_id=r["InstanceRefreshId"], status=r["Status"], status_reason=r.get("StatusReason"),
         percentage_complete=int(r.get("PercentageComplete", 0) or 0),
         instances_to_update=int(r.get("InstancesToUpdate", 0) or 0),
-        started_at=_parse_time(r.get("StartTime")), ended_at=_parse_time(r.get("EndTime")),
+        started_at=as_utc(r.get("StartTime")), ended_at=as_utc(r.get("EndTime")),
         desired_version=((r.get("DesiredConfiguration") or {}).get("LaunchTemplate") or {}).get("Version"))

@@ -18,7 +18,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from release.clock import Clock
+from release.clock import Clock, as_utc
 from release.errors import UsageError
 from release.sandbox.engines.alarms import (
     INITIAL_STATE,
@@ -37,12 +37,7 @@ RETENTION_AWS_SECONDS = 24 * 3600  # datapoints older than a (scaled) day are dr
 
 
 def _timestamp(value: Any, default: datetime) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, str) and value:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return default
+    return as_utc(value) or default
 
 
 class AlarmEvaluator:
