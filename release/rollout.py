@@ -1,7 +1,7 @@
 """The release as a state machine: phases, the allowed transitions, and the one driver that
 executes a saved plan against a cloud, a ledger and a clock.
 
-No boto3, invoke or subprocess here: the cloud and ledger arrive as protocols (aws.Cloud and
+No boto3, invoke or subprocess here: the cloud and ledger arrive as protocols (cloud.Cloud and
 ledger.Ledger implement them), the clock is injected, and everything a person should see is
 sent to an `on_event` callback (the tasks print it through ui.py).
 

@@ -586,3 +586,44 @@ def test_an_instance_whose_version_did_not_answer_is_asked_again() -> None:
     record = releaser.release(plan_for(cloud))
     assert record.outcome is Outcome.SUCCEEDED
     assert all(n == 2 for n in answers.values()), answers
+
+
+class Timelines:
+    """A TimelineStore in memory: what the gate saved, by release."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, str] = {}
+        self.saves = 0
+
+    def save_timeline(self, record: ReleaseRecord, body: str) -> None:
+        self.saved[record.sort_key] = body
+        self.saves += 1
+
+    def timeline(self, env: str, sort_key: str) -> str | None:
+        return self.saved.get(sort_key)
+
+
+def test_the_gate_keeps_a_timeline_of_the_release_and_its_rollback_for_the_report() -> None:
+    from release.timeline import ROLLBACK, decode
+
+    cloud, ledger, releaser, _ = setup({"alarm_on": "ami-new"})
+    releaser.timelines = store = Timelines()
+    with pytest.raises(GateFailed):
+        releaser.release(plan_for(cloud))
+    (record,) = ledger.records.values()
+    samples = decode(store.saved[record.sort_key])
+    assert samples and samples[-1].watch == ROLLBACK and samples[-1].verdict == "pass"
+    assert {s.watch for s in samples} == {"release", ROLLBACK}
+    assert any(i.version == "1.1.0" for s in samples for i in s.instances)  # images named by version
+    assert store.saves >= 2  # when each watch ended
+
+
+def test_a_timeline_that_cannot_be_saved_never_stops_a_release() -> None:
+    class Broken(Timelines):
+        def save_timeline(self, record: ReleaseRecord, body: str) -> None:
+            raise AwsError("AccessDenied: no", operation="PutItem")
+
+    cloud, _ledger, releaser, events = setup()
+    releaser.timelines = Broken()
+    assert releaser.release(plan_for(cloud)).outcome is Outcome.SUCCEEDED
+    assert any("timeline was not saved" in e.message for e in events)
