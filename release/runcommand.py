@@ -68,15 +68,12 @@ class SsmReach:
         """Nothing to close: no connection is held between commands."""
 
     def connect(self, address: str, *, instance_id: str | None = None) -> SsmSession:
-        if not instance_id:
-            raise KilnError(f"SSM reaches instances by id, and none was given for {address}")
-        return SsmSession(self, instance_id)
+        return SsmSession(self, _by_id(address, instance_id))
 
     def http_get(self, address: str, port: int, path: str, *, timeout: float | None = None,
                  instance_id: str | None = None) -> HttpResponse:
         """GET http://address:port/path from the instance itself (nginx listens on its address)."""
-        if not instance_id:
-            raise KilnError(f"SSM reaches instances by id, and none was given for {address}")
+        instance_id = _by_id(address, instance_id)
         seconds = timeout or 5.0
         url = f"http://{address}:{port}{path}"
         script = f"python3 -c {shlex.quote(_HTTP_GET)} {shlex.quote(url)} {seconds:g}"
@@ -170,6 +167,12 @@ class SsmSession:
 
     def close(self) -> None:
         """Nothing to close."""
+
+
+def _by_id(address: str, instance_id: str | None) -> str:
+    if not instance_id:
+        raise KilnError(f"SSM reaches instances by id, and none was given for {address}")
+    return instance_id
 
 
 def _first_line(text: str) -> str:

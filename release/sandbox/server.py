@@ -513,11 +513,10 @@ class SandboxServer:
         """An instance's IMDSv2 (imds.py), from what the data plane wrote for it at launch."""
         lookup = getattr(self.runtime.dataplane, "instance_metadata", None)
         metadata = lookup(path.partition("/")[0]) if callable(lookup) else None
-        headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
-                   if key.startswith("HTTP_")}
-        answer = self.metadata.handle(environ.get("REQUEST_METHOD", "GET"), path,
-                                      {imds.TOKEN_HEADER: headers.get(imds.TOKEN_HEADER.lower(), ""),
-                                       imds.TTL_HEADER: headers.get(imds.TTL_HEADER.lower(), "")}, metadata)
+        # WSGI hands a request header X-Y as environ["HTTP_X_Y"].
+        headers = {name: environ.get("HTTP_" + name.upper().replace("-", "_"), "")
+                   for name in (imds.TOKEN_HEADER, imds.TTL_HEADER)}
+        answer = self.metadata.handle(environ.get("REQUEST_METHOD", "GET"), path, headers, metadata)
         return self._send(start_response, Reply(answer.status, answer.body, answer.content_type))
 
     def _fault_for(self, call: Call | None) -> Injection | None:
