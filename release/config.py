@@ -65,6 +65,8 @@ class BakeConfig:
     instance_type: str
     volume_size_gb: int
     deprecate_after_days: int | None = None  # EnableImageDeprecation this long after the bake
+    # Once the smoke instance runs the right files and services: how long /health may take to say 200.
+    smoke_ready_timeout: int = 45
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,8 @@ def parse(data: Mapping[str, Any], *, file: str = "versions.toml") -> Config:
     with top.sub("bake") as r:
         bake = BakeConfig(instance_type=r.text("instance_type", "t3.small") or "t3.small",
                           volume_size_gb=r.integer("volume_size_gb", 8, low=1, high=16384) or 8,
-                          deprecate_after_days=r.integer("deprecate_after_days", low=1, high=3650))
+                          deprecate_after_days=r.integer("deprecate_after_days", low=1, high=3650),
+                          smoke_ready_timeout=r.integer("smoke_ready_timeout", 45, low=5, high=3600) or 45)
 
     environments: dict[str, Environment] = {}
     with top.sub("environments", required=True) as envs:

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from release.clock import Clock
 from release.config import Environment
-from release.errors import AwsError, GateFailed, KilnError, LeaseLost, RollbackFailed, UsageError
+from release.errors import AwsError, GateFailed, KilnError, LeaseLost, LockHeld, RollbackFailed, UsageError
 from release.gate import IN_PROGRESS, Expectation, judge
 from release.model import (
     GroupState,
@@ -227,6 +227,37 @@ class Probes:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="probe")
         return self._pool
+
+
+# How often a lease being waited out is read again (one consistent GetItem each time).
+LAPSE_POLL_SECONDS = 1.0
+
+
+def await_lapse(lock: Lock, read_lock: Callable[[], Lock | None], clock: Clock,
+                on_wait: Callable[[Lock, float], None] = lambda lock, left: None) -> None:
+    """Wait until `lock`'s lease lapses, so that a release whose driver was just killed can be
+    resumed or rolled back at once instead of "try again in N s". A live driver renews its lease
+    at every poll: a renewal, or the lock changing hands, is LockHeld as soon as it is seen, and
+    nothing is taken over. Returns when the lease lapsed or the lock was given back (the caller
+    reads the state again: the release may have finished meanwhile). Waits at most the lease."""
+    while True:
+        now = clock.now()
+        left = (lock.expires_at - now).total_seconds()
+        if left <= 0:
+            return
+        on_wait(lock, left)
+        clock.sleep(min(LAPSE_POLL_SECONDS, left + 0.05))
+        seen = read_lock()
+        if seen is None:
+            return
+        if seen.holder != lock.holder:
+            raise LockHeld(f"while waiting, the lock was taken by {seen.describe(clock.now())}",
+                           hint="See `inv status`.")
+        if seen.expires_at > lock.expires_at:
+            raise LockHeld(f"its driver is alive: it renewed its lease ({seen.describe(clock.now())})",
+                           hint="See `inv status`; in an emergency `inv rollback --break-lock` takes over "
+                                "to go back.")
+        lock = seen
 
 
 class Releaser:

@@ -26,7 +26,6 @@ from release.model import Check
 from release.ssh import HttpResponse, Timeouts, new_key_pair
 
 BOOT_TIMEOUT = 300  # seconds for the instance to run and its services to pass every check
-READY_TIMEOUT = 45  # once SSH, services and files are fine: how long /health may take to say 200
 POLL = 3
 
 
@@ -35,7 +34,10 @@ OpenReach = Callable[[Path, Timeouts], AbstractContextManager[audit.Reach]]
 
 
 def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fingerprint: str, clock: Clock,
-               open_reach: OpenReach, on_step: Callable[[str], None]) -> tuple[Check, ...]:
+               open_reach: OpenReach, on_step: Callable[[str], None], *, ready_timeout: float = 45
+               ) -> tuple[Check, ...]:
+    """`ready_timeout` ([bake] smoke_ready_timeout): once the instance runs the baked files and
+    services, how long its /health may take to say 200 (an app's own warm-up)."""
     name = f"kiln-smoke-{fingerprint[:8]}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="kiln-smoke-") as scratch:
         key_file = Path(scratch) / "smoke_ed25519"
@@ -50,7 +52,7 @@ def smoke_test(cloud: Cloud, env: Environment, image_id: str, version: str, fing
             with open_reach(key_file, Timeouts.from_settings(env.ssh, command=60.0)) as reach:
                 return _checks_until_green(reach, audit.FleetInstance(instance_id, address, image_id, None),
                                            audit.ExpectedRelease(version, fingerprint, image_id, None), clock, on_step,
-                                           access=env.access)
+                                           access=env.access, ready_timeout=ready_timeout)
         finally:
             if instance_id is not None:
                 cloud.terminate(instance_id)
@@ -71,7 +73,8 @@ def _wait_running(cloud: Cloud, instance_id: str, clock: Clock) -> str:
 
 
 def _checks_until_green(reach: audit.Reach, instance: audit.FleetInstance, expected: audit.ExpectedRelease,
-                        clock: Clock, on_step: Callable[[str], None], *, access: str) -> tuple[Check, ...]:
+                        clock: Clock, on_step: Callable[[str], None], *, access: str,
+                        ready_timeout: float) -> tuple[Check, ...]:
     """Services take a moment to boot: check again until everything passes or time is up."""
     deadline = clock.now() + timedelta(seconds=BOOT_TIMEOUT)
     while True:
@@ -84,7 +87,7 @@ def _checks_until_green(reach: audit.Reach, instance: audit.FleetInstance, expec
             return checks
         if all(c.name == "/health" for c in failing):
             # Booted and serving the right files: the app's own readiness gets a shorter leash.
-            deadline = min(deadline, clock.now() + timedelta(seconds=READY_TIMEOUT))
+            deadline = min(deadline, clock.now() + timedelta(seconds=ready_timeout))
         on_step(f"smoke test: waiting for {failing[0].name} ({failing[0].detail[:80]})")
         clock.sleep(POLL)
 

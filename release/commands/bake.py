@@ -89,7 +89,7 @@ def _smoke_test(ctx: CommandContext, image_id: str, version: str, fingerprint: s
     status.update(f"smoke-testing {image_id}")
     return smoke_test(ctx.cloud, ctx.env, image_id, version, fingerprint, ctx.clock,
                       lambda key, timeouts: reach_for(ctx, key=key, use_agent=False, timeouts=timeouts),
-                      on_step=status.update)
+                      on_step=status.update, ready_timeout=ctx.cfg.bake.smoke_ready_timeout)
 
 
 def _validated(ctx: CommandContext, baker: Baker, result: BakeResult, checks: tuple[Check, ...],

@@ -31,6 +31,7 @@ from release.model import (
     TAG_VALIDATION_REASON,
     TAG_VERSION,
     InstanceState,
+    Lock,
 )
 from release.plan import Observed, Plan, Request, make_plan
 from release.record import Outcome, ReleaseRecord, new_release_id
@@ -111,8 +112,15 @@ def resume(ctx: CommandContext, *, dry_run: bool) -> ReleaseRecord | None:
         return None
     lock = ctx.ledger.lock(ctx.env.name)
     show_unfinished(ctx, record, lock)
+    if (after := _lease_waited_out(ctx, lock, dry_run=dry_run)) is not None:
+        unfinished, lock = after
+        if unfinished is None:
+            ctx.ui.success(f"nothing to resume in {ctx.env.name}: the release finished while Kiln waited")
+            ctx.ui.result({"unfinished": None})
+            return None
+        record = unfinished
     now = ctx.clock.now()
-    if lock is not None and lock.live(now):
+    if lock is not None and lock.live(now) and not dry_run:
         raise LockHeld(f"{ctx.env.name} is being driven by {lock.describe(now)}",
                        hint="`inv resume` takes over only once that lease lapses; in an emergency, "
                             "`inv rollback --break-lock` takes it over to go back.")
@@ -161,8 +169,14 @@ def _undo_unfinished(ctx: CommandContext, record: ReleaseRecord, *, dry_run: boo
     ui, now = ctx.ui, ctx.clock.now()
     lock = ctx.ledger.lock(ctx.env.name)
     show_unfinished(ctx, record, lock)
+    if not break_lock and (after := _lease_waited_out(ctx, lock, dry_run=dry_run)) is not None:
+        unfinished, lock = after
+        if unfinished is None:
+            raise UsageError(f"the {record.kind} of {record.version} finished while Kiln waited for its lease",
+                             hint="See `inv status`; run `inv rollback` again to go back from where it ended.")
+        record, now = unfinished, ctx.clock.now()
     live = lock is not None and lock.live(now)
-    if live and not break_lock:
+    if live and not break_lock and not dry_run:
         assert lock is not None
         raise LockHeld(f"{ctx.env.name} is being driven by {lock.describe(now)}",
                        hint="It rolls back by itself if its gate fails; in an emergency "
@@ -189,6 +203,29 @@ def _undo_unfinished(ctx: CommandContext, record: ReleaseRecord, *, dry_run: boo
                f"{done.outcome}")
     ui.result({"record": done})
     return done
+
+
+def _lease_waited_out(ctx: CommandContext, lock: Lock | None, *, dry_run: bool
+                      ) -> tuple[ReleaseRecord | None, Lock | None] | None:
+    """Right after a crash the dead driver's lease is still live. Wait for it to lapse (a live
+    driver renews it: then LockHeld, nothing taken over), and return the unfinished release and
+    the lock as they are now; a dry run only says so. None: there was no live lease to wait for."""
+    now = ctx.clock.now()
+    if lock is None or not lock.live(now):
+        return None
+    left = (lock.expires_at - now).total_seconds()
+    who = lock.who or lock.holder
+    if dry_run:
+        ctx.ui.note(f"the lease of {who} lapses in {left:.0f} s: a real run waits for that first "
+                    "(and leaves a live driver, which renews it, alone)")
+        return None
+    from release.rollout import await_lapse
+
+    ctx.ui.info(f"waiting up to {left:.0f} s for the lease of {who} to lapse; a live driver would renew it, "
+                "and then nothing is taken over (Ctrl-C stops here, nothing changed)")
+    with ctx.ui.progress(f"waiting for the lease of {who} to lapse"):
+        await_lapse(lock, lambda: ctx.ledger.lock(ctx.env.name), ctx.clock)
+    return ctx.ledger.in_progress(ctx.env.name), ctx.ledger.lock(ctx.env.name)
 
 
 def _deprecated(ctx: CommandContext, version: str) -> bool:

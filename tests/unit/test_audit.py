@@ -24,7 +24,7 @@ from release.audit import (
     parse_sha256sum,
 )
 from release.errors import EXIT_DRIFT, DriftDetected, SshError
-from release.model import GroupState, InstanceState, LiveRelease
+from release.model import Check, GroupState, InstanceState, LiveRelease
 from release.smoke import SMOKE_CHECK_OF_FIELD, smoke_checks
 from release.ssh import CommandResult, HttpResponse
 
@@ -355,3 +355,50 @@ def test_a_host_that_cannot_be_reached_is_not_looked_at_twice() -> None:
     pauses: list[float] = []
     report = audit(FakeReach({}), EXPECTED, [FleetInstance("i-3", "10.0.0.3", "ami-0new", "7")], sleep=pauses.append)
     assert report.verdicts[0].outcome is Finding.UNREACHABLE and pauses == []
+
+
+# --- the smoke test's patience, on a fake clock -------------------------------------------------
+
+def smoke_until_green(monkeypatch: pytest.MonkeyPatch, answers: list[tuple[Check, ...]], ready_timeout: float
+                      ) -> tuple[tuple[Check, ...], float, int]:
+    """Run the smoke test's retry loop against scripted answers (the last one repeats); returns
+    its final checks, the seconds it took on the fake clock and how many times it looked."""
+    from release import smoke
+    from release.clock import FakeClock
+
+    clock, asked = FakeClock(), []
+
+    def answer(*_args: Any, **_kwargs: Any) -> tuple[Check, ...]:
+        asked.append(clock.now())
+        return answers[min(len(asked) - 1, len(answers) - 1)]
+
+    monkeypatch.setattr(smoke, "smoke_check", answer)
+    start = clock.now()
+    checks = smoke._checks_until_green(object(), INSTANCE, EXPECTED, clock, lambda _: None,  # type: ignore[arg-type]
+                                       access="ssh", ready_timeout=ready_timeout)
+    return checks, (clock.now() - start).total_seconds(), len(asked)
+
+
+GREEN = (Check("ssh", True, "in"), Check("services", True, "running"), Check("/health", True, "HTTP 200"))
+BOOTING = (Check("ssh", False, "connection refused"),)
+NOT_READY = (Check("ssh", True, "in"), Check("services", True, "running"), Check("/health", False, "HTTP 503"))
+
+
+def test_the_smoke_test_waits_for_a_booting_instance_then_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks, took, asked = smoke_until_green(monkeypatch, [BOOTING] * 5 + [NOT_READY] * 3 + [GREEN], 45)
+    assert all(c.ok for c in checks) and asked == 9 and took == 8 * 3  # one look every POLL (3 s)
+
+
+@pytest.mark.parametrize("ready_timeout", [10, 45])
+def test_a_health_that_never_says_200_fails_after_the_ready_timeout(monkeypatch: pytest.MonkeyPatch,
+                                                                    ready_timeout: int) -> None:
+    checks, took, _ = smoke_until_green(monkeypatch, [BOOTING] * 4 + [NOT_READY], ready_timeout)
+    assert [c.name for c in checks if not c.ok] == ["/health"]
+    assert 4 * 3 + ready_timeout <= took < 4 * 3 + ready_timeout + 3  # from the first "/health only" look
+
+
+def test_an_instance_that_never_boots_gets_the_whole_boot_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from release.smoke import BOOT_TIMEOUT
+
+    checks, took, _ = smoke_until_green(monkeypatch, [BOOTING], 10)
+    assert checks == BOOTING and BOOT_TIMEOUT <= took < BOOT_TIMEOUT + 3

@@ -16,7 +16,7 @@ from release.errors import EXIT_ROLLBACK_FAILED, AwsError, GateFailed, LeaseLost
 from release.model import AmiRef, GroupState, InstanceState, Lock, RefreshState, TemplateVersion
 from release.plan import Observed, Request, make_plan
 from release.record import Lease, Outcome, ReleaseRecord
-from release.rollout import CHECKPOINTS, Driver, Event, Phase, ProbeResult, Probes, Releaser
+from release.rollout import CHECKPOINTS, Driver, Event, Phase, ProbeResult, Probes, Releaser, await_lapse
 
 CFG = config.load(Path(__file__).parents[2] / "versions.toml")
 ENV = CFG.environment("sandbox")
@@ -366,6 +366,48 @@ def test_a_crash_at_any_step_then_resume_completes_exactly_once(point: str) -> N
     assert len(cloud.runs) == 1  # one refresh per release
     assert set(cloud.images.values()) == {"ami-new"} and cloud.calls[-1] == "default 2"
     assert ledger.lock is None and ledger.records[record.release_id] == done
+
+
+def test_right_after_a_crash_the_dead_drivers_lease_is_waited_out_then_taken_over() -> None:
+    cloud, ledger, record = crashed_at("gating")
+    dead = ledger.lock
+    assert dead is not None
+    started = ledger.clock.now()
+    reads: list[float] = []
+
+    def read() -> Lock | None:
+        reads.append((ledger.clock.now() - started).total_seconds())
+        return ledger.lock
+
+    await_lapse(dead, read, ledger.clock)
+    waited = (ledger.clock.now() - started).total_seconds()
+    assert (dead.expires_at - started).total_seconds() <= waited < (dead.expires_at - started).total_seconds() + 1.1
+    assert reads and all(b - a <= 1.0 for a, b in zip([0.0, *reads], reads, strict=False))  # it kept looking
+    second = new_driver(cloud, ledger, name="two")
+    second.take_over(record, ledger.lock, force=False)  # no LockHeld: the lease has lapsed
+    assert second.resume(record).outcome is Outcome.SUCCEEDED
+
+
+def test_waiting_out_a_lease_refuses_as_soon_as_its_driver_renews_it() -> None:
+    clock = FakeClock()
+    lock = Lock("holder-1", clock.now(), clock.now() + timedelta(seconds=120), who="ana@ci pid 7")
+    beats = iter([lock, lock, replace(lock, expires_at=lock.expires_at + timedelta(seconds=3))])
+    with pytest.raises(LockHeld, match=r"its driver is alive: it renewed its lease \(ana@ci pid 7"):
+        await_lapse(lock, lambda: next(beats), clock)
+    assert (clock.now() - lock.acquired_at).total_seconds() <= 3.0  # seconds, not the whole lease
+
+
+def test_waiting_out_a_lease_refuses_a_lock_that_changed_hands_and_returns_on_one_given_back() -> None:
+    clock = FakeClock()
+    lock = Lock("holder-1", clock.now(), clock.now() + timedelta(seconds=30))
+    taken = Lock("holder-2", clock.now(), clock.now() + timedelta(seconds=30), who="bo@laptop pid 9")
+    with pytest.raises(LockHeld, match="the lock was taken by bo@laptop pid 9"):
+        await_lapse(lock, lambda: taken, clock)
+    before = clock.now()
+    await_lapse(lock, lambda: None, clock)  # the driver finished and gave the lock back
+    assert (clock.now() - before).total_seconds() <= 1.0
+    lapsed = Lock("holder-1", clock.now(), clock.now() - timedelta(seconds=1))
+    await_lapse(lapsed, lambda: pytest.fail("a lapsed lease is not read again"), clock)
 
 
 @pytest.mark.parametrize("point", RELEASE_POINTS)
