@@ -29,7 +29,8 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from release import commands, config
+from release import config
+from release.commands import context as kiln
 from release.record import Outcome
 from release.ui import UI
 
@@ -44,7 +45,7 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="print each release's own output")
     args = parser.parse_args()
     cfg = config.load(Path(args.config))
-    ctx = commands.open_context(cfg, ENV, UI(stdout=io.StringIO(), stderr=io.StringIO()))
+    ctx = kiln.open_context(cfg, ENV, UI(stdout=io.StringIO(), stderr=io.StringIO()))
     env = ctx.env
     versions = sorted({str(i.version) for i in ctx.cloud.app_images(cfg.app.name)
                        if i.validated and i.version is not None and i.state == "available"
@@ -94,7 +95,7 @@ def main() -> int:
     return 0
 
 
-def _when_refresh_under_way(ctx: commands.Context, proc: subprocess.Popen[str]) -> datetime:
+def _when_refresh_under_way(ctx: kiln.CommandContext, proc: subprocess.Popen[str]) -> datetime:
     """Wait until the release's gate watches a refresh that has replaced something; return the time."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -478,10 +478,27 @@ class Cli:
                          "PATH": f"{Path(sys.executable).parent}:" + os.environ["PATH"]})
         self.config = str(world.state / "versions-1.1.0.toml")
 
+    def argv(self, *args: str) -> list[str]:
+        return [str(Path(sys.executable).parent / "inv"), *args, "--env", ENV, "--config", self.config]
+
     def run(self, *args: str, crash_at: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "KILN_CRASH_AT": crash_at or ""}
-        return subprocess.run([str(Path(sys.executable).parent / "inv"), *args, "--env", ENV, "--config", self.config],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.argv(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """In the background, its output (stdout and stderr together) read by communicate()."""
+        return subprocess.Popen(self.argv(*args), cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def run_together(self, *commands: list[str], timeout: float = 120) -> list[subprocess.CompletedProcess[str]]:
+        """Several commands at the same moment, each with its own stdout and stderr."""
+        procs = [subprocess.Popen(self.argv(*c), cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for c in commands]
+        done = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        return done
 
 
 # Where the real CLI is killed (SIGKILL): one of each kind of step boundary, each followed by both
@@ -509,14 +526,14 @@ def test_crash_matrix_kill_at_every_step_then_resume_or_rollback_converges(world
             assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
             record = world.ctx().ledger.in_progress(ENV)
             assert record is not None, f"{point}: no unfinished release after the crash"
-            status = cli.run("status")
+            # At the worst moment, all at once: status, a new release (refused while one is
+            # unfinished) and a dry run of the way out (it says what it would do, the wait included).
+            status, blocked, dry = cli.run_together(["status"], args, [way_out, "--dry-run"])
             assert status.returncode == 0, status.stderr
             told = status.stdout + status.stderr
             assert f"unfinished release of {other}" in told and f"phase {record.phase}" in told, told
             assert "`inv resume` would" in told and "`inv rollback` would" in told
-            blocked = cli.run(*args)  # a new release is refused while one is unfinished
             assert blocked.returncode == 2 and "unfinished release" in blocked.stderr, blocked.stderr
-            dry = cli.run(way_out, "--dry-run")  # says what it would do, the wait for the lease included
             assert dry.returncode == 0, dry.stdout + dry.stderr
             assert world.ctx().ledger.history(ENV, limit=1)[0] == record  # dry runs wrote nothing
             lock = world.ctx().ledger.lock(ENV)
@@ -585,9 +602,7 @@ def test_past_twenty_template_versions_a_failing_release_returns_to_the_groups_r
     assert live is not None and before.image_id == live.image_id
     target, extra = other(live.version)
     # The release fails on an alarm once its refresh is under way, as a bad version's 5xx would.
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "inv"), "release", "--version", target, *extra,
-                             "--env", ENV, "--config", cli.config], cwd=ROOT, env=cli.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = cli.start("release", "--version", target, *extra)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         running = ctx.ledger.in_progress(ENV)
@@ -622,9 +637,7 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
         return target, ["--allow-downgrade"] if target < live.version else []
 
     def start_release(target: str, extra: list[str]) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(Path(sys.executable).parent / "inv"), "release", "--version", target, *extra,
-                                 "--env", ENV, "--config", cli.config], cwd=ROOT, env=cli.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return cli.start("release", "--version", target, *extra)
 
     def until_gating(proc: subprocess.Popen[str]) -> None:
         deadline = time.monotonic() + 120
@@ -643,12 +656,9 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
                       "DescribeInstances", "DescribeAlarms"):
         fault("--operation", operation, "--error", "Throttling", "--seconds", "8")
     # Second drivers, at the worst moment (both at once): each sees this one is alive and leaves it be.
-    seconds = [subprocess.Popen([str(Path(sys.executable).parent / "inv"), way_out, "--env", ENV, "--config",
-                                 cli.config], cwd=ROOT, env=cli.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for way_out in ("resume", "rollback")]
-    for second in seconds:
-        said, _ = second.communicate(timeout=60)
-        assert second.returncode == 2 and "its driver is alive: it renewed its lease" in said, said
+    for second in cli.run_together(["resume"], ["rollback"], timeout=60):
+        assert second.returncode == 2 and "its driver is alive: it renewed its lease" in second.stderr, (
+            second.stdout + second.stderr)
     output, _ = proc.communicate(timeout=600)
     fault("--clear")
     assert proc.returncode == 0, output
