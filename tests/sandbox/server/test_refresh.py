@@ -196,6 +196,8 @@ def test_a_release_whose_targets_fail_health_checks_rolls_back(kit: Kit, seed: S
     asg = kit.client("autoscaling")
     version, image = new_version(kit, seed)
     kit.admin("POST", "target-health", {"image_id": image, "healthy": False})  # the new app fails /health
+    # A short grace period: the group gives up on the new instances sooner (it is part of the window).
+    asg.update_auto_scaling_group(AutoScalingGroupName=seed.asg_name, HealthCheckGracePeriod=30)
     try:
         asg.start_instance_refresh(
             AutoScalingGroupName=seed.asg_name,
@@ -209,6 +211,7 @@ def test_a_release_whose_targets_fail_health_checks_rolls_back(kit: Kit, seed: S
         finished = wait_final(kit, seed.asg_name, timeout=90)
     finally:
         kit.admin("POST", "target-health", {"image_id": image, "healthy": True})
+        asg.update_auto_scaling_group(AutoScalingGroupName=seed.asg_name, HealthCheckGracePeriod=300)
     assert finished["Status"] == "RollbackSuccessful", finished
     assert kit.group(seed.asg_name)["LaunchTemplate"]["Version"] == "1"
     assert {(v, i) for _, v, i in fleet(kit, seed.asg_name)} == {("1", seed.base_image_id)}
