@@ -157,19 +157,38 @@ class Cloud:
         with self.aws.call("EnableImageDeprecation", f"{image_id} in {region or self.region}"):
             self.aws.client("ec2", region).enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
 
-    def copy_image(self, source: AmiRef, kms_key_id: str | None) -> str:
-        """Copy an AMI into this region with its tags; encrypted with the key when one is named."""
+    def copy_image(self, source: AmiRef, kms_key_id: str | None, *, cross_account: bool = False) -> str:
+        """Copy an AMI into this region, encrypted with the key when one is named. The copy and its
+        new snapshots carry the source's tags, passed explicitly: CopyImageTags copies no snapshot
+        tags, and none of another account's tags on a shared AMI (a copy made by another account)."""
+        tags = [{"Key": k, "Value": v} for k, v in sorted(source.tags.items()) if not k.startswith("aws:")]
         args: dict[str, Any] = {"SourceRegion": source.region, "SourceImageId": source.image_id,
-                                "Name": source.name, "CopyImageTags": True}
+                                "Name": source.name}
+        if tags:
+            args["TagSpecifications"] = [{"ResourceType": kind, "Tags": tags} for kind in ("image", "snapshot")]
         if kms_key_id:
             args.update(Encrypted=True, KmsKeyId=kms_key_id)
-        with self.aws.call("CopyImage", f"{source.image_id} from {source.region} to {self.region}"):
+        hint = ("A copy of another account's encrypted AMI needs its KMS key to allow this account "
+                "(kms:DescribeKey, kms:Decrypt, kms:CreateGrant, kms:ReEncrypt*): bake with a customer managed "
+                "key (kms_key_id) shared with it; AWS's default EBS key cannot be shared." if cross_account else None)
+        with self.aws.call("CopyImage", f"{source.image_id} from {source.region} to {self.region}", hint=hint):
             return str(self._ec2().copy_image(**args)["ImageId"])
 
-    def share_image(self, image_id: str, account_id: str) -> None:
+    def share_image(self, image_id: str, account_id: str) -> list[str]:
+        """Let `account_id` launch and copy the AMI: a launch permission on it, and a create-volume
+        permission on each of its snapshots (CopyImage reads them). Returns the snapshot ids."""
+        with self.aws.call("DescribeImages", image_id):
+            images = self._ec2().describe_images(ImageIds=[image_id], IncludeDeprecated=True)["Images"]
+        snapshots = [m["Ebs"]["SnapshotId"] for i in images for m in i.get("BlockDeviceMappings", [])
+                     if m.get("Ebs", {}).get("SnapshotId")]
         with self.aws.call("ModifyImageAttribute", f"{image_id} launch permission for {account_id}"):
             self._ec2().modify_image_attribute(ImageId=image_id,
                                                LaunchPermission={"Add": [{"UserId": account_id}]})
+        for snapshot in snapshots:
+            with self.aws.call("ModifySnapshotAttribute", f"{snapshot} create-volume permission for {account_id}"):
+                self._ec2().modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission",
+                                                      OperationType="add", UserIds=[account_id])
+        return snapshots
 
     def image_references(self) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
         """Who uses which AMI in this region: (launch template versions, instances, SSM parameters).

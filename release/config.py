@@ -40,18 +40,11 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
-class SandboxImageConfig:
-    suite: str
-    packages: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class BaseImageConfig:
     owners: tuple[str, ...]
     name: str
     ami: str | None  # a pinned AMI id wins over the owners/name filter
     ssh_username: str
-    sandbox: SandboxImageConfig
 
 
 @dataclass(frozen=True)
@@ -324,11 +317,6 @@ def parse(data: Mapping[str, Any], *, file: str = "versions.toml") -> Config:
         if ami is None and not (owners and image_name):
             problems.append(f"{file}:base_image: set either ami = \"ami-…\" or both owners and name")
         ssh_username = r.text("ssh_username", "admin")
-        with r.sub("sandbox") as s:
-            sandbox_image = SandboxImageConfig(
-                suite=s.text("suite", "bookworm") or "bookworm",
-                packages=s.texts("packages"),
-            )
 
     with top.sub("tools") as r:
         tools = ToolsConfig(packer=r.specifier("packer", ">=1.6.6"),
@@ -380,7 +368,7 @@ def parse(data: Mapping[str, Any], *, file: str = "versions.toml") -> Config:
         default_environment=default_env,
         app=AppConfig(name=app_name, version=app_version),
         base_image=BaseImageConfig(owners=owners, name=image_name or "", ami=ami,
-                                   ssh_username=ssh_username, sandbox=sandbox_image),
+                                   ssh_username=ssh_username),
         tools=tools,
         bake=bake,
         environments=environments,

@@ -10,9 +10,10 @@ from packaging.version import Version
 from release.aws import Aws
 from release.catalogue import Action, CatalogueImage, Decision, References, decide
 from release.cloud import Cloud
-from release.commands.context import CommandContext, actor, target_for
+from release.commands.context import CommandContext, actor, check_account, target_for
 from release.errors import NotFound, UsageError
 from release.model import TAG_DEPRECATED_REASON, TAG_FOUNDATION_DEPRECATED
+from release.promotion import plan_promotion
 from release.record import Outcome, ReleaseRecord
 
 
@@ -144,8 +145,8 @@ def deprecate_foundation(ctx: CommandContext, image_id: str, *, reason: str, chi
 
 
 def promote(ctx: CommandContext, version: Version, *, to: str) -> str:
-    """Give environment `to` the exact AMI that passed in this one: copied to its region (tags kept,
-    re-keyed when it names a KMS key) and shared with its account. Never a rebake."""
+    """Give environment `to` the exact AMI that passed in this one, never a rebake: the same AMI,
+    or a copy in its region or account with Kiln's tags (promotion.py says which)."""
     target_env = ctx.cfg.environment(to)
     passed = [r for r in ctx.ledger.history(ctx.env.name, limit=200)
               if r.outcome is Outcome.SUCCEEDED and r.version == str(version)]
@@ -156,21 +157,29 @@ def promote(ctx: CommandContext, version: Version, *, to: str) -> str:
     if source is None or source.state != "available":
         raise NotFound(f"the AMI {passed[0].image_id} that passed in {ctx.env.name} is gone")
     target = CommandContext(ctx.cfg, target_env, Aws(target_for(target_env)), ctx.ui, ctx.clock, ctx.project)
-    if target_env.account_id and target_env.account_id != ctx.env.account_id:
-        ctx.cloud.share_image(source.image_id, target_env.account_id)
-        ctx.ui.success(f"shared {source.image_id} with account {target_env.account_id}")
+    # The target's account is guarded like any command's (its own role and account_id).
+    target_account = (check_account(target) if not target_env.sandbox or target_env.account_id
+                      else target.cloud.caller_account())
+    how = plan_promotion(source_region=source.region, source_account=ctx.account or ctx.cloud.caller_account(),
+                         target_region=target_env.region, target_account=target_account,
+                         target_kms_key=target_env.kms_key_id)
+    if how.share_with:
+        shared = ctx.cloud.share_image(source.image_id, how.share_with)
+        ctx.ui.success(f"shared {source.image_id} and its snapshots ({', '.join(shared) or 'none'}) with "
+                       f"account {how.share_with}")
     existing = [i for i in target.cloud.app_images(ctx.cfg.app.name, str(version))
-                if i.fingerprint == source.fingerprint]
-    if target_env.region == source.region and not target_env.kms_key_id:
+                if i.fingerprint == source.fingerprint and i.image_id != source.image_id]
+    if not how.copy:
         image_id = source.image_id
+        ctx.ui.note(f"{to} uses {image_id} itself: {how.why}")
     elif existing:
         image_id = existing[0].image_id
         ctx.ui.note(f"{image_id} in {target_env.region} is already a copy of {source.image_id}")
     else:
-        image_id = target.cloud.copy_image(source, target_env.kms_key_id)
+        image_id = target.cloud.copy_image(source, target_env.kms_key_id, cross_account=bool(how.share_with))
         if source.imds_support == "v2.0":  # a copy is a new AMI: make it as IMDSv2-only as its source
             target.cloud.require_imds_v2(image_id)
-        ctx.ui.success(f"copied {source.image_id} ({source.region}) to {image_id} ({target_env.region})")
+        ctx.ui.success(f"copied {source.image_id} ({source.region}) to {image_id} ({target_env.region}): {how.why}")
     details = {"from": ctx.env.name, "to": to, "version": str(version), "source": source.image_id,
                "image_id": image_id, "fingerprint": source.fingerprint, "by": actor()}
     for c in (ctx, target):

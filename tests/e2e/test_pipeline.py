@@ -768,6 +768,11 @@ def test_promote_then_release_in_a_second_region_keeps_the_ami_lineage(world: Wo
     assert source.imds_support == copy.imds_support == "v2.0"
     for tag in ("kiln:version", "kiln:fingerprint", "kiln:git-sha", "kiln:base-ami", "kiln:built-at"):
         assert copy.tags[tag] == source.tags[tag], tag
+    ec2_west = west.aws.client("ec2")
+    mappings = ec2_west.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"]
+    snapshots = ec2_west.describe_snapshots(SnapshotIds=[m["Ebs"]["SnapshotId"] for m in mappings if "Ebs" in m])
+    for snapshot in snapshots["Snapshots"]:  # its new snapshot says what it is too
+        assert {t["Key"]: t["Value"] for t in snapshot["Tags"]}["kiln:version"] == "1.1.0", snapshot
     assert (world.state / "dataplane" / "layers" / live.image_id).exists()  # the copy shares the frozen rootfs
     assert amis.promote(world.ctx(), Version("1.1.0"), to=WEST) == image_id  # again: no second copy
     promoted = west.ledger.events("ami-promoted")

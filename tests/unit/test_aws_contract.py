@@ -321,20 +321,32 @@ def test_require_imds_v2_marks_the_image(cloud: Cloud, stubs: Stubs) -> None:
 @pytest.mark.parametrize("kms", [None, "arn:aws:kms:us-east-1:111122223333:key/k"])
 def test_copy_image_brings_its_tags_and_is_encrypted_with_a_named_key(cloud: Cloud, stubs: Stubs,
                                                                       kms: str | None) -> None:
+    tags = [{"Key": "kiln:app", "Value": "webapp"}, {"Key": "kiln:version", "Value": "1.0.0"}]
     params: dict[str, Any] = {"SourceRegion": "eu-west-1", "SourceImageId": "ami-src", "Name": "webapp-1.0.0",
-                              "CopyImageTags": True}
+                              # the image and its snapshots, explicitly: also right for a copy by another account
+                              "TagSpecifications": [{"ResourceType": "image", "Tags": tags},
+                                                    {"ResourceType": "snapshot", "Tags": tags}]}
     if kms:
         params.update(Encrypted=True, KmsKeyId=kms)
     stubs("ec2").add_response("copy_image", {"ImageId": "ami-copy"}, params)
     source = AmiRef(image_id="ami-src", name="webapp-1.0.0", region="eu-west-1", state="available", created_at=T0,
-                    version=Version("1.0.0"), fingerprint="fp", validated=True)
+                    version=Version("1.0.0"), fingerprint="fp", validated=True,
+                    tags={"kiln:version": "1.0.0", "aws:ec2launchtemplate:id": "lt-1", "kiln:app": "webapp"})
     assert cloud.copy_image(source, kms) == "ami-copy"
 
 
-def test_share_image_adds_a_launch_permission(cloud: Cloud, stubs: Stubs) -> None:
-    stubs("ec2").add_response("modify_image_attribute", {},
-                              {"ImageId": "ami-1", "LaunchPermission": {"Add": [{"UserId": "111122223333"}]}})
-    cloud.share_image("ami-1", "111122223333")
+def test_share_image_lets_the_other_account_launch_and_copy_it(cloud: Cloud, stubs: Stubs) -> None:
+    ec2 = stubs("ec2")
+    ec2.add_response("describe_images", {"Images": [{"ImageId": "ami-1", "BlockDeviceMappings": [
+        {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1"}}, {"DeviceName": "/dev/xvdb", "Ebs": {}},
+        {"DeviceName": "/dev/xvdc", "VirtualName": "ephemeral0"}]}]},
+        {"ImageIds": ["ami-1"], "IncludeDeprecated": True})
+    ec2.add_response("modify_image_attribute", {},
+                     {"ImageId": "ami-1", "LaunchPermission": {"Add": [{"UserId": "111122223333"}]}})
+    ec2.add_response("modify_snapshot_attribute", {},  # CopyImage by that account reads the snapshots
+                     {"SnapshotId": "snap-1", "Attribute": "createVolumePermission", "OperationType": "add",
+                      "UserIds": ["111122223333"]})
+    assert cloud.share_image("ami-1", "111122223333") == ["snap-1"]
 
 
 def test_caller_account(cloud: Cloud, stubs: Stubs) -> None:

@@ -115,6 +115,10 @@ ALLOWED_FINDINGS: list[dict[str, Any]] = [
      "actions": {"iam:passrole", "kms:creategrant"},
      "why": "PassRole of the instance role to EC2 only (its launch template's profile); CreateGrant on the "
             "configured keys only, and only for AWS resources (EBS)"},
+    {"files": {"deploy.json"}, "issue": "PERMISSIONS_MANAGEMENT_ACTIONS",
+     "actions": {"iam:passrole", "kms:creategrant", "ec2:modifysnapshotattribute"},
+     "why": "`inv ami.promote` to another account shares the AMI's snapshots with it (CopyImage reads them); "
+            "only on snapshots tagged kiln:app"},
     {"files": {"bake.json", "deploy.json"}, "issue": "PRIVILEGE_ESCALATION", "actions": {"iam:passrole",
                                                                                           "ec2:runinstances"},
      "why": "the only role either can pass is the instance role, which the fleet runs with anyway"},

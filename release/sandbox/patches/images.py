@@ -6,7 +6,8 @@ AWS behaviours followed (EC2 API reference):
 - RegisterImage.TagSpecifications: tags the AMI; any ResourceType other than `image` fails the
   request. (moto ignores them.)
 - CopyImage.CopyImageTags: copies the user-defined tags (never `aws:` ones); TagSpecifications
-  add tags to the copy. (moto drops all tags.) The copy, in any region, gets its own snapshot
+  add tags to the copy (`image`) and to its new snapshots (`snapshot`), any other resource type
+  fails the request. (moto drops all tags.) The copy, in any region, gets its own snapshot
   and the same root filesystem (the data plane shares the frozen layers, copy-on-write).
 - EnableImageDeprecation(DeprecateAt): seconds are rounded to the nearest minute, a time in the
   past is refused, at most 10 years ahead; DisableImageDeprecation clears it; DescribeImages
@@ -53,19 +54,24 @@ def _check_name_free(backend: Any, name: str | None) -> None:
             raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {ami.id}")
 
 
-def _image_tags(tag_specifications: list[dict[str, Any]]) -> dict[str, str]:
+def _tags_by_type(tag_specifications: list[dict[str, Any]], allowed: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """TagSpecifications as {resource type: tags}; a type the operation cannot tag fails the request."""
     from moto.ec2.exceptions import EC2ClientError
 
-    tags: dict[str, str] = {}
+    tags: dict[str, dict[str, str]] = {}
     for spec in tag_specifications:
-        if spec.get("ResourceType") != "image":
+        kind = spec.get("ResourceType")
+        if kind not in allowed:
             raise EC2ClientError(
-                "InvalidParameterValue",
-                f"'{spec.get('ResourceType')}' is not a valid taggable resource type for this operation.",
+                "InvalidParameterValue", f"'{kind}' is not a valid taggable resource type for this operation."
             )
         for tag in spec.get("Tags", []):
-            tags[tag["Key"]] = tag.get("Value", "")
+            tags.setdefault(kind, {})[tag["Key"]] = tag.get("Value", "")
     return tags
+
+
+def _image_tags(tag_specifications: list[dict[str, Any]]) -> dict[str, str]:
+    return _tags_by_type(tag_specifications, ("image",)).get("image", {})
 
 
 def _check_imds_value(value: object) -> None:
@@ -173,16 +179,20 @@ def apply() -> None:
     def copy_image_response(self: Any) -> Any:
         from moto.ec2.models import ec2_backends
 
-        extra = _image_tags(self._get_param("TagSpecifications", []))
+        extra = _tags_by_type(self._get_param("TagSpecifications", []), ("image", "snapshot"))
         result = original_copy_response(self)
+        image_id = result.result["ImageId"]
         tags: dict[str, str] = {}
         if self._get_bool_param("CopyImageTags", False):
             source_backend = ec2_backends[self.current_account][self._get_param("SourceRegion")]
             source_tags = source_backend.tags.get(self._get_param("SourceImageId"), {})
             tags.update({k: v for k, v in source_tags.items() if not k.startswith("aws:")})
-        tags.update(extra)
+        tags.update(extra.get("image", {}))
         if tags:
-            self.ec2_backend.create_tags([result.result["ImageId"]], tags)
+            self.ec2_backend.create_tags([image_id], tags)
+        snapshot = getattr(self.ec2_backend.amis[image_id], "ebs_snapshot", None)
+        if extra.get("snapshot") and snapshot is not None:
+            self.ec2_backend.create_tags([snapshot.id], extra["snapshot"])
         return result
 
     def describe_images_response(self: Any) -> Any:

@@ -67,6 +67,25 @@ def test_copy_image_copies_user_tags_only_when_asked(kit: Kit) -> None:
     assert tags_of(kit, without["ImageId"], "eu-west-1") == {}
 
 
+def test_copy_image_tag_specifications_tag_the_copy_and_its_new_snapshot(kit: Kit) -> None:
+    source = register(kit, unique("app"), Version="2.0.0")
+    west = kit.client("ec2", "eu-west-1")
+    tags = [{"Key": "kiln:version", "Value": "2.0.0"}]
+    copy = west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name=unique("copy"),
+                           TagSpecifications=[{"ResourceType": "image", "Tags": tags},
+                                              {"ResourceType": "snapshot", "Tags": tags}])["ImageId"]
+    assert tags_of(kit, copy, "eu-west-1") == {"kiln:version": "2.0.0"}
+    described = west.describe_images(ImageIds=[copy])["Images"][0]
+    snapshots = [m["Ebs"]["SnapshotId"] for m in described["BlockDeviceMappings"] if "Ebs" in m]
+    assert snapshots
+    for snapshot in west.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
+        assert {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])} == {"kiln:version": "2.0.0"}
+    with pytest.raises(ClientError) as wrong:
+        west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name=unique("copy"),
+                        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+    assert wrong.value.response["Error"]["Code"] == "InvalidParameterValue"
+
+
 def test_image_deprecation_is_reported_and_can_be_cleared(kit: Kit) -> None:
     ec2 = kit.client("ec2")
     image = register(kit, unique("app"))
