@@ -143,13 +143,15 @@ build {
     extra_arguments = concat(local.ansible_jump, [
       "--extra-vars", "ansible_python_interpreter=/usr/bin/python3",
       "--extra-vars", jsonencode({
-        kiln_version     = var.app_version
-        kiln_fingerprint = var.fingerprint
-        kiln_git_sha     = var.git_sha
-        kiln_built_at    = var.built_at
-        kiln_base_ami    = var.layer == "foundation" ? build.SourceAMI : var.base_ami
-        kiln_foundation  = var.layer == "foundation" ? "" : build.SourceAMI
-        kiln_wheelhouse  = var.wheelhouse
+        kiln_version          = var.app_version
+        kiln_fingerprint      = var.fingerprint
+        kiln_git_sha          = var.git_sha
+        kiln_built_at         = var.built_at
+        kiln_base_ami         = var.layer == "foundation" ? build.SourceAMI : var.base_ami
+        kiln_foundation       = var.layer == "foundation" ? "" : build.SourceAMI
+        kiln_wheelhouse       = var.wheelhouse
+        kiln_ssm_agent_url    = var.layer == "foundation" ? var.ssm_agent_url : ""
+        kiln_ssm_agent_sha256 = var.ssm_agent_sha256
       }),
     ])
   }

@@ -48,6 +48,18 @@ variable "wheelhouse" {
   description = "A tar archive on this machine: the foundation's wheels (the app's dependencies, boto3) or the app's wheel."
 }
 
+variable "ssm_agent_url" {
+  type        = string
+  default     = ""
+  description = "The foundation: the SSM agent's .deb to install (a pinned version's URL); empty: none."
+}
+
+variable "ssm_agent_sha256" {
+  type        = string
+  default     = ""
+  description = "The SHA-256 of ssm_agent_url's package, checked before it is installed."
+}
+
 variable "app_name" {
   type        = string
   default     = "webapp"

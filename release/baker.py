@@ -115,8 +115,9 @@ class Baker:
         base = self._base_image()
         cfg = self.cfg
         bake_keys = [cfg.bake.instance_type, str(cfg.bake.volume_size_gb), cfg.base_image.ssh_username]
+        agent = cfg.bake.ssm_agent
         below = fp.foundation(self.project, base_ami=base.image_id, dependencies=app_dependencies(self.project),
-                              config_keys=bake_keys, tools=tools)
+                              config_keys=[*bake_keys, *((agent.url, agent.sha256) if agent else ())], tools=tools)
         above = fp.app(self.project, foundation=below, config_keys=[cfg.app.name, str(cfg.app.version), *bake_keys],
                        tools=tools)
         foundations = self.cloud.foundation_images(cfg.app.name)
@@ -184,7 +185,15 @@ class Baker:
             # Only the app image is copied and shared; its foundation stays home.
             "ami_regions": list(env.ami_regions) if layer == "app" else [],
             "ami_users": list(env.ami_users) if layer == "app" else [],
+            **self._agent_variables(layer),
         }
+
+    def _agent_variables(self, layer: str) -> dict[str, object]:
+        """The foundation installs the SSM agent when [bake.ssm_agent] names its package."""
+        agent = self.cfg.bake.ssm_agent
+        if layer != "foundation" or agent is None:
+            return {}
+        return {"ssm_agent_url": agent.url, "ssm_agent_sha256": agent.sha256}
 
     def _variables(self) -> dict[str, object]:
         """Packer's variables both layers share: provenance, the build instance, credentials, the way in."""

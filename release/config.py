@@ -27,6 +27,8 @@ DEFAULT_PATH = Path("versions.toml")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_HTTPS = re.compile(r"^https://\S+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -54,12 +56,21 @@ class ToolsConfig:
 
 
 @dataclass(frozen=True)
+class SsmAgentPackage:
+    """The AWS SSM agent's Debian package: a pinned version's URL and its SHA-256."""
+
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class BakeConfig:
     instance_type: str
     volume_size_gb: int
     deprecate_after_days: int | None = None  # EnableImageDeprecation this long after the bake
     # Once the smoke instance runs the right files and services: how long /health may take to say 200.
     smoke_ready_timeout: int = 45
+    ssm_agent: SsmAgentPackage | None = None  # installed by the foundation, for access = "ssm"
 
 
 @dataclass(frozen=True)
@@ -284,6 +295,17 @@ class _Reader:
                 self.problem(name, "unknown key; remove it or check its spelling (see README)")
 
 
+def _ssm_agent(bake: _Reader) -> SsmAgentPackage | None:
+    if "ssm_agent" not in bake.table:  # optional, but both keys when present
+        return None
+    with bake.sub("ssm_agent") as r:
+        url = r.text("url", required=True, pattern=_HTTPS,
+                     example="https://s3.amazonaws.com/ec2-downloads-windows/SSMAgent/<version>/debian_amd64/"
+                             "amazon-ssm-agent.deb")
+        sha256 = r.text("sha256", required=True, pattern=_SHA256, example="64 hex digits: sha256sum of the .deb")
+    return SsmAgentPackage(url, sha256) if url and sha256 else None
+
+
 def _toml_type(value: object) -> str:
     return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
             list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
@@ -326,7 +348,8 @@ def parse(data: Mapping[str, Any], *, file: str = "versions.toml") -> Config:
         bake = BakeConfig(instance_type=r.text("instance_type", "t3.small") or "t3.small",
                           volume_size_gb=r.integer("volume_size_gb", 8, low=1, high=16384) or 8,
                           deprecate_after_days=r.integer("deprecate_after_days", low=1, high=3650),
-                          smoke_ready_timeout=r.integer("smoke_ready_timeout", 45, low=5, high=3600) or 45)
+                          smoke_ready_timeout=r.integer("smoke_ready_timeout", 45, low=5, high=3600) or 45,
+                          ssm_agent=_ssm_agent(r))
 
     environments: dict[str, Environment] = {}
     with top.sub("environments", required=True) as envs:

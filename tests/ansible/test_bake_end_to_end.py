@@ -9,6 +9,10 @@ Debian mirror and pip builds the wheelhouse from the package index).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import http.server
 import json
 import os
 import shlex
@@ -17,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -66,6 +71,7 @@ class Bake:
     endpoint: str
     seconds: float
     log: str
+    foundation_log: str
 
 
 def aws_env(endpoint: str) -> dict[str, str]:
@@ -90,6 +96,43 @@ def build_wheelhouses(workdir: Path) -> tuple[Path, Path]:
         for wheel in sorted(wheels.glob("*.whl")):
             (own if wheel.name.startswith("kiln_webapp-") else deps).add(wheel, arcname=wheel.name)
     return dependencies, app
+
+
+def agent_package(workdir: Path) -> Path:
+    """A package shaped like AWS's amazon-ssm-agent.deb (its name, its unit under /lib/systemd/system),
+    for the foundation's ssm_agent role to download, check and install; served on loopback."""
+    tree = workdir / "agent-deb"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: amazon-ssm-agent\nVersion: 3.3.0-kiln-test\nArchitecture: all\nMaintainer: Kiln tests\n"
+        "Description: stand-in for the SSM agent\n")
+    unit = tree / "lib" / "systemd" / "system" / "amazon-ssm-agent.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Unit]\nDescription=amazon-ssm-agent\n\n[Service]\nExecStart=/usr/bin/amazon-ssm-agent\n\n"
+                    "[Install]\nWantedBy=multi-user.target\n")
+    agent = tree / "usr" / "bin" / "amazon-ssm-agent"
+    agent.parent.mkdir(parents=True)
+    agent.write_text("#!/bin/sh\nexec sleep infinity\n")
+    agent.chmod(0o755)
+    served = workdir / "served"
+    served.mkdir()
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(served / "amazon-ssm-agent.deb")],
+                   check=True, capture_output=True)
+    return served / "amazon-ssm-agent.deb"
+
+
+@contextlib.contextmanager
+def files_on_loopback(directory: Path) -> Iterator[str]:
+    """An HTTP server for `directory` on 127.0.0.1; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def packer_build(variables: dict[str, str], workdir: Path, endpoint: str) -> tuple[subprocess.CompletedProcess[str],
@@ -122,7 +165,8 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bake]:
             Name="webapp/e2e", SecretString=json.dumps(SECRET)
         )
         source_ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        with chroot_host(workdir / "instance") as host:
+        agent = agent_package(workdir)
+        with chroot_host(workdir / "instance") as host, files_on_loopback(agent.parent) as files:
             ec2.import_key_pair(KeyName="kiln-e2e", PublicKeyMaterial=host.public_key.encode())
             common = {
                 "app_version": VERSION,
@@ -139,9 +183,12 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bake]:
                 "ssh_private_key_file": str(host.private_key),
             }
             started = time.monotonic()
-            _, foundation_ami = packer_build({
+            below, foundation_ami = packer_build({
                 **common, "layer": "foundation", "fingerprint": FOUNDATION_FINGERPRINT, "source_ami": source_ami,
                 "wheelhouse": str(dependencies), "manifest_path": str(workdir / "manifest-foundation.json"),
+                # [bake.ssm_agent]: a pinned package and its checksum
+                "ssm_agent_url": f"{files}/{agent.name}",
+                "ssm_agent_sha256": hashlib.sha256(agent.read_bytes()).hexdigest(),
             }, workdir, endpoint)
             # Plain moto registers CreateImage's AMIs as "standard"-backed, which Packer will not build on;
             # EC2 (and the sandbox) make them EBS-backed like their source.
@@ -153,7 +200,8 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bake]:
             }, workdir, endpoint)
             seconds = time.monotonic() - started
             manifest = json.loads((workdir / "manifest.json").read_text())
-            yield Bake(host, ami_id, source_ami, foundation_ami, manifest, ec2, endpoint, seconds, result.stdout)
+            yield Bake(host, ami_id, source_ami, foundation_ami, manifest, ec2, endpoint, seconds, result.stdout,
+                       below.stdout)
     finally:
         server.stop()
 
@@ -284,6 +332,15 @@ def test_units_are_enabled_not_started(bake: Bake) -> None:
     survivors = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _root_of(p) == str(bake.host.root)]
     commands = {(p / "comm").read_text().strip() for p in survivors if (p / "comm").exists()}
     assert not commands & {"nginx", "gunicorn"}
+
+
+def test_the_foundation_installed_the_ssm_agent_it_was_given_and_enabled_it(bake: Bake) -> None:
+    status = in_root(bake, "dpkg-query", "-W", "-f", "${Status} ${Version}", "amazon-ssm-agent")
+    assert status.stdout == "install ok installed 3.3.0-kiln-test", status.stdout + status.stderr
+    wanted = bake.host.root / "etc/systemd/system/multi-user.target.wants/amazon-ssm-agent.service"
+    assert os.readlink(wanted) == "/lib/systemd/system/amazon-ssm-agent.service"
+    assert not (bake.host.root / "var/cache/apt/archives/amazon-ssm-agent.deb").exists()  # no bake leftovers
+    assert "ssm_agent : Download the SSM agent's package, checking its SHA-256" in bake.foundation_log
 
 
 def _root_of(proc: Path) -> str | None:

@@ -36,8 +36,10 @@ class Catalogue:
         return self.foundations
 
 
-def baker(images: list[AmiRef], foundations: list[AmiRef] | None = None) -> Baker:
+def baker(images: list[AmiRef], foundations: list[AmiRef] | None = None,
+          agent: config.SsmAgentPackage | None = None) -> Baker:
     cfg = config.load(ROOT / "versions.toml")
+    cfg = replace(cfg, bake=replace(cfg.bake, ssm_agent=agent))
     env = cfg.environment("sandbox")
     env = replace(env, ssh=replace(env.ssh, bastion=None, bastion_instance=None))
     b = Baker(cfg, env, Aws(Target(region=env.region, endpoint_url="http://127.0.0.1:9")), ROOT, FakeClock(NOW),
@@ -86,3 +88,19 @@ def test_an_ami_past_its_end_of_life_is_baked_again() -> None:
     assert plan.needed and "ami-0app (these inputs) is deprecated" in plan.changed
     later = baker([baked(fingerprint, deprecated_at=NOW + timedelta(days=1))]).plan()  # not yet
     assert not later.needed
+
+
+AGENT = config.SsmAgentPackage("https://s3.amazonaws.com/ec2-downloads-windows/SSMAgent/3.3.1142.0/debian_amd64/"
+                               "amazon-ssm-agent.deb", "ab" * 32)
+
+
+def test_the_ssm_agent_is_the_foundations_and_changing_it_rebakes_both_layers() -> None:
+    without, with_agent = baker([]).plan(), baker([], agent=AGENT).plan()
+    assert "ssm_agent_url" not in without.foundation.variables
+    assert with_agent.foundation.variables["ssm_agent_url"] == AGENT.url
+    assert with_agent.foundation.variables["ssm_agent_sha256"] == AGENT.sha256
+    assert "ssm_agent_url" not in with_agent.variables  # the app layer installs nothing more
+    assert with_agent.foundation.fingerprint.value != without.foundation.fingerprint.value
+    assert with_agent.fingerprint.value != without.fingerprint.value  # the app image is on a new foundation
+    other = baker([], agent=replace(AGENT, sha256="cd" * 32)).plan()
+    assert other.foundation.fingerprint.value != with_agent.foundation.fingerprint.value
