@@ -555,6 +555,33 @@ def test_crash_matrix_kill_at_every_step_then_resume_or_rollback_converges(world
         print("  ", *row)
 
 
+def test_a_frozen_driver_is_taken_over_and_stops_at_its_next_fence_when_it_thaws(world: World) -> None:
+    """A driver stopped mid-gate (SIGSTOP: a suspended laptop, a paused container) is alive but
+    silent: its lease lapses, `inv resume` takes over and finishes the release, and the old
+    driver, woken up, stops at its next fence without changing anything (exit 13)."""
+    cli = Cli(world)
+    live = world.ctx().ledger.live(ENV)
+    assert live is not None
+    target = "1.1.0" if live.version == "1.0.0" else "1.0.0"
+    frozen = cli.start("release", "--version", target, *(["--allow-downgrade"] if target < live.version else []))
+    deadline = time.monotonic() + 120
+    while (running := world.ctx().ledger.in_progress(ENV)) is None or running.phase != "gating":
+        assert time.monotonic() < deadline and frozen.poll() is None, "the release never reached its gate"
+        time.sleep(0.1)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        resumed = cli.run("resume")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "waiting up to" in resumed.stdout + resumed.stderr  # for the silent driver's lease
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    said, _ = frozen.communicate(timeout=120)
+    assert frozen.returncode == 13 and "no longer holds the lock" in said, said
+    record = world.ctx().ledger.history(ENV, limit=1)[0]
+    assert record.release_id == running.release_id and record.outcome is Outcome.SUCCEEDED, record
+    converged(world, record, serving=target)  # one refresh, the ledger equal to the cloud
+
+
 def converged(world: World, record: ReleaseRecord, *, serving: str) -> None:
     ctx = world.ctx()
     assert ctx.ledger.lock(ENV) is None, "the lock is still held"

@@ -73,6 +73,8 @@ def test_other_dimensions_do_not_count(kit: Kit) -> None:
 
 def test_set_alarm_state_lasts_until_the_next_evaluation(kit: Kit) -> None:
     name = put_alarm(kit, unique("Kiln/Test"))
+    # A new alarm is evaluated at once: set its state after that, a whole period before the next.
+    kit.wait_for("the first evaluation", lambda: "no datapoints" in str(alarm(kit, name)["StateReason"]))
     kit.client("cloudwatch").set_alarm_state(AlarmName=name, StateValue="ALARM", StateReason="testing the gate")
     assert alarm(kit, name)["StateValue"] == "ALARM"
     kit.wait_for("the evaluation to put it back", lambda: alarm(kit, name)["StateValue"] == "OK", timeout=15)
