@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE = ("config", "model", "record", "plan", "gate", "rollout", "catalogue", "promotion", "fingerprint", "clock", "errors",
-        "timeline", "report")
+CORE = ("config", "model", "record", "plan", "gate", "rollout", "catalogue", "promotion", "fingerprint", "clock",
+        "errors", "timeline", "report")
 ADAPTERS = ("boto3", "botocore", "paramiko", "invoke", "moto", "rich", "release.aws", "release.cloud",
             "release.ledger", "release.ssh", "release.packer", "release.ui", "release.sandbox", "release.commands")
 # Ways out of the process a core module must not take itself (a library may use them inside).
