@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -67,6 +68,8 @@ log = logging.getLogger("kiln.sandbox")
 
 DEFAULT_TIME_SCALE = 0.1
 TICK_SECONDS = 0.2
+# How long a RunInstances answer may wait for its instances to boot (real seconds; _until_booted).
+RUN_INSTANCES_BOOT_WAIT = 3.0
 DEFAULT_ACCOUNT_ID = "123456789012"  # moto's account for any access key it does not know
 DEFAULT_REGION = "us-east-1"
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict", 500: "Internal Server Error",
@@ -494,6 +497,10 @@ class SandboxServer:
         call = identify(environ, self._read_body(environ), scope[1] if scope else None)
         self.requests.count(call)
         injection = self._fault_for(call)
+        if injection is None and call is not None and (call.service, call.operation) == ("ec2", "RunInstances"):
+            answer = list(self._dispatch(environ, start_response))
+            self._until_booted(answer)
+            return answer
         if injection is None:
             return self._dispatch(environ, start_response)
         fault = injection.fault
@@ -508,6 +515,23 @@ class SandboxServer:
         if fault.kind == "timeout":
             self.clock.sleep(fault.delay)  # the client's read timeout fires; the call took effect
         return answer
+
+    def _until_booted(self, answer: list[bytes]) -> None:
+        """RunInstances answers once its instances have booted (at most RUN_INSTANCES_BOOT_WAIT
+        seconds), outside the lock. On EC2 an instance is `pending` for several seconds and a client
+        connects after that; here it is `running` at once while its init takes a second or so, and
+        a client's first connection (Packer's, right away) was refused and retried 5 s later.
+        Group launches (the refresh engines') do not wait: they never come through here."""
+        wait = getattr(self.runtime.dataplane, "wait_until_booted", None)
+        if not callable(wait):
+            return
+        deadline = time.monotonic() + RUN_INSTANCES_BOOT_WAIT
+        for instance_id in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", b"".join(answer)):
+            try:
+                wait(instance_id.decode(), timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:  # still booting, or could not start: the answer goes out as it is
+                log.info("RunInstances answered before %s booted: %s", instance_id.decode(), exc)
+                return
 
     def _metadata_service(self, environ: dict[str, Any], start_response: StartResponse, path: str) -> Iterable[bytes]:
         """An instance's IMDSv2 (imds.py), from what the data plane wrote for it at launch."""

@@ -90,6 +90,13 @@ def test_group_instances_boot_from_the_base_image_and_down_leaves_nothing(state_
     assert answers_ssh(first["PrivateIpAddress"])
     assert "SSH HOST KEY" in ec2.get_console_output(InstanceId=first["InstanceId"])["Output"]
 
+    # RunInstances answers once its instance has booted (the pending phase EC2 has and the sandbox
+    # skips): a client's first connection, as Packer makes right away, is not refused.
+    launched = ec2.run_instances(ImageId=seed.base_image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                 SubnetId=first["SubnetId"])["Instances"][0]
+    assert answers_ssh(launched["PrivateIpAddress"])
+    ec2.terminate_instances(InstanceIds=[launched["InstanceId"]])
+
     ec2.terminate_instances(InstanceIds=[first["InstanceId"]])
     deadline = time.monotonic() + 40  # shutting down in the background, as on EC2
     while answers_ssh(first["PrivateIpAddress"]) and time.monotonic() < deadline:
