@@ -277,6 +277,7 @@ class Releaser:
         self.checkpoint = checkpoint
         self.timelines = timelines
         self.timeline = Timeline()
+        self._timeline_failed = False  # said once: the report will miss the rest of this watch
         # Time budgets, in real seconds: how long a poll waits for an observation, and for probes.
         self.observe_budget = env.gate.poll_interval + OBSERVE_SLACK_SECONDS
         self.probe_budget = max(0.5, env.gate.poll_interval / 2)
@@ -497,16 +498,22 @@ class Releaser:
             self.clock.sleep(self.env.gate.poll_interval)
 
     def _sample(self, first: str, verdict: Verdict, snapshot: Snapshot | None) -> None:
-        """One poll into the timeline `inv report` draws (what each instance ran, the checks)."""
+        """One poll into the timeline `inv report` draws (what each instance ran, the checks). The
+        timeline is a picture, not a step: whatever goes wrong with it never stops a release."""
         watch = RELEASE if first == "gating" else ROLLBACK
         record = self._current()
-        if snapshot is None:
-            self.timeline.add(unobserved_sample(self.clock.now(), verdict, watch))
-            return
-        versions = {record.image_id: record.version}
-        if record.previous_image_id and record.previous_version:
-            versions[record.previous_image_id] = record.previous_version
-        self.timeline.record(snapshot, verdict, watch, versions)
+        try:
+            if snapshot is None:
+                self.timeline.add(unobserved_sample(self.clock.now(), verdict, watch))
+                return
+            versions = {record.image_id: record.version}
+            if record.previous_image_id and record.previous_version:
+                versions[record.previous_image_id] = record.previous_version
+            self.timeline.record(snapshot, verdict, watch, versions)
+        except Exception as err:  # a bug in the picture must not fail the release it draws
+            if not self._timeline_failed:
+                self._timeline_failed = True
+                self._emit(Phase(record.phase), f"the report's timeline stopped recording ({err!r})")
 
     def _save_timeline(self) -> None:
         """The timeline is a picture, not a step: failing to keep it never stops a release."""

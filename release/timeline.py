@@ -147,8 +147,10 @@ class Timeline:
             self._t0 = sample.at
         n = len(self._polls)
         ms = round((sample.at - self._t0) / timedelta(milliseconds=1))
-        if self._polls and ms < self._polls[-1].ms:
-            raise ValueError(f"sample at {sample.at} is older than the previous one")
+        if self._polls:
+            # An observation that outlived its poll's time budget is taken up by a later poll and
+            # can carry a time before the poll drawn meanwhile: it is drawn at that poll's time.
+            ms = max(ms, self._polls[-1].ms)
         self._polls.append(_Poll(ms, sample.watch, (sample.refresh_status, sample.refresh_percentage),
                                  tuple(sorted(sample.alarms.items())), tuple(sample.checks.items()), sample.verdict,
                                  sample.reason, sample.observed, sample.polls))

@@ -254,6 +254,20 @@ def test_release_succeeds_and_records_every_phase() -> None:
     assert any(e.verdict and e.verdict.kind == "wait" for e in events)
 
 
+def test_a_timeline_that_breaks_never_stops_the_release_it_draws() -> None:
+    cloud, _ledger, releaser, events = setup()
+
+    def broken(*_: object) -> None:
+        raise ValueError("a bug in the picture")
+
+    releaser.timeline.add = broken  # type: ignore[method-assign,assignment]
+    releaser.timeline.record = broken  # type: ignore[method-assign,assignment]
+    record = releaser.release(plan_for(cloud))
+    assert record.outcome is Outcome.SUCCEEDED
+    said = [e.message for e in events if "timeline stopped recording" in e.message]
+    assert len(said) == 1 and "a bug in the picture" in said[0]  # once, not at every poll
+
+
 def test_alarm_mid_refresh_rolls_back_through_aws() -> None:
     cloud, ledger, releaser, _ = setup({"alarm_on": "ami-new"})
     with pytest.raises(GateFailed, match="alarm web-sandbox-target-5xx in ALARM"):
