@@ -21,7 +21,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from pathlib import Path
 import boto3
 import pytest
 from chroot_host import Host, chroot_host, free_port, kill_processes_in, stop, wait_for_port
-from imds_server import metadata_service
+from imds_server import metadata_service, on_loopback
 from moto.ec2.models import ec2_backends
 from moto.server import ThreadedMotoServer
 from unitfile import parse_unit
@@ -121,18 +120,9 @@ def agent_package(workdir: Path) -> Path:
     return served / "amazon-ssm-agent.deb"
 
 
-@contextlib.contextmanager
-def files_on_loopback(directory: Path) -> Iterator[str]:
-    """An HTTP server for `directory` on 127.0.0.1; yields its base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def files_on_loopback(directory: Path) -> contextlib.AbstractContextManager[str]:
+    """An HTTP server for the files in `directory` on 127.0.0.1; gives its base URL."""
+    return on_loopback(functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory)))
 
 
 def packer_build(variables: dict[str, str], workdir: Path, endpoint: str) -> tuple[subprocess.CompletedProcess[str],
