@@ -18,15 +18,15 @@ from release.ui import Progress
 def bake(ctx: CommandContext, *, force: bool, dry_run: bool) -> BakeResult | BakePlan:
     """Bake what changed (nothing when an AMI with these inputs exists), then smoke-test it."""
     ui = ctx.ui
+    through_ssm = [e.name for e in ctx.cfg.environments.values() if e.access == "ssm" and not e.sandbox]
+    if through_ssm and ctx.cfg.bake.ssm_agent is None and not ctx.env.sandbox:
+        ui.warn(f"{', '.join(through_ssm)} read instances through SSM Run Command, but [bake.ssm_agent] is not set: "
+                "the foundation installs no SSM agent (Debian's AMIs have none; see README)")
     baker = Baker(ctx.cfg, ctx.env, ctx.aws, ctx.project, ctx.clock, on_step=lambda s: ui.note(f"  {s}"),
                   on_line=lambda line: None, bastion_key=sandbox_key() if ctx.env.sandbox else None)
     plan = baker.plan(force=force)
     fp, below = plan.fingerprint.value, plan.foundation
     ui.info(f"{ctx.cfg.app.name} {plan.version}: fingerprint {fp}, base image {plan.base_image.image_id}")
-    through_ssm = [e.name for e in ctx.cfg.environments.values() if e.access == "ssm" and not e.sandbox]
-    if through_ssm and ctx.cfg.bake.ssm_agent is None and not ctx.env.sandbox:
-        ui.warn(f"{', '.join(through_ssm)} read instances through SSM Run Command, but [bake.ssm_agent] is not set: "
-                "the foundation installs no SSM agent (Debian's AMIs have none; see README)")
     foundation = {"needed": below.needed and plan.needed, "fingerprint": below.fingerprint.value,
                   "image_id": below.existing.image_id if below.existing else None, "changed": below.changed}
     if not plan.needed and plan.existing is not None and plan.existing.validated is None and not dry_run:

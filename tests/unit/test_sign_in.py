@@ -124,3 +124,29 @@ def test_bake_acts_as_the_bake_role(sts: FakeSts, tmp_path: Path) -> None:
     inv(sts, tmp_path, "bake", "--dry-run")
     assume = next(r for r in sts.requests if r["Action"] == "AssumeRole")
     assert assume["RoleArn"] == "arn:aws:iam::333333333333:role/kiln-bake"
+
+
+AGENT = """
+[bake.ssm_agent]
+url = "https://s3.amazonaws.com/ec2-downloads-windows/SSMAgent/3.3.1142.0/debian_amd64/amazon-ssm-agent.deb"
+sha256 = "%s"
+""" % ("ab" * 32)
+
+
+@pytest.mark.parametrize("agent", [False, True])
+def test_a_bake_for_an_ssm_environment_without_an_agent_warns_first(sts: FakeSts, tmp_path: Path,
+                                                                    agent: bool) -> None:
+    """Debian's AMIs have no SSM agent: an environment read through SSM needs [bake.ssm_agent]."""
+    config = tmp_path / "versions.toml"
+    config.write_text(CONFIG.replace('secret_id = "webapp/prod"', 'secret_id = "webapp/prod"\naccess = "ssm"')
+                      + (AGENT if agent else ""))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=sts.endpoint, AWS_ACCESS_KEY_ID=BASE_KEY, AWS_SECRET_ACCESS_KEY="x",
+               AWS_EC2_METADATA_DISABLED="true", AWS_MAX_ATTEMPTS="1")
+    done = subprocess.run([str(INV), "bake", "--dry-run", "--env", "prod", "--config", str(config)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    said = done.stdout + done.stderr
+    warned = "prod read instances through SSM Run Command, but [bake.ssm_agent] is not set" in said
+    assert warned is not agent, said
+    # This loopback STS answers nothing else: the bake stops at its first EC2 call, after the warning.
+    assert done.returncode != 0 and "Traceback" not in done.stderr
