@@ -115,9 +115,9 @@ class Baker:
         base = self._base_image()
         cfg = self.cfg
         bake_keys = [cfg.bake.instance_type, str(cfg.bake.volume_size_gb), cfg.base_image.ssh_username]
-        agent = cfg.bake.ssm_agent
+        agent_keys = [str(v) for v in self._agent_variables("foundation").values()]
         below = fp.foundation(self.project, base_ami=base.image_id, dependencies=app_dependencies(self.project),
-                              config_keys=[*bake_keys, *((agent.url, agent.sha256) if agent else ())], tools=tools)
+                              config_keys=[*bake_keys, *agent_keys], tools=tools)
         above = fp.app(self.project, foundation=below, config_keys=[cfg.app.name, str(cfg.app.version), *bake_keys],
                        tools=tools)
         foundations = self.cloud.foundation_images(cfg.app.name)

@@ -177,10 +177,7 @@ class Cloud:
     def share_image(self, image_id: str, account_id: str) -> list[str]:
         """Let `account_id` launch and copy the AMI: a launch permission on it, and a create-volume
         permission on each of its snapshots (CopyImage reads them). Returns the snapshot ids."""
-        with self.aws.call("DescribeImages", image_id):
-            images = self._ec2().describe_images(ImageIds=[image_id], IncludeDeprecated=True)["Images"]
-        snapshots = [m["Ebs"]["SnapshotId"] for i in images for m in i.get("BlockDeviceMappings", [])
-                     if m.get("Ebs", {}).get("SnapshotId")]
+        snapshots = list(self.snapshots_of(image_id))
         with self.aws.call("ModifyImageAttribute", f"{image_id} launch permission for {account_id}"):
             self._ec2().modify_image_attribute(ImageId=image_id,
                                                LaunchPermission={"Add": [{"UserId": account_id}]})

@@ -233,8 +233,7 @@ class Probes:
 LAPSE_POLL_SECONDS = 1.0
 
 
-def await_lapse(lock: Lock, read_lock: Callable[[], Lock | None], clock: Clock,
-                on_wait: Callable[[Lock, float], None] = lambda lock, left: None) -> None:
+def await_lapse(lock: Lock, read_lock: Callable[[], Lock | None], clock: Clock) -> None:
     """Wait until `lock`'s lease lapses, so that a release whose driver was just killed can be
     resumed or rolled back at once instead of "try again in N s". A live driver renews its lease
     at every poll: a renewal, or the lock changing hands, is LockHeld as soon as it is seen, and
@@ -245,7 +244,6 @@ def await_lapse(lock: Lock, read_lock: Callable[[], Lock | None], clock: Clock,
         left = (lock.expires_at - now).total_seconds()
         if left <= 0:
             return
-        on_wait(lock, left)
         clock.sleep(min(LAPSE_POLL_SECONDS, left + 0.05))
         seen = read_lock()
         if seen is None:

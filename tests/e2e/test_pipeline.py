@@ -92,6 +92,16 @@ class World:
             assert time.monotonic() < deadline, f"the fleet did not become healthy: {states}"
             time.sleep(1)
 
+    def until_gating(self, proc: subprocess.Popen[str]) -> ReleaseRecord:
+        """Until the release `proc` drives reaches its gate; the record as it is then."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            running = self.ctx().ledger.in_progress(ENV)
+            if running is not None and running.phase == "gating":
+                return running
+            time.sleep(0.1)
+        raise AssertionError("the release never reached its gate")
+
     def lb_versions(self, count: int = 12, env: str = ENV) -> dict[str, int]:
         ctx = self.ctx(env=env)
         url = ctx.cloud.load_balancer_url(ctx.env.target_groups)  # the DNS name, as on AWS
@@ -576,10 +586,7 @@ def test_a_frozen_driver_is_taken_over_and_stops_at_its_next_fence_when_it_thaws
     assert live is not None
     target = "1.1.0" if live.version == "1.0.0" else "1.0.0"
     frozen = cli.start("release", "--version", target, *(["--allow-downgrade"] if target < live.version else []))
-    deadline = time.monotonic() + 120
-    while (running := world.ctx().ledger.in_progress(ENV)) is None or running.phase != "gating":
-        assert time.monotonic() < deadline and frozen.poll() is None, "the release never reached its gate"
-        time.sleep(0.1)
+    running = world.until_gating(frozen)
     frozen.send_signal(signal.SIGSTOP)
     try:
         resumed = cli.run("resume")
@@ -678,19 +685,10 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
     def start_release(target: str, extra: list[str]) -> subprocess.Popen[str]:
         return cli.start("release", "--version", target, *extra)
 
-    def until_gating(proc: subprocess.Popen[str]) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            running = world.ctx().ledger.in_progress(ENV)
-            if running is not None and running.phase == "gating":
-                return
-            time.sleep(0.1)
-        raise AssertionError("the release never reached its gate")
-
     # 1. Once the gate watches, every describe call it makes is throttled for a while: retried, never fatal.
     target, extra = other()
     proc = start_release(target, extra)
-    until_gating(proc)
+    world.until_gating(proc)
     for operation in ("DescribeAutoScalingGroups", "DescribeInstanceRefreshes", "DescribeTargetHealth",
                       "DescribeInstances", "DescribeAlarms"):
         fault("--operation", operation, "--error", "Throttling", "--seconds", "8")

@@ -470,17 +470,17 @@ class Init:
                 self.run_control(state, command, env, timeout)
         except (RuntimeError, OSError) as err:
             self.log(f"{unit.name}: {err}")
-        main = state.main_pid
-        if main and alive(main, self.root / "proc"):
+        main, proc = state.main_pid, self.root / "proc"  # the instance's own procfs: its PIDs
+        if main and alive(main, proc):
             kill_signal = _signal_named(unit.get("Service.KillSignal", "SIGTERM") or "SIGTERM")
             mode = unit.get("Service.KillMode", "control-group")
             _kill(main, kill_signal)
             if mode == "control-group":
                 _kill(-main, kill_signal)  # its process group: what setsid() gave the service
             deadline = time.monotonic() + timeout
-            while alive(main, self.root / "proc") and time.monotonic() < deadline:
+            while alive(main, proc) and time.monotonic() < deadline:
                 self.pump(0.05)
-            if alive(main, self.root / "proc"):
+            if alive(main, proc):
                 self.log(f"{unit.name}: did not stop within {timeout:.0f}s, killing it")
                 _kill(main, signal.SIGKILL)
             if mode in ("control-group", "mixed"):
