@@ -8,10 +8,15 @@ moto's elbv2 is configuration only. With real instances behind EC2 (a data plane
 listener whose default action forwards to a target group gets a real reverse proxy listening on
 that address at the listener's port, routing to the target group's routable targets as the health
 tracker sees them (healthy ones; all unhealthy ones when none is healthy — ALB fails open). Its
-metrics, and the target group's HealthyHostCount and UnHealthyHostCount once per period, go into
-CloudWatch under namespace AWS/ApplicationELB with the LoadBalancer and the
-TargetGroup+LoadBalancer dimensions, as ELB publishes them, where the alarm evaluator sees them.
+metrics, and the target group's HealthyHostCount and UnHealthyHostCount, go into CloudWatch
+under namespace AWS/ApplicationELB with the LoadBalancer and the TargetGroup+LoadBalancer
+dimensions, as ELB publishes them, where the alarm evaluator sees them.
 The proxies' URLs are listed by the admin API (/_kiln/load-balancers).
+
+The host counts are sampled at every tick and published once per period as a statistic set
+(SampleCount, Sum, Minimum, Maximum), as ELB reports them: an alarm on the Minimum of
+UnHealthyHostCount fires only when some target stayed unhealthy through whole periods, not when a
+single sample caught a new instance before its app was up.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from release.clock import Clock
+from release.sandbox.engines.alarms import StatisticSet
 from release.sandbox.engines.alb import LocalLoadBalancer, MetricDatum, is_loopback
 from release.sandbox.engines.health import TargetHealthTracker
 
@@ -64,7 +70,8 @@ class _Proxy:
     listener_port: int
     target_group_arn: str
     cloudwatch: Any  # the moto CloudWatch backend of the load balancer's account and region
-    last_host_count_period: int = -1
+    # The period being sampled: (its index since the epoch, healthy samples, unhealthy samples).
+    host_counts: tuple[int, StatisticSet, StatisticSet] | None = None
 
 
 class LoadBalancers:
@@ -128,19 +135,34 @@ class LoadBalancers:
             data: list[dict[str, Any]] = []
             for datum in proxy.balancer.drain_metrics():
                 data += [_as_api(datum, lb_dims), _as_api(datum, both)]
-            index = int((now - _EPOCH) / period)
-            if index != proxy.last_host_count_period:
-                proxy.last_host_count_period = index
-                try:
-                    healthy, unhealthy = self.tracker.host_counts(proxy.target_group_arn)
-                except KeyError:
-                    healthy, unhealthy = 0, 0
-                for name, value in (("HealthyHostCount", healthy), ("UnHealthyHostCount", unhealthy)):
-                    data.append(
-                        {"MetricName": name, "Dimensions": both, "Timestamp": now, "Value": value, "Unit": "Count"}
-                    )
+            data += self._host_counts(proxy, now, period, both)
             for start in range(0, len(data), 1000):  # PutMetricData takes at most 1000 datums
                 proxy.cloudwatch.put_metric_data(NAMESPACE, data[start : start + 1000])
+
+    def _host_counts(
+        self, proxy: _Proxy, now: datetime, period: timedelta, dimensions: list[dict[str, str]]
+    ) -> list[dict[str, Any]]:
+        """Sample the target group's host counts; when a period has ended, its statistic sets."""
+        try:
+            healthy, unhealthy = self.tracker.host_counts(proxy.target_group_arn)
+        except KeyError:  # no target registered yet
+            healthy, unhealthy = 0, 0
+        index = int((now - _EPOCH) / period)
+        sampled = proxy.host_counts
+        if sampled is not None and sampled[0] == index:
+            proxy.host_counts = (index, sampled[1].merge(StatisticSet.of(healthy)),
+                                 sampled[2].merge(StatisticSet.of(unhealthy)))
+            return []
+        proxy.host_counts = (index, StatisticSet.of(healthy), StatisticSet.of(unhealthy))
+        if sampled is None:
+            return []
+        at = _EPOCH + period * sampled[0] + period / 2  # mid-period: no rounding moves it to a neighbour
+        return [
+            {"MetricName": name, "Dimensions": dimensions, "Timestamp": at, "Unit": "Count",
+             "StatisticValues": {"SampleCount": s.sample_count, "Sum": s.sum, "Minimum": s.minimum,
+                                 "Maximum": s.maximum}}
+            for name, s in (("HealthyHostCount", sampled[1]), ("UnHealthyHostCount", sampled[2]))
+        ]
 
     def describe(self) -> list[dict[str, Any]]:
         return [
