@@ -3,7 +3,8 @@ failing version rolled back automatically, drift found by the fleet audit, bad i
 then the AMI lifecycle: a rebake when the base image moves, promotion to a second region, cleanup.
 
 Real instances need root on Linux. The tests run in order and share one sandbox (module scope):
-each step builds on the fleet the previous one left.
+each step builds on the fleet the previous one left. One bake, on a new base image, runs in the
+background while the crash matrix waits on its gates; the test after the matrix checks it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -52,14 +54,45 @@ ENV = "sandbox"
 WEST = "sandbox-west"  # the second sandbox environment, in another region
 
 
+class Background:
+    """Work on a thread of its own while the tests go on; result() waits and re-raises its error."""
+
+    def __init__(self, work: Callable[[], object], out: io.StringIO) -> None:
+        self.out = out
+        self._outcome: list[object] = []
+        self._error: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], object]) -> None:
+        try:
+            self._outcome.append(work())
+        except BaseException as error:  # handed to result(), in the test's thread
+            self._error.append(error)
+
+    def wait(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def result(self, timeout: float) -> object:
+        self.wait(timeout)
+        assert not self._thread.is_alive(), f"still running after {timeout:.0f} s:\n{self.out.getvalue()[-4000:]}"
+        if self._error:
+            print(self.out.getvalue()[-6000:])
+            raise self._error[0]
+        return self._outcome[0]
+
+
 class World:
     def __init__(self, state: Path, cfg: config.Config) -> None:
         self.state = state
         self.cfg = cfg
         self.out = io.StringIO()
+        self.rebake: Background | None = None  # the bake on a new base image, beside the crash matrix
+        self.published_base = ""
 
-    def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV) -> kiln.CommandContext:
-        ui = UI(stdout=self.out, stderr=self.out)
+    def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV,
+            ui: UI | None = None) -> kiln.CommandContext:
+        ui = ui or UI(stdout=self.out, stderr=self.out)
         return kiln.open_context(cfg or self.cfg, env, ui, project=project)
 
     def config_for(self, version: str, *, access: str = "ssh") -> config.Config:
@@ -123,6 +156,8 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         w.wait_until_serving()
         yield w
     finally:
+        if w.rebake is not None:  # its Packer and build instance end before the sandbox does
+            w.rebake.wait(600)
         if request.session.testsfailed:  # what Kiln and the sandbox said, for the failure above
             print("\n--- Kiln's output (last 6000 characters) ---\n" + w.out.getvalue()[-6000:])
             log = state / "server.log"
@@ -515,6 +550,26 @@ class Cli:
         return done
 
 
+def test_a_new_base_ami_is_a_new_foundation_and_the_rebake_starts(world: World) -> None:
+    """Debian publishes a new base image: the next bake would bake a new foundation and a new app
+    image on it. That bake runs in the background while the crash matrix below waits on its gates
+    (it touches no group and no release); the test after the crash matrix checks what it built."""
+    # access = "ssm": this bake's smoke test reads the fresh instance through SSM Run Command.
+    cfg = world.config_for("1.1.0", access="ssm")
+    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True)
+    assert not isinstance(plan, BakeResult) and not plan.needed
+    published = local_cloud.new_base_image(world.cfg, UI(stdout=world.out, stderr=world.out))
+    assert set(published) == {"us-east-1", "us-west-2"}  # Debian publishes in every region
+    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True)
+    assert not isinstance(plan, BakeResult) and plan.needed
+    assert plan.base_image.image_id == published["us-east-1"]
+    assert plan.foundation.needed and plan.foundation.changed == ("base",) and "foundation" in plan.changed
+    world.published_base = published["us-east-1"]
+    out = io.StringIO()  # its own output: the crash matrix's commands print meanwhile
+    world.rebake = Background(lambda: baking.bake(world.ctx(cfg, ui=UI(stdout=out, stderr=out)), force=False,
+                                                  dry_run=False), out)
+
+
 # Where the real CLI is killed (SIGKILL): one of each kind of step boundary, each followed by both
 # ways out. Every checkpoint (12 of them) and both ways out are also driven on fakes in
 # tests/unit/test_rollout.py; KILN_CRASH_MATRIX=all runs every checkpoint here too.
@@ -575,6 +630,18 @@ def test_crash_matrix_kill_at_every_step_then_resume_or_rollback_converges(world
     print("\ncrash matrix (point, way out, outcome, seconds):")
     for row in results:
         print("  ", *row)
+
+
+def test_the_rebake_on_the_new_base_ami_built_both_layers(world: World) -> None:
+    assert world.rebake is not None, "the rebake was not started"
+    result = world.rebake.result(timeout=600)
+    assert isinstance(result, BakeResult) and result.validated and result.foundation_seconds > 0
+    assert result.smoke[0].name == "ssm" and result.smoke[0].ok, result.smoke
+    ami = world.ctx().cloud.image(result.image_id)
+    assert ami is not None and ami.version == Version("1.1.0") and ami.tags["kiln:base-ami"] == world.published_base
+    foundation = world.ctx().cloud.image(result.foundation_id)
+    assert foundation is not None and foundation.is_foundation and ami.foundation == foundation.image_id
+    assert foundation.tags["kiln:base-ami"] == world.published_base
 
 
 def test_a_frozen_driver_is_taken_over_and_stops_at_its_next_fence_when_it_thaws(world: World) -> None:
@@ -743,28 +810,6 @@ def test_with_faults_injected_releases_complete_or_roll_back_cleanly(world: Worl
         assert record.outcome is Outcome.SUCCEEDED
         converged(world, record, serving=target)
     print(f"\nkilled {victim} mid-refresh: {record.outcome.value}: {record.reason or record.journal[-1].message}")
-
-
-def test_bake_bakes_again_when_a_new_base_ami_is_published(world: World) -> None:
-    # access = "ssm": this bake's smoke test reads the fresh instance through SSM Run Command.
-    cfg = world.config_for("1.1.0", access="ssm")
-    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True)
-    assert not isinstance(plan, BakeResult) and not plan.needed
-    published = local_cloud.new_base_image(world.cfg, UI(stdout=world.out, stderr=world.out))
-    assert set(published) == {"us-east-1", "us-west-2"}  # Debian publishes in every region
-    plan = baking.bake(world.ctx(cfg), force=False, dry_run=True)
-    assert not isinstance(plan, BakeResult) and plan.needed
-    # A new base image is a new foundation, and so a new app image on it.
-    assert plan.base_image.image_id == published["us-east-1"]
-    assert plan.foundation.needed and plan.foundation.changed == ("base",) and "foundation" in plan.changed
-    result = baking.bake(world.ctx(cfg), force=False, dry_run=False)
-    assert isinstance(result, BakeResult) and result.validated and result.foundation_seconds > 0
-    assert result.smoke[0].name == "ssm" and result.smoke[0].ok, result.smoke
-    ami = world.ctx().cloud.image(result.image_id)
-    assert ami is not None and ami.version == Version("1.1.0") and ami.tags["kiln:base-ami"] == published["us-east-1"]
-    foundation = world.ctx().cloud.image(result.foundation_id)
-    assert foundation is not None and foundation.is_foundation and ami.foundation == foundation.image_id
-    assert foundation.tags["kiln:base-ami"] == published["us-east-1"]
 
 
 def test_deprecating_a_foundation_flags_the_images_baked_on_it(world: World) -> None:
