@@ -88,6 +88,7 @@ class World:
         self.cfg = cfg
         self.out = io.StringIO()
         self.rebake: Background | None = None  # the bake on a new base image, beside the crash matrix
+        self.broken_bake: Background | None = None  # 1.2.0's, beside the releases of 1.1.0 and back
         self.published_base = ""
 
     def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV,
@@ -128,8 +129,9 @@ class World:
     def until_gating(self, proc: subprocess.Popen[str]) -> ReleaseRecord:
         """Until the release `proc` drives reaches its gate; the record as it is then."""
         deadline = time.monotonic() + 120
+        ledger = self.ctx().ledger  # one client for the whole wait: a context per read costs CPU the gate needs
         while time.monotonic() < deadline and proc.poll() is None:
-            running = self.ctx().ledger.in_progress(ENV)
+            running = ledger.in_progress(ENV)
             if running is not None and running.phase == "gating":
                 return running
             time.sleep(0.1)
@@ -156,8 +158,9 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         w.wait_until_serving()
         yield w
     finally:
-        if w.rebake is not None:  # its Packer and build instance end before the sandbox does
-            w.rebake.wait(600)
+        for background in (w.broken_bake, w.rebake):  # its Packer and build instance end before the sandbox
+            if background is not None:
+                background.wait(600)
         if request.session.testsfailed:  # what Kiln and the sandbox said, for the failure above
             print("\n--- Kiln's output (last 6000 characters) ---\n" + w.out.getvalue()[-6000:])
             log = state / "server.log"
@@ -331,6 +334,37 @@ def test_which_layers_a_change_rebakes(world: World, tmp_path: Path, path: str, 
     assert changed == (["foundation"] if foundation_too else ["app"])
 
 
+def copy_project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    for name in ("app", "ansible", "packer"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    shutil.copy(ROOT / "constraints.txt", project / "constraints.txt")
+    return project
+
+
+def test_a_broken_playbook_fails_the_bake_naming_the_task_and_leaves_nothing(world: World, tmp_path: Path) -> None:
+    project = copy_project(tmp_path)
+    playbook = project / "ansible" / "playbook.yml"
+    text = playbook.read_text()
+    anchor = "  pre_tasks:\n"
+    assert anchor in text
+    playbook.write_text(text.replace(anchor, anchor + "    - name: Break the bake on purpose\n"
+                                                      "      ansible.builtin.command: /bin/false\n"
+                                                      "      changed_when: false\n", 1))
+    ctx = world.ctx(world.config_for("1.3.0"), project=project)
+    ec2 = ctx.aws.client("ec2")
+    groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
+    keys_before = len(ec2.describe_key_pairs()["KeyPairs"])
+    with pytest.raises(BakeError, match=r"at Ansible task \[Break the bake on purpose\]"):
+        baking.bake(ctx, force=False, dry_run=False)
+    assert ctx.cloud.app_images(ctx.cfg.app.name, "1.3.0") == []
+    running = ctx.cloud.instances_tagged({"kiln:version": "1.3.0"}, states=("pending", "running", "stopping",
+                                                                             "stopped"))
+    assert running == []
+    assert len(ec2.describe_security_groups()["SecurityGroups"]) == groups_before
+    assert len(ec2.describe_key_pairs()["KeyPairs"]) == keys_before
+
+
 def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
     before = world.aws_state()
     record = deploy.release(world.ctx(), Version("1.0.0"), dry_run=False, allow_downgrade=False, force=False)
@@ -340,13 +374,42 @@ def test_release_1_0_0_replaces_the_fleet(world: World) -> None:
     assert set(world.lb_versions()) == {"1.0.0"}
 
 
-def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
+def test_a_new_app_version_is_an_app_only_bake(world: World) -> None:
     cfg = world.config_for("1.1.0")
     first = world.ctx().cloud.app_images(world.cfg.app.name, "1.0.0")[0]
     result = baking.bake(world.ctx(cfg), force=False, dry_run=False)
     assert isinstance(result, BakeResult) and result.validated
     # A new app version is an app-only bake, on the foundation 1.0.0 was baked on.
     assert result.foundation_seconds == 0 and result.foundation_id == first.foundation
+
+
+def broken_health(project: Path) -> None:
+    """A bad release: /health answers 503 whatever the database says."""
+    views = project / "app" / "src" / "webapp" / "views.py"
+    text = views.read_text()
+    real = '@blueprint.get("/health")\ndef health() -> Response:'
+    assert real in text
+    views.write_text(text.replace(real, '@blueprint.get("/health-unused")\ndef _health() -> Response:') + (
+        '\n\n@blueprint.get("/health")\ndef health() -> tuple[dict[str, str], int]:  # a bad release\n'
+        '    return {"status": "broken"}, 503\n'))
+
+
+def test_a_version_whose_health_fails_bakes_in_the_background(world: World, tmp_path: Path) -> None:
+    """1.2.0, whose /health never says 200, is baked while the releases below wait on their gates;
+    test_a_version_that_fails_health_is_rolled_back_automatically checks its smoke test failed."""
+    project = copy_project(tmp_path)
+    broken_health(project)
+    cfg = world.config_for("1.2.0")
+    # Its /health never says 200: the smoke test waits [bake] smoke_ready_timeout for it, not the default 45 s.
+    cfg = replace(cfg, bake=replace(cfg.bake, smoke_ready_timeout=10))
+    out = io.StringIO()
+    world.broken_bake = Background(lambda: baking.bake(world.ctx(cfg, project=project, ui=UI(stdout=out, stderr=out)),
+                                                       force=False, dry_run=False), out)
+
+
+def test_release_1_1_0_then_fleet_verify_then_drift(world: World) -> None:
+    cfg = world.config_for("1.1.0")
+    result = next(i for i in world.ctx().cloud.app_images(world.cfg.app.name, "1.1.0") if i.validated)
     record = deploy.release(world.ctx(cfg), Version("1.1.0"), dry_run=False, allow_downgrade=False, force=False)
     assert not isinstance(record, Plan) and record.outcome is Outcome.SUCCEEDED
     assert set(world.lb_versions()) == {"1.1.0"}
@@ -425,52 +488,11 @@ def test_bad_input_is_refused_and_changes_nothing(world: World) -> None:
     assert world.aws_state() == before
 
 
-def copy_project(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    for name in ("app", "ansible", "packer"):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    shutil.copy(ROOT / "constraints.txt", project / "constraints.txt")
-    return project
-
-
-def test_a_broken_playbook_fails_the_bake_naming_the_task_and_leaves_nothing(world: World, tmp_path: Path) -> None:
-    project = copy_project(tmp_path)
-    playbook = project / "ansible" / "playbook.yml"
-    text = playbook.read_text()
-    anchor = "  pre_tasks:\n"
-    assert anchor in text
-    playbook.write_text(text.replace(anchor, anchor + "    - name: Break the bake on purpose\n"
-                                                      "      ansible.builtin.command: /bin/false\n"
-                                                      "      changed_when: false\n", 1))
-    ctx = world.ctx(world.config_for("1.3.0"), project=project)
-    ec2 = ctx.aws.client("ec2")
-    groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
-    keys_before = len(ec2.describe_key_pairs()["KeyPairs"])
-    with pytest.raises(BakeError, match=r"at Ansible task \[Break the bake on purpose\]"):
-        baking.bake(ctx, force=False, dry_run=False)
-    assert ctx.cloud.app_images(ctx.cfg.app.name, "1.3.0") == []
-    running = ctx.cloud.instances_tagged({"kiln:version": "1.3.0"}, states=("pending", "running", "stopping",
-                                                                             "stopped"))
-    assert running == []
-    assert len(ec2.describe_security_groups()["SecurityGroups"]) == groups_before
-    assert len(ec2.describe_key_pairs()["KeyPairs"]) == keys_before
-
-
-def test_a_version_that_fails_health_is_rolled_back_automatically(world: World, tmp_path: Path) -> None:
-    project = copy_project(tmp_path)
-    views = project / "app" / "src" / "webapp" / "views.py"
-    text = views.read_text()
-    real = '@blueprint.get("/health")\ndef health() -> Response:'
-    assert real in text
-    # A broken release: /health answers 503 whatever the database says.
-    views.write_text(text.replace(real, '@blueprint.get("/health-unused")\ndef _health() -> Response:') + (
-        '\n\n@blueprint.get("/health")\ndef health() -> tuple[dict[str, str], int]:  # a bad release\n'
-        '    return {"status": "broken"}, 503\n'))
-    cfg = world.config_for("1.2.0")
-    # Its /health never says 200: the smoke test waits [bake] smoke_ready_timeout for it, not the default 45 s.
-    cfg = replace(cfg, bake=replace(cfg.bake, smoke_ready_timeout=10))
+def test_a_version_that_fails_health_is_rolled_back_automatically(world: World) -> None:
+    assert world.broken_bake is not None, "the bake of 1.2.0 was not started"
     with pytest.raises(BakeError, match="failed its smoke test"):  # the smoke test catches it...
-        baking.bake(world.ctx(cfg, project=project), force=False, dry_run=False)
+        world.broken_bake.result(timeout=600)
+    cfg = world.config_for("1.2.0")
     with pytest.raises(GateFailed) as info:  # ...and releasing it anyway (--force) is rolled back
         deploy.release(world.ctx(cfg), Version("1.2.0"), dry_run=False, allow_downgrade=False, force=True)
     assert info.value.exit_code == 10
