@@ -3,10 +3,9 @@ failing version rolled back automatically, drift found by the fleet audit, bad i
 then the AMI lifecycle: a rebake when the base image moves, promotion to a second region, cleanup.
 
 Real instances need root on Linux. The tests run in order and share one sandbox (module scope):
-each step builds on the fleet the previous one left. Three bakes run in the background while
-other tests wait on the sandbox: the first from the moment the sandbox is up, 1.2.0's beside the
-releases of 1.1.0, and the one on a new base image beside the crash matrix; a later test checks
-what each built.
+each step builds on the fleet the previous one left. Two bakes run in the background while other
+tests wait on the sandbox: 1.2.0's beside the releases of 1.1.0, and the one on a new base image
+beside the crash matrix; a later test checks what each built.
 """
 
 from __future__ import annotations
@@ -89,7 +88,6 @@ class World:
         self.state = state
         self.cfg = cfg
         self.out = io.StringIO()
-        self.first_bake: Background | None = None  # 1.0.0's, from the moment the sandbox is up
         self.rebake: Background | None = None  # the bake on a new base image, beside the crash matrix
         self.broken_bake: Background | None = None  # 1.2.0's, beside the releases of 1.1.0 and back
         self.published_base = ""
@@ -158,15 +156,10 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
     w = World(state, config.load(ROOT / "versions.toml"))
     try:
         local_cloud.up(w.cfg, UI(stdout=w.out, stderr=w.out), time_scale=0.1, instances=True)
-        # The first bake (foundation, then 1.0.0 on it) needs the sandbox, not the legacy fleet:
-        # it starts while that fleet boots and the SSH tests run.
-        out = io.StringIO()
-        w.first_bake = Background(lambda: baking.bake(w.ctx(ui=UI(stdout=out, stderr=out)), force=False,
-                                                      dry_run=False), out)
         w.wait_until_serving()
         yield w
     finally:
-        for background in (w.first_bake, w.broken_bake, w.rebake):  # Packer and its instance go first
+        for background in (w.broken_bake, w.rebake):  # Packer and its instance go first
             if background is not None:
                 background.wait(600)
         if request.session.testsfailed:  # what Kiln and the sandbox said, for the failure above
@@ -237,8 +230,7 @@ def test_the_fleet_answers_ssh_from_the_bastion_only(world: World) -> None:
 
 def test_bake_produces_a_validated_tagged_image_without_secrets(world: World) -> None:
     ctx = world.ctx()
-    assert world.first_bake is not None, "the first bake was not started"
-    result = world.first_bake.result(timeout=900)
+    result = baking.bake(ctx, force=False, dry_run=False)
     assert isinstance(result, BakeResult) and result.validated
     ami = ctx.cloud.image(result.image_id)
     assert ami is not None and ami.state == "available" and ami.validated is True
