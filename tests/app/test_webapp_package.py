@@ -111,12 +111,12 @@ def get_json(url: str) -> tuple[int, dict[str, object]]:
 
 
 def test_gunicorn_serves_the_wsgi_app(gunicorn: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:  # gunicorn needs a moment to bind and boot its workers
+    deadline = time.monotonic() + 60
+    while True:  # gunicorn needs a moment to bind and boot its workers (longer on a busy machine)
         try:
             status, body = get_json(gunicorn + "/health")
             break
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # bound, its worker still booting
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
