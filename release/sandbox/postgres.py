@@ -26,6 +26,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -39,6 +40,8 @@ START_TIMEOUT_S = 30
 # "fast" shutdown (SIGINT) rolls back open transactions and exits cleanly; if that takes longer
 # than this, "immediate" shutdown (SIGQUIT) and then SIGKILL follow.
 STOP_TIMEOUT_S = 20
+# After a crash, how long the port may stay held by the crashed server's last processes.
+CRASH_PORT_WAIT_S = 10
 _INSTALL_HINT = "Install it with `apt-get install -y postgresql-15` (Debian 12)"
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -91,13 +94,15 @@ class PostgresServer:
                 hint=f"Remove {self.data_dir} to start from an empty cluster",
             )
         pidfile = self.cluster_dir / "postmaster.pid"
-        if pidfile.exists():
+        crashed = pidfile.exists()
+        if crashed:
             # No live postgres of ours has that pid (pid() said so): the server crashed or the
             # machine rebooted. PostgreSQL would refuse to start if the pid now belongs to another
             # process (or an unreaped zombie); its shared-memory check still guards against
             # orphaned backends.
             pidfile.unlink()
-        if _port_open(self.host, self.port):
+        # Right after a crash, the last of its processes may still hold the port for a moment.
+        if _port_open(self.host, self.port) and not (crashed and _port_freed(self.host, self.port, CRASH_PORT_WAIT_S)):
             raise SandboxError(
                 "something else already listens on this port",
                 where=self._where,
@@ -385,6 +390,16 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _port_freed(host: str, port: int, timeout_s: float) -> bool:
+    """Whether nothing listens on host:port any more within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while _port_open(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _wait_for_exit(pidfd: int, timeout_s: float) -> bool:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 
 from release.errors import SandboxError
+from release.sandbox import postgres
 from release.sandbox.postgres import PostgresServer
 
 pytestmark = pytest.mark.root
@@ -142,6 +144,25 @@ def test_stop_then_start_keeps_the_data(base_dir: Path) -> None:
         server.stop()
 
 
+def test_after_a_crash_a_port_that_stays_taken_is_refused(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres, "CRASH_PORT_WAIT_S", 0.5)
+    server = PostgresServer(base_dir / "data", port=free_loopback_port())
+    try:
+        server.start()
+        pid = server.pid()
+        assert pid is not None
+        pidfd = os.pidfd_open(pid)
+        os.kill(pid, signal.SIGKILL)
+        select.select([pidfd], [], [], 10)  # a pidfd turns readable when its process exits
+        os.close(pidfd)
+        # Someone else took the port meanwhile, for longer than a crashed server's processes would.
+        with socket.create_server(("127.0.0.1", server.port)), \
+                pytest.raises(SandboxError, match="something else already listens on this port"):
+            server.start()
+    finally:
+        server.stop()
+
+
 def test_starts_again_after_a_crash(base_dir: Path) -> None:
     """A killed postmaster leaves its pid file behind; start() must not be stopped by it."""
     server = PostgresServer(base_dir / "data", port=free_loopback_port())
@@ -156,6 +177,10 @@ def test_starts_again_after_a_crash(base_dir: Path) -> None:
         assert (server.cluster_dir / "postmaster.pid").exists()
         assert server.pid() is None
 
+        # The crashed server's last processes may hold the port a moment longer: start() waits
+        # for them (here, a listener that goes away half a second later) instead of refusing.
+        leftover = socket.create_server(("127.0.0.1", server.port))
+        threading.Timer(0.5, leftover.close).start()
         server.start()
         assert server.pid() not in (None, pid)
         with psycopg.connect(server.url()) as conn:
