@@ -144,17 +144,23 @@ def test_stop_then_start_keeps_the_data(base_dir: Path) -> None:
         server.stop()
 
 
+def start_then_crash(server: PostgresServer) -> int:
+    """Start the server, SIGKILL its postmaster and wait until it is gone; its pid."""
+    server.start()
+    pid = server.pid()
+    assert pid is not None
+    pidfd = os.pidfd_open(pid)
+    os.kill(pid, signal.SIGKILL)
+    select.select([pidfd], [], [], 10)  # a pidfd turns readable when its process exits
+    os.close(pidfd)
+    return pid
+
+
 def test_after_a_crash_a_port_that_stays_taken_is_refused(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postgres, "CRASH_PORT_WAIT_S", 0.5)
     server = PostgresServer(base_dir / "data", port=free_loopback_port())
     try:
-        server.start()
-        pid = server.pid()
-        assert pid is not None
-        pidfd = os.pidfd_open(pid)
-        os.kill(pid, signal.SIGKILL)
-        select.select([pidfd], [], [], 10)  # a pidfd turns readable when its process exits
-        os.close(pidfd)
+        start_then_crash(server)
         # Someone else took the port meanwhile, for longer than a crashed server's processes would.
         with socket.create_server(("127.0.0.1", server.port)), \
                 pytest.raises(SandboxError, match="something else already listens on this port"):
@@ -167,13 +173,7 @@ def test_starts_again_after_a_crash(base_dir: Path) -> None:
     """A killed postmaster leaves its pid file behind; start() must not be stopped by it."""
     server = PostgresServer(base_dir / "data", port=free_loopback_port())
     try:
-        server.start()
-        pid = server.pid()
-        assert pid is not None
-        pidfd = os.pidfd_open(pid)
-        os.kill(pid, signal.SIGKILL)
-        select.select([pidfd], [], [], 10)  # a pidfd turns readable when its process exits
-        os.close(pidfd)
+        pid = start_then_crash(server)
         assert (server.cluster_dir / "postmaster.pid").exists()
         assert server.pid() is None
 
