@@ -102,7 +102,7 @@ class PostgresServer:
             # orphaned backends.
             pidfile.unlink()
         # Right after a crash, the last of its processes may still hold the port for a moment.
-        if _port_open(self.host, self.port) and not (crashed and _port_freed(self.host, self.port, CRASH_PORT_WAIT_S)):
+        if not _port_freed(self.host, self.port, CRASH_PORT_WAIT_S if crashed else 0):
             raise SandboxError(
                 "something else already listens on this port",
                 where=self._where,
@@ -393,10 +393,10 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _port_freed(host: str, port: int, timeout_s: float) -> bool:
-    """Whether nothing listens on host:port any more within `timeout_s`."""
+    """Whether nothing listens on host:port, or no longer within `timeout_s` (0: asked once)."""
     deadline = time.monotonic() + timeout_s
     while _port_open(host, port):
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
     return True
