@@ -6,6 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,30 @@ def aws(kit: Kit, *args: str) -> Any:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+@contextmanager
+def watch_template_versions(kit: Kit, asg_name: str) -> Iterator[set[tuple[str, ...]]]:
+    """Every mix of launch template versions the group shows, sampled every 0.2 s while the block runs.
+
+    A CLI call takes one to several seconds on a busy machine, longer than a batch's scaled warmup,
+    so the CLI's own polls can miss the moment half the group is new.
+    """
+    mixes: set[tuple[str, ...]] = set()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            instances = kit.group(asg_name)["Instances"]
+            mixes.add(tuple(sorted(i["LaunchTemplate"]["Version"] for i in instances)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield mixes
+    finally:
+        done.set()
+        sampler.join(timeout=10)
 
 
 def test_cli_describes_the_group_and_creates_a_version_from_a_source(kit: Kit, seed: SeedResources) -> None:
@@ -82,18 +109,16 @@ def test_cli_only_release_with_a_refresh_in_batches(kit: Kit, seed: SeedResource
         json.dumps({"LaunchTemplate": {"LaunchTemplateId": seed.launch_template_id, "Version": str(version)}}),
     )
     statuses: list[str] = []
-    mixes: set[tuple[str, ...]] = set()
-    for _ in range(60):
-        [refresh] = aws(kit, "autoscaling", "describe-instance-refreshes", "--auto-scaling-group-name", seed.asg_name)[
-            "InstanceRefreshes"
-        ]
-        assert refresh["InstanceRefreshId"] == started["InstanceRefreshId"]
-        if not statuses or statuses[-1] != refresh["Status"]:
-            statuses.append(refresh["Status"])
-        if refresh["Status"] == "Successful":
-            break
-        group = aws(kit, "autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names", seed.asg_name)
-        mixes.add(tuple(sorted(i["LaunchTemplate"]["Version"] for i in group["AutoScalingGroups"][0]["Instances"])))
+    with watch_template_versions(kit, seed.asg_name) as mixes:
+        for _ in range(60):
+            [refresh] = aws(
+                kit, "autoscaling", "describe-instance-refreshes", "--auto-scaling-group-name", seed.asg_name
+            )["InstanceRefreshes"]
+            assert refresh["InstanceRefreshId"] == started["InstanceRefreshId"]
+            if not statuses or statuses[-1] != refresh["Status"]:
+                statuses.append(refresh["Status"])
+            if refresh["Status"] == "Successful":
+                break
     assert statuses[-1] == "Successful" and "InProgress" in statuses, statuses
     assert set(statuses) <= {"Pending", "InProgress", "Successful"}
     assert ("1", "1", str(version), str(version)) in mixes, mixes  # two at a time: 50 % stay healthy
