@@ -91,11 +91,18 @@ class World:
         self.rebake: Background | None = None  # the bake on a new base image, beside the crash matrix
         self.broken_bake: Background | None = None  # 1.2.0's, beside the releases of 1.1.0 and back
         self.published_base = ""
+        self._contexts: dict[str, kiln.CommandContext] = {}
 
     def ctx(self, cfg: config.Config | None = None, project: Path | None = None, env: str = ENV,
             ui: UI | None = None) -> kiln.CommandContext:
-        ui = ui or UI(stdout=self.out, stderr=self.out)
-        return kiln.open_context(cfg or self.cfg, env, ui, project=project)
+        """A command's context. The plain ones (this world's config, its output) are opened once per
+        environment: a context's boto3 clients cost about 0.25 CPU-s, and the tests read the
+        cloud hundreds of times while the sandbox's instances need the CPU."""
+        if cfg is None and project is None and ui is None:
+            if env not in self._contexts:
+                self._contexts[env] = kiln.open_context(self.cfg, env, UI(stdout=self.out, stderr=self.out))
+            return self._contexts[env]
+        return kiln.open_context(cfg or self.cfg, env, ui or UI(stdout=self.out, stderr=self.out), project=project)
 
     def config_for(self, version: str, *, access: str = "ssh") -> config.Config:
         """versions.toml at `version`; access = "ssm": the sandbox environment reads its instances
@@ -130,7 +137,7 @@ class World:
     def until_gating(self, proc: subprocess.Popen[str]) -> ReleaseRecord:
         """Until the release `proc` drives reaches its gate; the record as it is then."""
         deadline = time.monotonic() + 120
-        ledger = self.ctx().ledger  # one client for the whole wait: a context per read costs CPU the gate needs
+        ledger = self.ctx().ledger
         while time.monotonic() < deadline and proc.poll() is None:
             running = ledger.in_progress(ENV)
             if running is not None and running.phase == "gating":
