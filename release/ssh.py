@@ -148,6 +148,32 @@ def _authenticate(transport: paramiko.Transport, host: str, user: str, keys: Seq
     )
 
 
+class JumpChannel:
+    """The bastion channel one instance's SSH session runs over, with its sends and its close in turn.
+
+    paramiko's Channel.send checks that the channel is open, then hands the data to the transport
+    without holding the channel's lock. Closing the session (our thread) while its transport thread
+    still answers the instance (e.g. the close of the last command's channel) can thus put the
+    channel's CLOSE on the wire before that data. OpenSSH then drops the whole bastion connection
+    ("data packet referred to nonexistent channel"), and every session through it with it.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._turn = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._turn:
+            return int(self.channel.send(data))
+
+    def close(self) -> None:
+        with self._turn:
+            self.channel.close()
+
+    def __getattr__(self, name: str) -> Any:  # recv, settimeout, _closed: what paramiko's Transport uses
+        return getattr(self.channel, name)
+
+
 class Connection:
     """An authenticated SSH session to one host. Thread-safe: each call opens its own channel."""
 
@@ -380,7 +406,7 @@ class Ssh:
         for attempt in range(1, self.CONNECT_ATTEMPTS + 1):
             jump = self.bastion()
             try:
-                sock: Any = jump.open_tcp(address, port) if jump is not None else self._tcp(address, port)
+                sock: Any = JumpChannel(jump.open_tcp(address, port)) if jump is not None else self._tcp(address, port)
                 break
             except SshError as err:
                 if attempt == self.CONNECT_ATTEMPTS:
