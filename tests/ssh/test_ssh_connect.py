@@ -18,7 +18,7 @@ import pytest
 from release.config import SshSettings
 from release.errors import CommandTimeout, HostKeyRejected, SshError
 from release.hostkeys import fingerprint
-from release.ssh import Ssh, Timeouts
+from release.ssh import JumpChannel, Ssh, Timeouts
 
 from .conftest import VersionServer
 from .servers import SPARE_ADDRESS, SshServer, free_port, keygen, process_tree, start_sshd, stop_sshd, tcp_socket_owners
@@ -81,7 +81,8 @@ def test_jump_through_the_bastion_reaches_the_instance_over_a_channel(
         with ssh.connect(instance.address, port=instance.port, instance_id="i-0abc") as conn:
             assert conn.via is jump
             # The instance's session rides a direct-tcpip channel of the bastion's transport.
-            assert isinstance(conn.transport.sock, paramiko.Channel)
+            assert isinstance(conn.transport.sock, JumpChannel)
+            assert isinstance(conn.transport.sock.channel, paramiko.Channel)
             assert fingerprint(conn.host_key.asbytes()) == offered_fingerprint(instance)
             client_ip, client_port, server_ip, server_port = conn.run("echo $SSH_CONNECTION").stdout.split()
             assert (server_ip, server_port) == (instance.address, str(instance.port))
