@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -13,23 +12,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from flask import Flask
+from webapp_kit import APP_DIR, JWT_SECRET, free_loopback_port
 
-APP_DIR = Path(__file__).resolve().parents[2] / "app"
 # Test the source tree, not whatever webapp may be installed.
 sys.path.insert(0, str(APP_DIR / "src"))
 
-from webapp import create_app  # noqa: E402
+from webapp import create_app
 
-from release.sandbox.postgres import PostgresServer  # noqa: E402
-
-JWT_SECRET = "test-secret-" + "x" * 32
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from release.sandbox.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")

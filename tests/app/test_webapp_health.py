@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import JWT_SECRET, free_loopback_port
 from flask import Flask
+from webapp_kit import JWT_SECRET, free_loopback_port
 
 from release.sandbox.postgres import PostgresServer
 

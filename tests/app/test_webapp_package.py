@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import APP_DIR, JWT_SECRET, free_loopback_port
 from flask import Flask
 from webapp.collectstatic import collect, main
+from webapp_kit import APP_DIR, JWT_SECRET, free_loopback_port
 
 STATIC_SOURCE = APP_DIR / "src" / "webapp" / "static"
 

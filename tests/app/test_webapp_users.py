@@ -9,11 +9,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import JWT_SECRET
 from flask import Flask
 from flask.testing import FlaskClient
 from webapp import tokens
 from webapp.database import Database
+from webapp_kit import JWT_SECRET
 
 from release.sandbox.postgres import PostgresServer
 
