@@ -113,18 +113,29 @@ def test_wrong_host_key_is_rejected(plane: LocalDataPlane, booted: str, ssh_key:
     impostor.close()
 
 
+def command_line(pid: int) -> bytes:
+    """A process's command line; empty once it has ended (an instance runs short-lived processes too)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def test_processes_are_confined_to_the_instance(plane: LocalDataPlane, booted: str) -> None:
     rootfs = plane.rootfs(booted)
-    pids = processes_rooted_under(rootfs)
-    assert pids, "the instance runs nothing"
-    sshd = [p for p in pids if b"sshd" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert sshd
+    seen: dict[int, tuple[bytes, Path, str]] = {}  # pid -> command line, root, pid namespace
+    for pid in processes_rooted_under(rootfs):
+        try:
+            seen[pid] = (Path(f"/proc/{pid}/cmdline").read_bytes(), Path(f"/proc/{pid}/root").readlink(),
+                         os.readlink(f"/proc/{pid}/ns/pid"))
+        except FileNotFoundError:  # a short-lived process (a health check's, a login's) ended meanwhile
+            continue
+    assert seen, "the instance runs nothing"
     # The listener's root is the instance's rootfs (its privilege-separated children chroot
     # further, into /run/sshd, which is still inside the instance).
-    roots = {Path(f"/proc/{pid}/root").readlink() for pid in sshd}
+    roots = {root for command, root, _ in seen.values() if b"sshd" in command}
     assert rootfs in roots and all(r == rootfs or rootfs in r.parents for r in roots)
-    for pid in pids:
-        assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    assert os.readlink("/proc/self/ns/pid") not in {namespace for _, _, namespace in seen.values()}
     # Only the instance's own address: instances share the host's network namespace.
     assert listening_sockets(SSH_IP) == [22]
     assert 22 not in listening_sockets("0.0.0.0")
@@ -248,7 +259,7 @@ def test_units_from_a_hand_made_layer_boot_and_serve(plane: LocalDataPlane, tmp_
         assert (live / "run/kiln-web/who").read_text() == "kiln web as admin"
         assert oct((live / "run/kiln-web").stat().st_mode & 0o777) == "0o750"
         assert not (root / "run/kiln-web").exists(), "/run is the instance's own tmpfs"
-        web = [p for p in processes_rooted_under(root) if b"kiln-web" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        web = [p for p in processes_rooted_under(root) if b"kiln-web" in command_line(p)]
         assert len(web) == 1 and "Uid:\t1000" in Path(f"/proc/{web[0]}/status").read_text()
         console = plane.console_output(instance)
         assert "[  OK  ] Started web.service - Test web server." in console
