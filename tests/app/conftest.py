@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from flask import Flask
-from webapp_kit import APP_DIR, JWT_SECRET, free_loopback_port
+from webapp_kit import APP_DIR, JWT_SECRET
 
 # Test the source tree, not whatever webapp may be installed.
 sys.path.insert(0, str(APP_DIR / "src"))
@@ -20,6 +20,7 @@ sys.path.insert(0, str(APP_DIR / "src"))
 from webapp import create_app
 
 from release.sandbox.postgres import PostgresServer
+from release.sandbox.server_process import free_port
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +28,7 @@ def postgres() -> Iterator[PostgresServer]:
     # Not under pytest's tmp dir: /tmp/pytest-of-root is 0700 and the server runs as `postgres`.
     base = Path(tempfile.mkdtemp(prefix="kiln-test-pg-"))
     base.chmod(0o755)
-    server = PostgresServer(base / "data", port=free_loopback_port())
+    server = PostgresServer(base / "data", port=free_port())
     try:
         server.start()
         yield server

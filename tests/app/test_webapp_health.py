@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
-from webapp_kit import JWT_SECRET, free_loopback_port
+from webapp_kit import JWT_SECRET
 
 from release.sandbox.postgres import PostgresServer
+from release.sandbox.server_process import free_port
 
 
 def test_ok_when_configured_and_database_answers(app: Flask) -> None:
@@ -41,7 +42,7 @@ def test_unavailable_with_a_short_jwt_secret(make_app: Callable[..., Flask], dat
 
 
 def test_unavailable_when_nothing_listens_on_the_database_port(make_app: Callable[..., Flask]) -> None:
-    url = f"postgresql://web:pw@127.0.0.1:{free_loopback_port()}/web"
+    url = f"postgresql://web:pw@127.0.0.1:{free_port()}/web"
     response = make_app(DATABASE_URL=url, JWT_SECRET=JWT_SECRET).test_client().get("/health")
     assert response.status_code == 503
     assert response.get_json() == {"status": "unavailable", "reason": "database: connection refused"}

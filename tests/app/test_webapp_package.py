@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from webapp.collectstatic import collect, main
-from webapp_kit import APP_DIR, JWT_SECRET, free_loopback_port
+from webapp_kit import APP_DIR, JWT_SECRET
+
+from release.sandbox.server_process import free_port
 
 STATIC_SOURCE = APP_DIR / "src" / "webapp" / "static"
 
@@ -76,7 +78,7 @@ def test_the_wheel_holds_code_static_files_and_the_console_script(tmp_path: Path
 @pytest.fixture
 def gunicorn(database_url: str, tmp_path: Path) -> Iterator[str]:
     """gunicorn serving webapp.wsgi:app on a loopback port, as the image's unit runs it."""
-    port = free_loopback_port()
+    port = free_port()
     build_info = tmp_path / "build-info.json"
     build_info.write_text(
         json.dumps({"version": "9.9.9", "git_sha": "abc", "fingerprint": "f", "built_at": "2026-11-22T00:00:00Z"})

@@ -19,15 +19,9 @@ import pytest
 from release.errors import SandboxError
 from release.sandbox import postgres
 from release.sandbox.postgres import PostgresServer
+from release.sandbox.server_process import free_port
 
 pytestmark = pytest.mark.root
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def running(pid: int) -> bool:
@@ -52,7 +46,7 @@ def base_dir() -> Iterator[Path]:
 def server() -> Iterator[PostgresServer]:
     base = Path(tempfile.mkdtemp(prefix="kiln-test-pg-"))
     base.chmod(0o755)
-    server = PostgresServer(base / "data", port=free_loopback_port())
+    server = PostgresServer(base / "data", port=free_port())
     try:
         server.start()
         yield server
@@ -119,7 +113,7 @@ def test_create_database_refuses_bad_names(server: PostgresServer) -> None:
 
 
 def test_stop_then_start_keeps_the_data(base_dir: Path) -> None:
-    server = PostgresServer(base_dir / "data", port=free_loopback_port())
+    server = PostgresServer(base_dir / "data", port=free_port())
     try:
         server.start()
         url = server.create_database("keep", "keeper", "pw")
@@ -158,12 +152,14 @@ def start_then_crash(server: PostgresServer) -> int:
 
 def test_after_a_crash_a_port_that_stays_taken_is_refused(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postgres, "CRASH_PORT_WAIT_S", 0.5)
-    server = PostgresServer(base_dir / "data", port=free_loopback_port())
+    server = PostgresServer(base_dir / "data", port=free_port())
     try:
         start_then_crash(server)
         # Someone else took the port meanwhile, for longer than a crashed server's processes would.
-        with socket.create_server(("127.0.0.1", server.port)), \
-                pytest.raises(SandboxError, match="something else already listens on this port"):
+        with (
+            socket.create_server(("127.0.0.1", server.port)),
+            pytest.raises(SandboxError, match="something else already listens on this port"),
+        ):
             server.start()
     finally:
         server.stop()
@@ -171,7 +167,7 @@ def test_after_a_crash_a_port_that_stays_taken_is_refused(base_dir: Path, monkey
 
 def test_starts_again_after_a_crash(base_dir: Path) -> None:
     """A killed postmaster leaves its pid file behind; start() must not be stopped by it."""
-    server = PostgresServer(base_dir / "data", port=free_loopback_port())
+    server = PostgresServer(base_dir / "data", port=free_port())
     try:
         pid = start_then_crash(server)
         assert (server.cluster_dir / "postmaster.pid").exists()
@@ -198,7 +194,7 @@ def test_a_second_server_object_sees_the_running_server(server: PostgresServer) 
 
 
 def test_refuses_another_port_for_a_running_cluster(server: PostgresServer) -> None:
-    twin = PostgresServer(server.data_dir, port=free_loopback_port())
+    twin = PostgresServer(server.data_dir, port=free_port())
     with pytest.raises(SandboxError, match=f"already runs on port {server.port}"):
         twin.start()
 
@@ -212,7 +208,7 @@ def test_refuses_a_busy_port(base_dir: Path) -> None:
 
 
 def test_missing_binaries_are_a_sandbox_error(base_dir: Path) -> None:
-    server = PostgresServer(base_dir / "data", port=free_loopback_port(), bin_dir=base_dir / "bin")
+    server = PostgresServer(base_dir / "data", port=free_port(), bin_dir=base_dir / "bin")
     with pytest.raises(SandboxError) as raised:
         server.start()
     assert str(raised.value) == (
@@ -224,7 +220,7 @@ def test_missing_binaries_are_a_sandbox_error(base_dir: Path) -> None:
 
 
 def test_refuses_a_non_loopback_host(base_dir: Path) -> None:
-    server = PostgresServer(base_dir / "data", port=free_loopback_port(), host="0.0.0.0")
+    server = PostgresServer(base_dir / "data", port=free_port(), host="0.0.0.0")
     with pytest.raises(SandboxError, match=re.escape("0.0.0.0 is not a loopback address")):
         server.start()
 
@@ -232,7 +228,7 @@ def test_refuses_a_non_loopback_host(base_dir: Path) -> None:
 def test_refuses_a_directory_the_postgres_user_cannot_reach(base_dir: Path) -> None:
     private = base_dir / "private"
     private.mkdir(mode=0o700)
-    server = PostgresServer(private / "data", port=free_loopback_port())
+    server = PostgresServer(private / "data", port=free_port())
     with pytest.raises(SandboxError, match=re.escape(f"cannot reach {private}/data: {private} is mode 0700")):
         server.start()
     assert not (private / "data").exists()
@@ -240,4 +236,4 @@ def test_refuses_a_directory_the_postgres_user_cannot_reach(base_dir: Path) -> N
 
 def test_url_requires_an_initialised_cluster(base_dir: Path) -> None:
     with pytest.raises(SandboxError, match="has not been initialised"):
-        PostgresServer(base_dir / "data", port=free_loopback_port()).url()
+        PostgresServer(base_dir / "data", port=free_port()).url()
