@@ -166,7 +166,7 @@ def rollback(ctx: CommandContext, *, to: str | None, dry_run: bool, break_lock: 
 
 
 def _undo_unfinished(ctx: CommandContext, record: ReleaseRecord, *, dry_run: bool, break_lock: bool) -> ReleaseRecord:
-    ui, now = ctx.ui, ctx.clock.now()
+    ui = ctx.ui
     lock = ctx.ledger.lock(ctx.env.name)
     show_unfinished(ctx, record, lock)
     if not break_lock and (after := _lease_waited_out(ctx, lock, dry_run=dry_run)) is not None:
@@ -174,7 +174,9 @@ def _undo_unfinished(ctx: CommandContext, record: ReleaseRecord, *, dry_run: boo
         if unfinished is None:
             raise UsageError(f"the {record.kind} of {record.version} finished while Kiln waited for its lease",
                              hint="See `inv status`; run `inv rollback` again to go back from where it ended.")
-        record, now = unfinished, ctx.clock.now()
+        record = unfinished
+    # The time after the wait: a lease that lapsed while it was checked is not live any more.
+    now = ctx.clock.now()
     live = lock is not None and lock.live(now)
     if live and not break_lock and not dry_run:
         assert lock is not None
